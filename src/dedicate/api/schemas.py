@@ -1,0 +1,79 @@
+"""API objects: how domain records look on the wire (Together's flat v1 shapes)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from dedicate.control.services import EndpointView, HardwareOffer
+from dedicate.domain.records import ApiKey, Endpoint, Event
+from dedicate.domain.replicas import ReplicaStatus
+
+
+def iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat().replace("+00:00", "Z")
+
+
+def list_endpoint(ep: Endpoint) -> dict[str, Any]:
+    return {
+        "object": "endpoint", "id": ep.id, "name": ep.name, "model": ep.model,
+        "type": "dedicated", "owner": ep.owner, "state": ep.state.value,
+        "created_at": iso(ep.created_at),
+    }
+
+
+def dedicated_endpoint(v: EndpointView, *, dry_run: bool = False) -> dict[str, Any]:
+    ep = v.endpoint
+    out = list_endpoint(ep)
+    out.update({
+        "display_name": ep.display_name,
+        "hardware": ep.hardware,
+        "autoscaling": {"min_replicas": ep.min_replicas, "max_replicas": ep.max_replicas},
+        "inactive_timeout": ep.inactive_timeout,
+        "disable_prompt_cache": ep.disable_prompt_cache,
+        "disable_speculative_decoding": ep.disable_speculative_decoding,
+        "availability_zone": ep.availability_zone,
+        "status_message": ep.status_message,
+        "state_changed_at": iso(ep.state_changed_at),
+        "replicas": {
+            "desired": ep.desired_replicas if ep.state.value not in ("STOPPED", "STOPPING") else 0,
+            "ready": v.count(ReplicaStatus.READY),
+            "starting": v.count(ReplicaStatus.STARTING, ReplicaStatus.PLACED),
+            "queued": v.count(ReplicaStatus.QUEUED),
+            "stopping": v.count(ReplicaStatus.STOPPING),
+        },
+        "pricing": v.prediction.as_dict(),
+    })
+    if dry_run:
+        out["dry_run"] = True
+    return out
+
+
+def hardware(offer: HardwareOffer, updated_at: datetime) -> dict[str, Any]:
+    h = offer.hardware
+    out: dict[str, Any] = {
+        "object": "hardware",
+        "id": h.id,
+        "pricing": {"cents_per_minute": float(h.cents_per_minute)},
+        "specs": {"gpu_type": h.gpu_type, "gpu_link": h.gpu_link,
+                  "gpu_memory": h.gpu_memory_gb, "gpu_count": h.gpu_count},
+        "updated_at": iso(updated_at),
+    }
+    if offer.availability is not None:
+        out["availability"] = {"status": offer.availability}
+    return out
+
+
+def api_key(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "object": "api_key", "id": key.id, "owner": key.owner, "prefix": key.prefix,
+        "name": key.name, "admin": key.is_admin, "created_at": iso(key.created_at),
+        "revoked_at": iso(key.revoked_at),
+    }
+    if secret is not None:
+        out["key"] = secret
+    return out
+
+
+def event(e: Event) -> dict[str, Any]:
+    return {"object": "event", "id": e.id, "at": iso(e.at), "kind": e.kind, "message": e.message}

@@ -1,0 +1,338 @@
+"""`dedicate`: run the server, and drive it (endpoints, hardware, models, keys).
+
+The CLI talks to DEDICATE_URL (default: the local server) with
+DEDICATE_API_KEY (default: the admin key in the data directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+SETTLED = {"STARTED", "STOPPED"}
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("DEDICATE_DATA_DIR") or Path.home() / ".local/share/dedicate").expanduser()
+
+
+def _base_url() -> str:
+    if url := os.environ.get("DEDICATE_URL"):
+        return url.rstrip("/")
+    port_file = _data_dir() / "port"
+    port = port_file.read_text().strip() if port_file.exists() else os.environ.get("DEDICATE_PORT", "8700")
+    return f"http://{os.environ.get('DEDICATE_HOST', '127.0.0.1')}:{port}"
+
+
+def _api_key() -> str:
+    if key := os.environ.get("DEDICATE_API_KEY"):
+        return key
+    key_file = _data_dir() / "admin.key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    _fail("no API key: set DEDICATE_API_KEY, or run on the server's machine where "
+          f"{key_file} holds the admin key")
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+class Client:
+    def __init__(self) -> None:
+        self.http = httpx.Client(base_url=_base_url(), timeout=60.0,
+                                 headers={"authorization": f"Bearer {_api_key()}"})
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach dedicate at {self.http.base_url}: {exc}; is `dedicate up` running?")
+        if resp.status_code >= 400:
+            try:
+                message = resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = resp.text or resp.reason_phrase
+            _fail(f"{message} (HTTP {resp.status_code})")
+        return None if resp.status_code == 204 or not resp.content else resp.json()
+
+
+def _out(obj: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(obj, indent=2))
+    elif text is not None:
+        click.echo(text)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def _describe(ep: dict[str, Any]) -> str:
+    r = ep.get("replicas", {})
+    p = ep.get("pricing", {})
+    return "\n".join([
+        f"id:         {ep['id']}",
+        f"name:       {ep['name']}",
+        f"model:      {ep['model']}",
+        f"hardware:   {ep.get('hardware')}",
+        f"state:      {ep['state']}  ({ep.get('status_message', '')})",
+        f"replicas:   {r.get('ready', 0)} ready of {r.get('desired', 0)} desired, "
+        f"{r.get('starting', 0)} starting, {r.get('queued', 0)} queued "
+        f"(bounds {ep['autoscaling']['min_replicas']}..{ep['autoscaling']['max_replicas']})",
+        f"price:      {p.get('cents_per_replica_minute')} cents per replica-minute; "
+        f"${p.get('dollars_per_hour_at_min')}/h at min, ${p.get('dollars_per_hour_at_max')}/h at max",
+        f"idle stop:  {ep.get('inactive_timeout') or 'never'}"
+        + (" min" if ep.get("inactive_timeout") else ""),
+    ])
+
+
+def _wait(client: Client, endpoint_id: str, target: set[str], timeout: float, as_json: bool) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        ep = client.call("GET", f"/v1/endpoints/{endpoint_id}")
+        r = ep.get("replicas", {})
+        line = f"{ep['state']:<9} {r.get('ready', 0)}/{r.get('desired', 0)} ready  {ep.get('status_message', '')}"
+        if line != last and not as_json:
+            click.echo(line, err=True)
+            last = line
+        if ep["state"] in target:
+            return ep
+        if ep["state"] == "ERROR":
+            _fail(f"endpoint {endpoint_id} is in ERROR: {ep.get('status_message')}")
+        if time.monotonic() > deadline:
+            _fail(f"gave up waiting after {timeout:.0f} s; the endpoint is {ep['state']}")
+        time.sleep(1.0)
+
+
+@click.group()
+def main() -> None:
+    """dedicate: dedicated LLM inference endpoints on your own hardware."""
+
+
+@main.command()
+def up() -> None:
+    """Run the server (API, gateway, reconcilers) in the foreground."""
+    from dedicate.server import serve
+    from dedicate.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _fail(f"config: {exc}")
+    serve(settings)
+
+
+@main.group()
+def endpoints() -> None:
+    """Create, inspect, scale, stop, start and delete endpoints."""
+
+
+json_opt = click.option("--json", "as_json", is_flag=True, help="print JSON")
+
+
+@endpoints.command("create")
+@click.argument("model")
+@click.option("--hardware", required=True, help="hardware id, e.g. 1x_cpu (see `dedicate hardware`)")
+@click.option("--min-replicas", type=int, default=1, show_default=True)
+@click.option("--max-replicas", type=int, default=1, show_default=True)
+@click.option("--display-name")
+@click.option("--inactive-timeout", type=int, help="minutes idle before auto-stop (0 = never)")
+@click.option("--no-start", is_flag=True, help="create it stopped")
+@click.option("--wait/--no-wait", default=False, help="wait until it is STARTED")
+@click.option("--timeout", type=float, default=900.0, show_default=True)
+@json_opt
+def create(model: str, hardware: str, min_replicas: int, max_replicas: int, display_name: str | None,
+           inactive_timeout: int | None, no_start: bool, wait: bool, timeout: float,
+           as_json: bool) -> None:
+    """Create an endpoint for MODEL (shows the price first)."""
+    client = Client()
+    body: dict[str, Any] = {"model": model, "hardware": hardware,
+                            "autoscaling": {"min_replicas": min_replicas, "max_replicas": max_replicas},
+                            "state": "STOPPED" if no_start else "STARTED"}
+    if display_name is not None:
+        body["display_name"] = display_name
+    if inactive_timeout is not None:
+        body["inactive_timeout"] = inactive_timeout
+    preview = client.call("POST", "/v1/endpoints", params={"dry_run": "true"}, json=body)
+    p = preview["pricing"]
+    if not as_json:
+        click.echo(f"price: {p['cents_per_replica_minute']} cents per replica-minute; "
+                   f"${p['dollars_per_hour_at_min']}/h at {min_replicas} replica(s), "
+                   f"${p['dollars_per_hour_at_max']}/h at {max_replicas}", err=True)
+    ep = client.call("POST", "/v1/endpoints", json=body)
+    if wait and not no_start:
+        ep = _wait(client, ep["id"], {"STARTED"}, timeout, as_json)
+    _out(ep, as_json, _describe(ep))
+
+
+@endpoints.command("list")
+@click.option("--all", "all_owners", is_flag=True, help="admin: every owner's endpoints")
+@json_opt
+def list_(all_owners: bool, as_json: bool) -> None:
+    """List your endpoints."""
+    data = Client().call("GET", "/v1/endpoints", params={"mine": str(not all_owners).lower()})["data"]
+    rows = [[e["id"], e["name"], e["model"], e["state"], e["owner"]] for e in data]
+    _out(data, as_json, _table(rows, ["ID", "NAME", "MODEL", "STATE", "OWNER"]))
+
+
+@endpoints.command("get")
+@click.argument("endpoint_id")
+@json_opt
+def get(endpoint_id: str, as_json: bool) -> None:
+    """Show one endpoint."""
+    ep = Client().call("GET", f"/v1/endpoints/{endpoint_id}")
+    _out(ep, as_json, _describe(ep))
+
+
+@endpoints.command("update")
+@click.argument("endpoint_id")
+@click.option("--min-replicas", type=int)
+@click.option("--max-replicas", type=int)
+@click.option("--display-name")
+@click.option("--inactive-timeout", type=int)
+@json_opt
+def update(endpoint_id: str, min_replicas: int | None, max_replicas: int | None,
+           display_name: str | None, inactive_timeout: int | None, as_json: bool) -> None:
+    """Change bounds, display name or idle timeout."""
+    body: dict[str, Any] = {}
+    auto = {k: v for k, v in (("min_replicas", min_replicas), ("max_replicas", max_replicas))
+            if v is not None}
+    if auto:
+        body["autoscaling"] = auto
+    if display_name is not None:
+        body["display_name"] = display_name
+    if inactive_timeout is not None:
+        body["inactive_timeout"] = inactive_timeout
+    if not body:
+        _fail("nothing to update: pass --min-replicas, --max-replicas, --display-name or "
+              "--inactive-timeout")
+    ep = Client().call("PATCH", f"/v1/endpoints/{endpoint_id}", json=body)
+    _out(ep, as_json, _describe(ep))
+
+
+def _set_state(endpoint_id: str, state: str, wait: bool, timeout: float, as_json: bool) -> None:
+    client = Client()
+    ep = client.call("PATCH", f"/v1/endpoints/{endpoint_id}", json={"state": state})
+    if wait:
+        ep = _wait(client, endpoint_id, {state}, timeout, as_json)
+    _out(ep, as_json, _describe(ep))
+
+
+@endpoints.command("stop")
+@click.argument("endpoint_id")
+@click.option("--wait/--no-wait", default=False)
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+@json_opt
+def stop(endpoint_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Stop an endpoint (keeps its name and config)."""
+    _set_state(endpoint_id, "STOPPED", wait, timeout, as_json)
+
+
+@endpoints.command("start")
+@click.argument("endpoint_id")
+@click.option("--wait/--no-wait", default=False)
+@click.option("--timeout", type=float, default=900.0, show_default=True)
+@json_opt
+def start(endpoint_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Start a stopped endpoint."""
+    _set_state(endpoint_id, "STARTED", wait, timeout, as_json)
+
+
+@endpoints.command("delete")
+@click.argument("endpoint_id")
+@json_opt
+def delete(endpoint_id: str, as_json: bool) -> None:
+    """Delete an endpoint (its replicas are stopped first)."""
+    Client().call("DELETE", f"/v1/endpoints/{endpoint_id}")
+    _out({"id": endpoint_id, "deleted": True}, as_json, f"deleted {endpoint_id}")
+
+
+@endpoints.command("events")
+@click.argument("endpoint_id")
+@json_opt
+def events(endpoint_id: str, as_json: bool) -> None:
+    """What happened to an endpoint, and why."""
+    data = Client().call("GET", f"/v1/endpoints/{endpoint_id}/events")["data"]
+    _out(data, as_json, "\n".join(f"{e['at']}  {e['kind']:<9} {e['message']}" for e in data))
+
+
+@main.command()
+@click.option("--model", help="only shapes that fit this model, with availability")
+@json_opt
+def hardware(model: str | None, as_json: bool) -> None:
+    """Hardware shapes and their prices."""
+    params = {"model": model} if model else {}
+    data = Client().call("GET", "/v1/hardware", params=params)["data"]
+    rows = [[h["id"], f"{h['pricing']['cents_per_minute']:g}", h["specs"]["gpu_type"],
+             str(h["specs"]["gpu_count"]), h.get("availability", {}).get("status", "")] for h in data]
+    _out(data, as_json, _table(rows, ["ID", "CENTS/MIN", "TYPE", "COUNT", "AVAILABILITY"]))
+
+
+@main.command()
+@json_opt
+def models(as_json: bool) -> None:
+    """Models that can be deployed here."""
+    data = Client().call("GET", "/v1/catalog/models")["data"]
+    rows = [[m["id"], f"{m['parameters_b']:g}B", str(m["context_length"]),
+             "yes" if m["deployable"] else "no"] for m in data]
+    _out(data, as_json, _table(rows, ["MODEL", "PARAMS", "CONTEXT", "DEPLOYABLE"]))
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--owner", help="admin: create the key for this owner (created on first use)")
+@click.option("--name")
+@click.option("--admin", "is_admin", is_flag=True)
+@json_opt
+def keys_create(owner: str | None, name: str | None, is_admin: bool, as_json: bool) -> None:
+    """Create a key; its secret is shown once."""
+    body: dict[str, Any] = {"admin": is_admin}
+    if owner:
+        body["owner"] = owner
+    if name:
+        body["name"] = name
+    k = Client().call("POST", "/v1/keys", json=body)
+    _out(k, as_json, f"{k['key']}\n(id {k['id']}, owner {k['owner']}; shown once: store it now)")
+
+
+@keys.command("list")
+@click.option("--all", "all_owners", is_flag=True)
+@json_opt
+def keys_list(all_owners: bool, as_json: bool) -> None:
+    """List keys by prefix."""
+    data = Client().call("GET", "/v1/keys", params={"all": str(all_owners).lower()})["data"]
+    rows = [[k["id"], k["prefix"] + "…", k["owner"], "revoked" if k["revoked_at"] else "active"]
+            for k in data]
+    _out(data, as_json, _table(rows, ["ID", "PREFIX", "OWNER", "STATUS"]))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@json_opt
+def keys_revoke(key_id: str, as_json: bool) -> None:
+    """Revoke a key at once."""
+    k = Client().call("DELETE", f"/v1/keys/{key_id}")
+    _out(k, as_json, f"revoked {key_id}")
+
+
+if __name__ == "__main__":
+    main()

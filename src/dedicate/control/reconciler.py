@@ -1,0 +1,412 @@
+"""The replica reconciler: one level-triggered loop.
+
+Each pass re-reads the endpoints and replicas from the store and the
+processes from the runtime, decides, and applies with guarded writes. Network
+calls (probes) and process operations never run inside a transaction. An API
+call may only wake the loop early; a pass never dies on one bad item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from dedicate.clock import Clock
+from dedicate.control.models import ensure_builtin
+from dedicate.domain.endpoints import EndpointState, Intent, ReplicaCounts, next_state
+from dedicate.domain.records import Endpoint, Replica
+from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus
+from dedicate.engines.base import EngineLaunch, engine_argv
+from dedicate.runtimes.base import Handle, LaunchSpec, Runtime
+from dedicate.scheduler.placement import NodeView, NoPlacement, place
+from dedicate.settings import Settings
+from dedicate.store.repos import Store
+
+log = logging.getLogger("dedicate.reconciler")
+
+STOP_GRACE_S = 10.0
+START_TIMEOUT_S = 600.0
+LOG_TAIL_LINES = 5
+
+
+@dataclass
+class _Backoff:
+    until: datetime
+
+
+def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+class Reconciler:
+    def __init__(self, store: Store, runtime: Runtime, settings: Settings, clock: Clock) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.settings = settings
+        self.clock = clock
+        self.wake = asyncio.Event()
+        self._stopping: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._backoff: dict[str, _Backoff] = {}
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
+        self._unplaceable: dict[str, str] = {}
+
+    # the loop ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.pass_once()
+            except Exception:  # a pass must never kill the loop
+                log.exception("reconcile pass failed")
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.settings.reconcile_interval_s)
+
+    async def pass_once(self) -> None:
+        endpoints = await asyncio.to_thread(self.store.list_endpoints, include_deleted=True)
+        by_id = {e.id: e for e in endpoints}
+        live = await asyncio.to_thread(self.store.live_replicas)
+        processes = await asyncio.to_thread(self.runtime.running)
+
+        await self._stop_orphans(processes, {r.id for r in live})
+        await asyncio.gather(*(self._observe(r, processes, by_id.get(r.endpoint_id)) for r in live))
+
+        live = await asyncio.to_thread(self.store.live_replicas)
+        for ep in endpoints:
+            if ep.deleted_at is not None and not any(r.endpoint_id == ep.id for r in live):
+                continue
+            try:
+                await self._reconcile_endpoint(ep, live)
+            except Exception:
+                log.exception("reconciling endpoint %s failed", ep.id)
+
+    # processes -----------------------------------------------------------------
+
+    async def _stop_orphans(self, processes: dict[str, Handle], live_ids: set[str]) -> None:
+        for replica_id, handle in processes.items():
+            if replica_id not in live_ids and replica_id not in self._stopping:
+                log.warning("stopping orphan replica process %s (pid %s)", replica_id, handle.pid)
+                await asyncio.to_thread(self.runtime.stop, handle, STOP_GRACE_S)
+
+    async def _observe(self, r: Replica, processes: dict[str, Handle], ep: Endpoint | None) -> None:
+        """Bring one replica's recorded facts up to date with what is running."""
+        now = self.clock.now()
+        if r.id in self._stopping:
+            return
+        if r.facts.launched_at is None:
+            found = processes.get(r.id)
+            if found is not None:  # launched before a crash, never recorded: adopt it
+                await asyncio.to_thread(
+                    self.store.update_replica, r, now, ("adopted", f"replica {r.id} adopted"),
+                    pid=found.pid, process_started=found.started, launched_at=now)
+            elif r.facts.stop_requested_at is not None:
+                await asyncio.to_thread(self.store.update_replica, r, now, None, stopped_at=now)
+            elif ep is not None:
+                await self._launch(ep, r)
+            return
+        handle = Handle(r.pid or -1, r.process_started or "")
+        state = await asyncio.to_thread(self.runtime.poll, handle)
+        if not state.running:
+            await self._record_exit(r, state.exit_code, ep)
+            return
+        if r.facts.stop_requested_at is not None:
+            self._spawn(self._stop(r, handle))
+            return
+        await self._probe(r, handle, ep)
+
+    async def _record_exit(self, r: Replica, code: int | None, ep: Endpoint | None) -> None:
+        now = self.clock.now()
+        asked = r.facts.stop_requested_at is not None
+        msg = f"replica {r.id} stopped" if asked else \
+            f"replica {r.id} exited with code {code}: {log_tail(r.log_path)}"
+        ok = await asyncio.to_thread(
+            self.store.update_replica, r, now, ("stopped" if asked else "failed", msg),
+            stopped_at=now, exit_code=code)
+        if ok and not asked and ep is not None:
+            await self._count_failure(ep, r, now, msg)
+
+    async def _count_failure(self, ep: Endpoint, r: Replica, now: datetime, msg: str) -> None:
+        fresh = await asyncio.to_thread(self.store.get_endpoint, ep.id, include_deleted=True)
+        if fresh is None:
+            return
+        failures = fresh.failures_before_ready + (1 if r.facts.first_ready_at is None else 0)
+        delay = min(60.0, 2.0 ** max(failures, 1))
+        self._backoff[ep.id] = _Backoff(now + timedelta(seconds=delay))
+        await asyncio.to_thread(
+            self.store.update_endpoint, fresh, now, None,
+            failures_before_ready=failures, status_message=msg[:2000])
+
+    async def _probe(self, r: Replica, handle: Handle, ep: Endpoint | None) -> None:
+        now = self.clock.now()
+        port = r.port
+        if port is None:
+            port = await asyncio.to_thread(self.runtime.port_of, r.id)
+            if port is None:
+                await self._check_start_timeout(r, handle, now)
+                return
+            ok_port = await asyncio.to_thread(self.store.update_replica, r, now, None, port=port)
+            if not ok_port:
+                return
+            fresh = await asyncio.to_thread(self.store.get_replica, r.id)
+            if fresh is None:
+                return
+            r = fresh
+        try:
+            resp = await self._http.get(f"http://127.0.0.1:{port}/health")
+            healthy = resp.status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        if healthy:
+            first = r.facts.first_ready_at is None
+            changes: dict[str, object] = {"last_probe_ok_at": now, "probe_failures": 0}
+            if first:
+                changes["first_ready_at"] = now
+            event = ("ready", f"replica {r.id} ready") if first else None
+            ok = await asyncio.to_thread(self.store.update_replica, r, now, event, **changes)
+            if ok and first and ep is not None:
+                self._backoff.pop(ep.id, None)
+                ep_now = await asyncio.to_thread(self.store.get_endpoint, ep.id, include_deleted=True)
+                if ep_now is not None and ep_now.failures_before_ready:
+                    await asyncio.to_thread(self.store.update_endpoint, ep_now, now, None,
+                                            failures_before_ready=0)
+            return
+        if r.facts.first_ready_at is None:
+            await self._check_start_timeout(r, handle, now)
+            return
+        failures = r.facts.probe_failures + 1
+        if failures >= self.settings.probe_failure_threshold:
+            await asyncio.to_thread(
+                self.store.update_replica, r, now,
+                ("unhealthy", f"replica {r.id} failed {failures} probes in a row; replacing it"),
+                probe_failures=failures, stop_requested_at=now, stop_reason="unhealthy")
+        else:
+            await asyncio.to_thread(self.store.update_replica, r, now, None, probe_failures=failures)
+
+    async def _check_start_timeout(self, r: Replica, handle: Handle, now: datetime) -> None:
+        launched = r.facts.launched_at
+        if launched is not None and (now - launched).total_seconds() > START_TIMEOUT_S:
+            await asyncio.to_thread(
+                self.store.update_replica, r, now,
+                ("failed", f"replica {r.id} not ready after {START_TIMEOUT_S:.0f} s; replacing it"),
+                stop_requested_at=now, stop_reason="start timeout")
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop(self, r: Replica, handle: Handle) -> None:
+        if r.id in self._stopping:
+            return
+        self._stopping.add(r.id)
+        try:
+            code = await asyncio.to_thread(self.runtime.stop, handle, STOP_GRACE_S)
+            fresh = await asyncio.to_thread(self.store.get_replica, r.id)
+            if fresh is not None and fresh.facts.stopped_at is None:
+                now = self.clock.now()
+                await asyncio.to_thread(
+                    self.store.update_replica, fresh, now,
+                    ("stopped", f"replica {r.id} stopped ({fresh.stop_reason or 'requested'})"),
+                    stopped_at=now, exit_code=code)
+        finally:
+            self._stopping.discard(r.id)
+            self.wake.set()
+
+    # endpoints -----------------------------------------------------------------
+
+    async def _reconcile_endpoint(self, ep: Endpoint, live: list[Replica]) -> None:
+        now = self.clock.now()
+        mine = [r for r in live if r.endpoint_id == ep.id]
+        active = [r for r in mine if r.facts.stop_requested_at is None]
+        should_run = ep.intent is Intent.RUN and ep.deleted_at is None and ep.state is not EndpointState.ERROR
+        desired = ep.desired_replicas if should_run else 0
+        queued = 0
+
+        if len(active) > desired:
+            await self._request_stops(ep, active, len(active) - desired, now)
+        elif len(active) < desired and not self._backing_off(ep, now):
+            placed = await self._place_new(ep, live, desired - len(active), now)
+            queued = desired - len(active) - placed
+
+        mine = await asyncio.to_thread(self.store.live_replicas, ep.id)
+        status = Counter(r.status for r in mine)
+        counts = ReplicaCounts(
+            desired=desired,
+            ready=status[ReplicaStatus.READY],
+            starting=status[ReplicaStatus.STARTING] + status[ReplicaStatus.PLACED],
+            queued=queued,
+            stopping=status[ReplicaStatus.STOPPING],
+        )
+        await self._update_state(ep, counts, now)
+
+    def _backing_off(self, ep: Endpoint, now: datetime) -> bool:
+        b = self._backoff.get(ep.id)
+        return b is not None and now < b.until
+
+    async def _request_stops(self, ep: Endpoint, active: list[Replica], n: int, now: datetime) -> None:
+        # Stop the least useful first: not-ready before ready, newest before oldest.
+        order = sorted(active, key=lambda r: (r.status is ReplicaStatus.READY, r.created_at), )
+        reason = "endpoint stopped" if ep.intent is Intent.STOP or ep.deleted_at else "scaled down"
+        for r in order[:n]:
+            await asyncio.to_thread(
+                self.store.update_replica, r, now, ("stopping", f"replica {r.id} stopping: {reason}"),
+                stop_requested_at=now, stop_reason=reason)
+        self.wake.set()
+
+    def _node_views(self, live: Iterable[Replica]) -> list[NodeView]:
+        used: dict[str, set[int]] = {}
+        for r in live:
+            if r.node is not None and r.slots:
+                used.setdefault(r.node, set()).update(int(s) for s in r.slots.split(","))
+        return [
+            NodeView(n.name, n.gpu_type, n.slots,
+                     tuple(s for s in range(n.slots) if s not in used.get(n.name, set())))
+            for n in self.runtime.nodes()
+        ]
+
+    async def _place_new(self, ep: Endpoint, live: list[Replica], n: int, now: datetime) -> int:
+        hw = self.settings.catalog.hardware.get(ep.hardware)
+        model = self.settings.catalog.models.get(ep.model)
+        if hw is None or model is None:
+            self._unplaceable[ep.id] = f"hardware {ep.hardware} or model {ep.model} left the catalog"
+            return 0
+        engine = self.settings.catalog.engine_for(model, hw)
+        if engine is None:
+            self._unplaceable[ep.id] = f"no engine configured for {ep.model} on {ep.hardware}"
+            return 0
+        placed = 0
+        current = list(live)
+        for _ in range(n):
+            decision = place(self._node_views(current), hw.gpu_type, hw.gpu_count)
+            if isinstance(decision, NoPlacement):
+                self._unplaceable[ep.id] = decision.reason
+                break
+            self._unplaceable.pop(ep.id, None)
+            replica = Replica(
+                id=f"r-{uuid.uuid4().hex[:12]}", endpoint_id=ep.id, engine=engine,
+                node=decision.node, slots=",".join(str(s) for s in decision.slots),
+                token=secrets.token_urlsafe(24), port=None, pid=None, process_started=None,
+                log_path=None, created_at=now,
+                facts=ReplicaFacts(now, None, None, None, 0, None, None, None),
+                stop_reason=None, version=1,
+            )
+            await asyncio.to_thread(
+                self.store.insert_replica, replica,
+                ("placed", f"replica {replica.id} placed on node {decision.node} "
+                           f"(slots {replica.slots})"))
+            current.append(replica)
+            placed += 1
+            await self._launch(ep, replica)
+        return placed
+
+    async def _launch(self, ep: Endpoint, r: Replica) -> None:
+        now = self.clock.now()
+        model = self.settings.catalog.models[ep.model]
+        replica_dir = self.settings.replicas_dir / r.id
+        log_path = replica_dir / "engine.log"
+        try:
+            path = await asyncio.to_thread(ensure_builtin, self.settings.models_dir, model)
+            argv = engine_argv(EngineLaunch(
+                engine=r.engine, model_dir=path, served_model_name=ep.name, replica_id=r.id,
+                instance=self.runtime.instance, port_file=replica_dir / "port"))
+            node = next((n for n in self.runtime.nodes() if n.name == r.node), None)
+            env = {"DEDICATE_REPLICA_TOKEN": r.token, "OMP_NUM_THREADS": "1",
+                   "TOKENIZERS_PARALLELISM": "false"}
+            if node is not None and node.gpu_type != "cpu" and not node.declared:
+                env["CUDA_VISIBLE_DEVICES"] = r.slots
+            else:
+                env["CUDA_VISIBLE_DEVICES"] = ""
+            handle = await asyncio.to_thread(self.runtime.launch, LaunchSpec(
+                replica_id=r.id, argv=argv, env=env, log_path=log_path, node=r.node or "",
+                slots=tuple(int(s) for s in r.slots.split(",") if s)))
+        except Exception as exc:
+            log.exception("launching replica %s failed", r.id)
+            msg = f"replica {r.id} could not be launched: {exc}"
+            ok = await asyncio.to_thread(
+                self.store.update_replica, r, now, ("failed", msg),
+                stop_requested_at=now, stop_reason="launch failed", stopped_at=now)
+            if ok:
+                await self._count_failure(ep, r, now, msg)
+            return
+        await asyncio.to_thread(
+            self.store.update_replica, r, now,
+            ("launched", f"replica {r.id} launched (pid {handle.pid}, engine {r.engine})"),
+            pid=handle.pid, process_started=handle.started, launched_at=now,
+            log_path=str(Path(log_path)))
+
+    async def _update_state(self, ep: Endpoint, counts: ReplicaCounts, now: datetime) -> None:
+        fresh = await asyncio.to_thread(self.store.get_endpoint, ep.id, include_deleted=True)
+        if fresh is None:
+            return
+        new = next_state(fresh.state, fresh.intent, fresh.min_replicas, counts,
+                         fresh.failures_before_ready, self.settings.max_failures_before_ready)
+        message = self._message(fresh, new, counts, now)
+        if new == fresh.state and message == fresh.status_message:
+            return
+        changes: dict[str, object] = {"status_message": message}
+        event = None
+        if new != fresh.state:
+            changes.update(state=new, state_changed_at=now)
+            event = ("state", f"{fresh.state} → {new}: {message}")
+        await asyncio.to_thread(self.store.update_endpoint, fresh, now, event, **changes)
+
+    def _message(self, ep: Endpoint, state: EndpointState, c: ReplicaCounts, now: datetime) -> str:
+        if state is EndpointState.ERROR:
+            return ep.status_message if ep.status_message.startswith("error") else \
+                f"error: replicas failed {ep.failures_before_ready} times before becoming ready; " \
+                f"last: {ep.status_message}; fix the cause and start the endpoint again"
+        if state is EndpointState.STOPPED:
+            return "stopped"
+        if state is EndpointState.STOPPING:
+            return f"stopping {c.live} replica(s)"
+        parts = [f"{c.ready} of {c.desired} replicas ready"]
+        if c.starting:
+            parts.append(f"{c.starting} starting")
+        if c.queued:
+            parts.append(f"{c.queued} queued: {self._unplaceable.get(ep.id, 'waiting for capacity')}")
+        b = self._backoff.get(ep.id)
+        if b is not None and now < b.until and c.ready < c.desired:
+            wait = (b.until - now).total_seconds()
+            parts.append(f"retrying in {wait:.0f} s after {ep.failures_before_ready} failure(s)")
+        return "; ".join(parts)
+
+    # shutdown --------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop every replica of this instance, closing its billing facts; intents stay."""
+        now = self.clock.now()
+        live = await asyncio.to_thread(self.store.live_replicas)
+        stops = []
+        for r in live:
+            if r.facts.stop_requested_at is None:
+                await asyncio.to_thread(self.store.update_replica, r, now, None,
+                                        stop_requested_at=now, stop_reason="server shutdown")
+            fresh = await asyncio.to_thread(self.store.get_replica, r.id)
+            if fresh is None:
+                continue
+            if fresh.pid is None:
+                await asyncio.to_thread(self.store.update_replica, fresh, now, None, stopped_at=now)
+                continue
+            stops.append(self._stop(fresh, Handle(fresh.pid, fresh.process_started or "")))
+        await asyncio.gather(*stops, *list(self._tasks), return_exceptions=True)
+        await self._http.aclose()

@@ -1,0 +1,184 @@
+"""Endpoint spec, validation, naming and the state machine.
+
+The state machine is enforced here and nowhere else: a reconciler proposes
+the next state with :func:`next_state` and writes it only through
+:func:`check_transition`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from dataclasses import dataclass
+
+from dedicate.domain.errors import Conflict, InvalidRequest
+
+MAX_REPLICAS = 64
+MAX_DISPLAY_NAME = 200
+
+
+class EndpointState(enum.StrEnum):
+    PENDING = "PENDING"
+    STARTING = "STARTING"
+    STARTED = "STARTED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    ERROR = "ERROR"
+
+
+class Intent(enum.StrEnum):
+    """What the user asked for: run the endpoint, or keep it stopped."""
+
+    RUN = "run"
+    STOP = "stop"
+
+
+S = EndpointState
+ALLOWED: dict[EndpointState, frozenset[EndpointState]] = {
+    S.PENDING: frozenset({S.STARTING, S.STARTED, S.STOPPING, S.STOPPED, S.ERROR}),
+    S.STARTING: frozenset({S.PENDING, S.STARTED, S.STOPPING, S.STOPPED, S.ERROR}),
+    S.STARTED: frozenset({S.PENDING, S.STARTING, S.STOPPING, S.STOPPED, S.ERROR}),
+    S.STOPPING: frozenset({S.STOPPED, S.PENDING, S.STARTING, S.STARTED}),
+    S.STOPPED: frozenset({S.PENDING, S.STARTING}),
+    S.ERROR: frozenset({S.PENDING, S.STARTING, S.STOPPING, S.STOPPED}),
+}
+
+
+def check_transition(current: EndpointState, new: EndpointState) -> None:
+    if new != current and new not in ALLOWED[current]:
+        raise Conflict(f"endpoint cannot go from {current} to {new}")
+
+
+@dataclass(frozen=True)
+class ReplicaCounts:
+    desired: int
+    ready: int
+    starting: int
+    queued: int
+    stopping: int
+
+    @property
+    def live(self) -> int:
+        """Replicas holding a process or a place: anything not yet gone."""
+        return self.ready + self.starting + self.stopping
+
+
+def next_state(
+    current: EndpointState,
+    intent: Intent,
+    min_replicas: int,
+    counts: ReplicaCounts,
+    failed_before_ready: int,
+    max_failures: int,
+) -> EndpointState:
+    """The state an endpoint should show, from what its replicas are doing.
+
+    STARTED is reached once ``min_replicas`` are ready and kept while one is;
+    ERROR once replicas failed ``max_failures`` times in a row without ever
+    becoming ready, and kept until the user starts or stops it again.
+    """
+    if intent is Intent.STOP:
+        return S.STOPPING if counts.live > 0 else S.STOPPED
+    if current is S.ERROR:
+        return S.ERROR
+    if failed_before_ready >= max_failures and counts.ready == 0:
+        return S.ERROR
+    if counts.ready >= max(min_replicas, 1):
+        return S.STARTED
+    if current is S.STARTED and counts.ready >= 1:
+        return S.STARTED
+    if counts.desired == 0:
+        return S.STARTED  # scaled to zero: running, costs nothing
+    if counts.starting > 0 or counts.ready > 0:
+        return S.STARTING
+    return S.PENDING
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    min_replicas: int
+    max_replicas: int
+
+
+def validate_autoscaling(min_replicas: object, max_replicas: object) -> Autoscaling:
+    for name, value in (("min_replicas", min_replicas), ("max_replicas", max_replicas)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(
+                f"autoscaling.{name} must be a whole number, got {value!r}", param=f"autoscaling.{name}"
+            )
+    assert isinstance(min_replicas, int) and isinstance(max_replicas, int)
+    if min_replicas < 1:
+        raise InvalidRequest(
+            f"autoscaling.min_replicas must be at least 1 (got {min_replicas}); "
+            "scale-to-zero is not available yet",
+            param="autoscaling.min_replicas",
+        )
+    if max_replicas > MAX_REPLICAS:
+        raise InvalidRequest(
+            f"autoscaling.max_replicas must be at most {MAX_REPLICAS} (got {max_replicas})",
+            param="autoscaling.max_replicas",
+        )
+    if min_replicas > max_replicas:
+        raise InvalidRequest(
+            f"autoscaling.min_replicas ({min_replicas}) must not exceed max_replicas ({max_replicas}); "
+            "raise max_replicas or lower min_replicas",
+            param="autoscaling",
+        )
+    return Autoscaling(min_replicas, max_replicas)
+
+
+def validate_inactive_timeout(value: object) -> int | None:
+    """Minutes of idleness before auto-stop; 0 or None means never."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(
+            f"inactive_timeout must be a whole number of minutes (0 or null = never), got {value!r}",
+            param="inactive_timeout",
+        )
+    if value < 0:
+        raise InvalidRequest(
+            f"inactive_timeout must not be negative (got {value}); use 0 or null to never stop",
+            param="inactive_timeout",
+        )
+    return value or None
+
+
+def validate_display_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_DISPLAY_NAME:
+        raise InvalidRequest(
+            f"display_name must be a string of at most {MAX_DISPLAY_NAME} characters",
+            param="display_name",
+        )
+    return value.strip() or None
+
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def model_slug(model: str) -> str:
+    return _SLUG.sub("-", model.rsplit("/", 1)[-1].lower()).strip("-")[:40] or "model"
+
+
+def new_endpoint_id() -> str:
+    return f"endpoint-{uuid.uuid4()}"
+
+
+def new_endpoint_name(owner: str, model: str) -> str:
+    return f"{owner}/{model_slug(model)}-{uuid.uuid4().hex[:8]}"
+
+
+_OWNER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def validate_owner(owner: object) -> str:
+    if not isinstance(owner, str) or not _OWNER.match(owner):
+        raise InvalidRequest(
+            "owner must be 1-63 characters of lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit",
+            param="owner",
+        )
+    return owner

@@ -1,0 +1,83 @@
+"""Plain records the layers exchange: endpoints, replicas, keys, events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from dedicate.domain.endpoints import EndpointState, Intent
+from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus, replica_status
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    name: str
+    owner: str
+    model: str
+    hardware: str
+    display_name: str
+    min_replicas: int
+    max_replicas: int
+    desired_replicas: int
+    inactive_timeout: int | None
+    disable_prompt_cache: bool
+    disable_speculative_decoding: bool
+    availability_zone: str | None
+    cents_per_minute: Decimal
+    intent: Intent
+    state: EndpointState
+    state_changed_at: datetime
+    status_message: str
+    failures_before_ready: int
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    version: int
+
+
+@dataclass(frozen=True)
+class Replica:
+    id: str
+    endpoint_id: str
+    engine: str
+    node: str | None
+    slots: str
+    token: str
+    port: int | None
+    pid: int | None
+    process_started: str | None
+    log_path: str | None
+    created_at: datetime
+    facts: ReplicaFacts
+    stop_reason: str | None
+    version: int
+
+    @property
+    def status(self) -> ReplicaStatus:
+        return replica_status(self.facts)
+
+    @property
+    def url(self) -> str | None:
+        return None if self.port is None else f"http://127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    owner: str
+    prefix: str
+    is_admin: bool
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    endpoint_id: str
+    at: datetime
+    kind: str
+    message: str

@@ -1,0 +1,66 @@
+"""The runtime protocol: where replica processes run.
+
+A runtime starts a command for a replica, tells whether it still runs,
+stops it, and lists the replicas it finds running (so a restarted control
+plane adopts them instead of starting duplicates). It knows nothing about
+endpoints, models or engines: the control plane hands it an argv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Node:
+    """A machine replicas can run on: its slot type and how many slots it has."""
+
+    name: str
+    gpu_type: str  # a catalog gpu_type ("h100-80gb") or "cpu"
+    slots: int
+    declared: bool = False  # a logical node from the config, not discovered hardware
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    replica_id: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    log_path: Path
+    node: str
+    slots: Sequence[int] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Handle:
+    """Enough to find a process again after a restart: pid plus its start time."""
+
+    pid: int
+    started: str
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    running: bool
+    exit_code: int | None = None
+
+
+class Runtime(Protocol):
+    instance: str
+
+    def nodes(self) -> list[Node]: ...
+
+    def launch(self, spec: LaunchSpec) -> Handle: ...
+
+    def poll(self, handle: Handle) -> ProcessState: ...
+
+    def stop(self, handle: Handle, grace_s: float) -> int | None: ...
+
+    def running(self) -> dict[str, Handle]:
+        """Replica id → handle of every replica process of this instance found running."""
+        ...
+
+    def port_of(self, replica_id: str) -> int | None: ...

@@ -1,0 +1,64 @@
+"""A runtime that runs nothing: for unit tests of the control plane."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dedicate.runtimes.base import Handle, LaunchSpec, Node, ProcessState
+
+
+@dataclass
+class FakeProcess:
+    spec: LaunchSpec
+    running: bool = True
+    exit_code: int | None = None
+    port: int | None = None
+
+
+@dataclass
+class FakeRuntime:
+    node_list: list[Node]
+    instance: str = "fake"
+    processes: dict[int, FakeProcess] = field(default_factory=dict)
+    next_pid: int = 1000
+    next_port: int = 20000
+    fail_launch: bool = False
+
+    def nodes(self) -> list[Node]:
+        return list(self.node_list)
+
+    def launch(self, spec: LaunchSpec) -> Handle:
+        if self.fail_launch:
+            raise OSError("fake launch failure")
+        self.next_pid += 1
+        self.next_port += 1
+        self.processes[self.next_pid] = FakeProcess(spec, port=self.next_port)
+        return Handle(self.next_pid, "0")
+
+    def poll(self, handle: Handle) -> ProcessState:
+        p = self.processes.get(handle.pid)
+        if p is None:
+            return ProcessState(False, None)
+        return ProcessState(p.running, p.exit_code)
+
+    def stop(self, handle: Handle, grace_s: float) -> int | None:
+        p = self.processes.get(handle.pid)
+        if p is None:
+            return None
+        if p.running:
+            p.running, p.exit_code = False, 0
+        return p.exit_code
+
+    def running(self) -> dict[str, Handle]:
+        return {p.spec.replica_id: Handle(pid, "0") for pid, p in self.processes.items() if p.running}
+
+    def port_of(self, replica_id: str) -> int | None:
+        for p in self.processes.values():
+            if p.spec.replica_id == replica_id:
+                return p.port
+        return None
+
+    def crash(self, replica_id: str, code: int = 1) -> None:
+        for p in self.processes.values():
+            if p.spec.replica_id == replica_id and p.running:
+                p.running, p.exit_code = False, code

@@ -1,0 +1,162 @@
+"""Settings: the TOML file named by DEDICATE_CONFIG, overridden by environment variables.
+
+    DEDICATE_CONFIG        path of the TOML file (optional)
+    DEDICATE_HOST          bind address (default 127.0.0.1)
+    DEDICATE_PORT          port (default 8700; 0 picks a free one, written to <data dir>/port)
+    DEDICATE_DATA_DIR      data directory (default ~/.local/share/dedicate)
+    DEDICATE_DATABASE_URL  SQLAlchemy URL (default SQLite in the data directory)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from dedicate.domain.catalog import (
+    DEFAULT_CPU_CENTS_PER_MINUTE,
+    DEFAULT_MODELS,
+    Catalog,
+    cpu_hardware,
+    default_hardware,
+    hardware_from_config,
+)
+from dedicate.domain.hardware import Hardware
+from dedicate.domain.models import DTYPE_BYTES, ModelSpec
+
+
+class ConfigError(Exception):
+    """The config file is wrong; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    data_dir: Path
+    database_url: str
+    catalog: Catalog
+    cpu_slots: int
+    cpu_slot_memory_gb: int
+    probe_interval_s: float = 1.0
+    probe_failure_threshold: int = 3
+    max_failures_before_ready: int = 3
+    reconcile_interval_s: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def replicas_dir(self) -> Path:
+        return self.data_dir / "replicas"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+def _memory_gb() -> int:
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return max(1, int(pages / 10**9))
+    except (ValueError, OSError):
+        return 8
+
+
+def installed_engines() -> set[str]:
+    engines = set()
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
+        engines.add("transformers")
+    if importlib.util.find_spec("vllm"):
+        engines.add("vllm")
+    return engines
+
+
+def _decimal(value: object, where: str) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ConfigError(f"{where}: {value!r} is not a number") from exc
+
+
+def _models(raw: list[dict[str, Any]]) -> list[ModelSpec]:
+    out = []
+    for i, m in enumerate(raw):
+        where = f"models[{i}]"
+        try:
+            spec = ModelSpec(
+                name=str(m["name"]), family=str(m.get("family", m["name"])),
+                params_b=float(m["params_b"]), context_length=int(m["context_length"]),
+                dtype=str(m.get("dtype", "bfloat16")), num_layers=int(m["num_layers"]),
+                num_kv_heads=int(m["num_kv_heads"]), head_dim=int(m["head_dim"]),
+                engines=tuple(m.get("engines", ["vllm"])), source=str(m.get("source", "hub")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}; a model needs name, params_b, context_length, "
+                              "num_layers, num_kv_heads, head_dim") from exc
+        if spec.dtype not in DTYPE_BYTES:
+            raise ConfigError(f"{where}: dtype must be one of {sorted(DTYPE_BYTES)}")
+        out.append(spec)
+    return out
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, Any] = {}
+    if cfg := env.get("DEDICATE_CONFIG"):
+        path = Path(cfg)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"DEDICATE_CONFIG names {path}, which does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    server = raw.get("server", {})
+    data_dir = Path(env.get("DEDICATE_DATA_DIR") or server.get("data_dir")
+                    or Path.home() / ".local/share/dedicate").expanduser().resolve()
+    cpu = raw.get("cpu", {})
+    cpu_slots = int(cpu.get("slots", os.cpu_count() or 1))
+    slot_memory = int(cpu.get("slot_memory_gb", max(1, _memory_gb() // max(cpu_slots, 1))))
+
+    hardware: dict[str, Hardware] = {h.id: h for h in default_hardware(slot_memory)}
+    hardware["1x_cpu"] = cpu_hardware(
+        slot_memory, _decimal(cpu.get("cents_per_minute", DEFAULT_CPU_CENTS_PER_MINUTE), "cpu"),
+        str(cpu.get("engine", "transformers")),
+    )
+    for i, h in enumerate(raw.get("hardware", [])):
+        try:
+            hw = hardware_from_config(
+                str(h["id"]), _decimal(h["cents_per_minute"], f"hardware[{i}].cents_per_minute"),
+                h.get("engine"), slot_memory,
+            )
+        except KeyError as exc:
+            raise ConfigError(f"hardware[{i}]: needs {exc}") from exc
+        except Exception as exc:
+            raise ConfigError(f"hardware[{i}]: {exc}") from exc
+        hardware[hw.id] = hw
+
+    models = {m.name: m for m in DEFAULT_MODELS}
+    models.update({m.name: m for m in _models(raw.get("models", []))})
+    engines = installed_engines() | set(raw.get("engines", {}).get("enabled", []))
+    engines |= {h.engine for h in hardware.values() if h.engine == "synthetic"}
+
+    port = int(env.get("DEDICATE_PORT") or server.get("port", 8700))
+    database_url = env.get("DEDICATE_DATABASE_URL") or server.get("database_url") or \
+        f"sqlite:///{data_dir / 'dedicate.db'}"
+    timing = raw.get("timing", {})
+    return Settings(
+        host=env.get("DEDICATE_HOST") or server.get("host", "127.0.0.1"),
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        catalog=Catalog.build(hardware.values(), models.values(), engines),
+        cpu_slots=cpu_slots,
+        cpu_slot_memory_gb=slot_memory,
+        probe_interval_s=float(timing.get("probe_interval_s", 1.0)),
+        probe_failure_threshold=int(timing.get("probe_failure_threshold", 3)),
+        max_failures_before_ready=int(timing.get("max_failures_before_ready", 3)),
+        reconcile_interval_s=float(timing.get("reconcile_interval_s", 1.0)),
+        extra=raw,
+    )

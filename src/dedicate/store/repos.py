@@ -1,0 +1,253 @@
+"""Repositories: the only code that reads and writes tables.
+
+Writes that race with a reconciler are guarded: ``update_*`` takes the
+version the caller read and changes nothing (returns False) if the row moved
+on since: the caller re-reads and decides again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dedicate.domain.endpoints import EndpointState, Intent
+from dedicate.domain.errors import Conflict
+from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
+from dedicate.domain.replicas import ReplicaFacts
+from dedicate.store.db import session_factory
+from dedicate.store.tables import ApiKeyRow, EndpointRow, EventRow, OwnerRow, ReplicaRow
+
+KEY_PREFIX = "ddc_"
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _endpoint(r: EndpointRow) -> Endpoint:
+    return Endpoint(
+        id=r.id, name=r.name, owner=r.owner, model=r.model, hardware=r.hardware,
+        display_name=r.display_name, min_replicas=r.min_replicas, max_replicas=r.max_replicas,
+        desired_replicas=r.desired_replicas, inactive_timeout=r.inactive_timeout,
+        disable_prompt_cache=r.disable_prompt_cache,
+        disable_speculative_decoding=r.disable_speculative_decoding,
+        availability_zone=r.availability_zone, cents_per_minute=Decimal(r.cents_per_minute),
+        intent=Intent(r.intent), state=EndpointState(r.state), state_changed_at=r.state_changed_at,
+        status_message=r.status_message, failures_before_ready=r.failures_before_ready,
+        created_at=r.created_at, updated_at=r.updated_at, deleted_at=r.deleted_at, version=r.version,
+    )
+
+
+def _replica(r: ReplicaRow) -> Replica:
+    return Replica(
+        id=r.id, endpoint_id=r.endpoint_id, engine=r.engine, node=r.node, slots=r.slots,
+        token=r.token, port=r.port, pid=r.pid, process_started=r.process_started,
+        log_path=r.log_path, created_at=r.created_at,
+        facts=ReplicaFacts(
+            placed_at=r.placed_at, launched_at=r.launched_at, first_ready_at=r.first_ready_at,
+            last_probe_ok_at=r.last_probe_ok_at, probe_failures=r.probe_failures,
+            exit_code=r.exit_code, stop_requested_at=r.stop_requested_at, stopped_at=r.stopped_at,
+        ),
+        stop_reason=r.stop_reason, version=r.version,
+    )
+
+
+def _key(r: ApiKeyRow) -> ApiKey:
+    return ApiKey(r.id, r.owner, r.prefix, r.is_admin, r.name, r.created_at, r.revoked_at)
+
+
+class Store:
+    """All persistence. Each method is one short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = session_factory(engine)
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    # owners and keys -------------------------------------------------------
+
+    def ensure_owner(self, s: Session, owner: str, now: datetime) -> None:
+        if s.get(OwnerRow, owner) is None:
+            s.add(OwnerRow(name=owner, created_at=now))
+            s.flush()
+
+    def create_key(
+        self, owner: str, *, is_admin: bool, name: str | None, now: datetime
+    ) -> tuple[ApiKey, str]:
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKeyRow(
+            id=f"key_{uuid.uuid4().hex[:20]}", owner=owner, prefix=secret[:12],
+            secret_hash=hash_secret(secret), is_admin=is_admin, name=name, created_at=now,
+        )
+        with self.tx() as s:
+            self.ensure_owner(s, owner, now)
+            s.add(row)
+        return _key(row), secret
+
+    def find_key(self, secret: str) -> ApiKey | None:
+        with self.tx() as s:
+            row = s.scalars(select(ApiKeyRow).where(ApiKeyRow.secret_hash == hash_secret(secret))).first()
+            return None if row is None else _key(row)
+
+    def list_keys(self, owner: str | None) -> list[ApiKey]:
+        with self.tx() as s:
+            q = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.id)
+            if owner is not None:
+                q = q.where(ApiKeyRow.owner == owner)
+            return [_key(r) for r in s.scalars(q)]
+
+    def get_key(self, key_id: str) -> ApiKey | None:
+        with self.tx() as s:
+            row = s.get(ApiKeyRow, key_id)
+            return None if row is None else _key(row)
+
+    def revoke_key(self, key_id: str, now: datetime) -> None:
+        with self.tx() as s:
+            s.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
+                      .values(revoked_at=now))
+
+    def has_admin_key(self) -> bool:
+        with self.tx() as s:
+            q = select(ApiKeyRow.id).where(ApiKeyRow.is_admin.is_(True), ApiKeyRow.revoked_at.is_(None))
+            return s.scalars(q).first() is not None
+
+    # endpoints -------------------------------------------------------------
+
+    def insert_endpoint(self, ep: Endpoint, event: tuple[str, str]) -> None:
+        try:
+            with self.tx() as s:
+                self.ensure_owner(s, ep.owner, ep.created_at)
+                s.add(EndpointRow(
+                    id=ep.id, name=ep.name, owner=ep.owner, model=ep.model, hardware=ep.hardware,
+                    display_name=ep.display_name, min_replicas=ep.min_replicas,
+                    max_replicas=ep.max_replicas, desired_replicas=ep.desired_replicas,
+                    inactive_timeout=ep.inactive_timeout,
+                    disable_prompt_cache=ep.disable_prompt_cache,
+                    disable_speculative_decoding=ep.disable_speculative_decoding,
+                    availability_zone=ep.availability_zone, cents_per_minute=ep.cents_per_minute,
+                    intent=ep.intent.value, state=ep.state.value,
+                    state_changed_at=ep.state_changed_at, status_message=ep.status_message,
+                    failures_before_ready=ep.failures_before_ready, created_at=ep.created_at,
+                    updated_at=ep.updated_at, deleted_at=None, version=1,
+                ))
+                s.flush()
+                s.add(EventRow(endpoint_id=ep.id, at=ep.created_at, kind=event[0], message=event[1]))
+        except IntegrityError as exc:  # a name collision: 8 hex digits rarely repeat
+            raise Conflict("an endpoint with that name exists; try again") from exc
+
+    def get_endpoint(self, key: str, *, include_deleted: bool = False) -> Endpoint | None:
+        """By id or by name."""
+        with self.tx() as s:
+            col = EndpointRow.id if key.startswith("endpoint-") else EndpointRow.name
+            q = select(EndpointRow).where(col == key)
+            if not include_deleted:
+                q = q.where(EndpointRow.deleted_at.is_(None))
+            row = s.scalars(q).first()
+            return None if row is None else _endpoint(row)
+
+    def list_endpoints(self, owner: str | None = None, *, include_deleted: bool = False) -> list[Endpoint]:
+        with self.tx() as s:
+            q = select(EndpointRow).order_by(EndpointRow.created_at, EndpointRow.id)
+            if owner is not None:
+                q = q.where(EndpointRow.owner == owner)
+            if not include_deleted:
+                q = q.where(EndpointRow.deleted_at.is_(None))
+            return [_endpoint(r) for r in s.scalars(q)]
+
+    def update_endpoint(
+        self, ep: Endpoint, now: datetime, event: tuple[str, str] | None = None, **changes: Any
+    ) -> bool:
+        """Guarded write: applies only if ``ep.version`` is still current."""
+        values = {k: (v.value if isinstance(v, (EndpointState, Intent)) else v) for k, v in changes.items()}
+        with self.tx() as s:
+            res = s.execute(
+                update(EndpointRow)
+                .where(EndpointRow.id == ep.id, EndpointRow.version == ep.version)
+                .values(**values, updated_at=now, version=ep.version + 1)
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            if event is not None:
+                s.add(EventRow(endpoint_id=ep.id, at=now, kind=event[0], message=event[1]))
+            return True
+
+    # replicas --------------------------------------------------------------
+
+    def insert_replica(self, replica: Replica, event: tuple[str, str] | None = None) -> None:
+        f = replica.facts
+        with self.tx() as s:
+            s.add(ReplicaRow(
+                id=replica.id, endpoint_id=replica.endpoint_id, engine=replica.engine,
+                node=replica.node, slots=replica.slots, token=replica.token, port=replica.port,
+                pid=replica.pid, process_started=replica.process_started, log_path=replica.log_path,
+                created_at=replica.created_at, placed_at=f.placed_at, launched_at=f.launched_at,
+                first_ready_at=f.first_ready_at, last_probe_ok_at=f.last_probe_ok_at,
+                probe_failures=f.probe_failures, exit_code=f.exit_code,
+                stop_requested_at=f.stop_requested_at, stop_reason=replica.stop_reason,
+                stopped_at=f.stopped_at, version=1,
+            ))
+            if event is not None:
+                s.add(EventRow(endpoint_id=replica.endpoint_id, at=replica.created_at,
+                               kind=event[0], message=event[1]))
+
+    def live_replicas(self, endpoint_id: str | None = None) -> list[Replica]:
+        with self.tx() as s:
+            q = select(ReplicaRow).where(ReplicaRow.stopped_at.is_(None)).order_by(
+                ReplicaRow.created_at, ReplicaRow.id)
+            if endpoint_id is not None:
+                q = q.where(ReplicaRow.endpoint_id == endpoint_id)
+            return [_replica(r) for r in s.scalars(q)]
+
+    def replicas_of(self, endpoint_id: str) -> list[Replica]:
+        with self.tx() as s:
+            q = select(ReplicaRow).where(ReplicaRow.endpoint_id == endpoint_id).order_by(
+                ReplicaRow.created_at, ReplicaRow.id)
+            return [_replica(r) for r in s.scalars(q)]
+
+    def get_replica(self, replica_id: str) -> Replica | None:
+        with self.tx() as s:
+            row = s.get(ReplicaRow, replica_id)
+            return None if row is None else _replica(row)
+
+    def update_replica(
+        self, r: Replica, now: datetime, event: tuple[str, str] | None = None, **changes: Any
+    ) -> bool:
+        with self.tx() as s:
+            res = s.execute(
+                update(ReplicaRow)
+                .where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
+                .values(**changes, version=r.version + 1)
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            if event is not None:
+                s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=event[0], message=event[1]))
+            return True
+
+    # events ----------------------------------------------------------------
+
+    def add_event(self, endpoint_id: str, at: datetime, kind: str, message: str) -> None:
+        with self.tx() as s:
+            s.add(EventRow(endpoint_id=endpoint_id, at=at, kind=kind, message=message))
+
+    def events(self, endpoint_id: str, limit: int = 200) -> Sequence[Event]:
+        with self.tx() as s:
+            q = (select(EventRow).where(EventRow.endpoint_id == endpoint_id)
+                 .order_by(EventRow.id.desc()).limit(limit))
+            rows = list(s.scalars(q))
+            return [Event(r.id, r.endpoint_id, r.at, r.kind, r.message) for r in reversed(rows)]

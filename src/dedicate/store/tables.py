@@ -1,0 +1,137 @@
+"""SQLAlchemy tables. Rows are converted to domain objects in repos.py.
+
+Times are stored as naive UTC and read back as aware UTC (``UTCDateTime``),
+so SQLite and PostgreSQL give the same values.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use the injected UTC clock")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class OwnerRow(Base):
+    __tablename__ = "owners"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    gpu_quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(ForeignKey("owners.name"), index=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class EndpointRow(Base):
+    __tablename__ = "endpoints"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    owner: Mapped[str] = mapped_column(ForeignKey("owners.name"), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    hardware: Mapped[str] = mapped_column(String(100))
+    display_name: Mapped[str] = mapped_column(String(200))
+    min_replicas: Mapped[int] = mapped_column(Integer)
+    max_replicas: Mapped[int] = mapped_column(Integer)
+    desired_replicas: Mapped[int] = mapped_column(Integer)
+    inactive_timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    disable_prompt_cache: Mapped[bool] = mapped_column(Boolean, default=False)
+    disable_speculative_decoding: Mapped[bool] = mapped_column(Boolean, default=False)
+    availability_zone: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    cents_per_minute: Mapped[Any] = mapped_column(Numeric(18, 6))
+    intent: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    failures_before_ready: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class ReplicaRow(Base):
+    __tablename__ = "replicas"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("endpoints.id"), index=True)
+    engine: Mapped[str] = mapped_column(String(32))
+    node: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    slots: Mapped[str] = mapped_column(String(200), default="")
+    token: Mapped[str] = mapped_column(String(128))
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    process_started: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    launched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    first_ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_probe_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    probe_failures: Mapped[int] = mapped_column(Integer, default=0)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (Index("ix_replicas_live", "stopped_at"),)
+
+
+class EventRow(Base):
+    __tablename__ = "endpoint_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("endpoints.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
