@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import uuid
@@ -179,6 +180,10 @@ def serve(settings: Settings) -> None:
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10,
                             access_log=False, lifespan="on")
     server = uvicorn.Server(config)
+    # uvicorn re-raises the stop signal once it has shut down gracefully; these handlers
+    # (which it restores first) turn that into a clean exit 0 after our own cleanup.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:

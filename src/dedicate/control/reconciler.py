@@ -14,7 +14,7 @@ import logging
 import secrets
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -57,8 +57,12 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
+Probe = Callable[[int], Awaitable[bool]]
+
+
 class Reconciler:
-    def __init__(self, store: Store, runtime: Runtime, settings: Settings, clock: Clock) -> None:
+    def __init__(self, store: Store, runtime: Runtime, settings: Settings, clock: Clock,
+                 probe: Probe | None = None) -> None:
         self.store = store
         self.runtime = runtime
         self.settings = settings
@@ -69,6 +73,14 @@ class Reconciler:
         self._backoff: dict[str, _Backoff] = {}
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
         self._unplaceable: dict[str, str] = {}
+        self._probe_port = probe or self._http_probe
+
+    async def _http_probe(self, port: int) -> bool:
+        try:
+            resp = await self._http.get(f"http://127.0.0.1:{port}/health")
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
 
     # the loop ------------------------------------------------------------------
 
@@ -171,12 +183,7 @@ class Reconciler:
             if fresh is None:
                 return
             r = fresh
-        try:
-            resp = await self._http.get(f"http://127.0.0.1:{port}/health")
-            healthy = resp.status_code == 200
-        except httpx.HTTPError:
-            healthy = False
-        if healthy:
+        if await self._probe_port(port):
             first = r.facts.first_ready_at is None
             changes: dict[str, object] = {"last_probe_ok_at": now, "probe_failures": 0}
             if first:
@@ -209,6 +216,11 @@ class Reconciler:
                 self.store.update_replica, r, now,
                 ("failed", f"replica {r.id} not ready after {START_TIMEOUT_S:.0f} s; replacing it"),
                 stop_requested_at=now, stop_reason="start timeout")
+
+    async def settle(self) -> None:
+        """Wait for the stops this loop started in the background (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[call-overload]

@@ -175,7 +175,7 @@ _OWNER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 def validate_owner(owner: object) -> str:
-    if not isinstance(owner, str) or not _OWNER.match(owner):
+    if not isinstance(owner, str) or not _OWNER.fullmatch(owner):
         raise InvalidRequest(
             "owner must be 1-63 characters of lowercase letters, digits, '-' or '_', "
             "starting with a letter or digit",

@@ -51,7 +51,7 @@ class ShapeId:
 
 def parse_hardware_id(hardware_id: str) -> ShapeId:
     """Split a shape id into its parts, or say what a valid id looks like."""
-    m = _GPU_ID.match(hardware_id)
+    m = _GPU_ID.fullmatch(hardware_id)
     if m:
         mem = int(m["mem"])
         return ShapeId(
@@ -60,7 +60,7 @@ def parse_hardware_id(hardware_id: str) -> ShapeId:
             gpu_memory_gb=mem,
             gpu_count=int(m["count"]),
         )
-    m = _CPU_ID.match(hardware_id)
+    m = _CPU_ID.fullmatch(hardware_id)
     if m:
         return ShapeId(gpu_type=CPU_GPU_TYPE, gpu_link="none", gpu_memory_gb=None, gpu_count=int(m["count"]))
     raise InvalidRequest(

@@ -1,0 +1,158 @@
+"""Real dedicate server processes for end-to-end tests, and their teardown.
+
+Every process a test starts is recorded with its start time and killed at
+teardown (its whole process group), so no replica outlives the test that
+started it, even when the server was SIGKILLed on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dedicate.runtimes.local import process_start_time
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FAST_CONFIG = """
+[timing]
+probe_interval_s = 0.2
+reconcile_interval_s = 0.2
+probe_failure_threshold = 3
+max_failures_before_ready = 3
+"""
+
+
+class Server:
+    """One `dedicate up` process on a port of its choosing, with its own data directory."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, config: str = FAST_CONFIG,
+                 shared_models: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "config.toml").write_text(config)
+        if shared_models is not None:
+            models = self.data_dir / "models"
+            models.mkdir(exist_ok=True)
+            link = models / "tiny-chat"
+            if not link.exists():
+                link.symlink_to(shared_models)
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.port = 0
+
+    @property
+    def admin_key(self) -> str:
+        return (self.data_dir / "admin.key").read_text().strip()
+
+    def start(self, timeout: float = 60.0) -> Server:
+        port_file = self.data_dir / "port"
+        port_file.unlink(missing_ok=True)
+        env = {**os.environ, "DEDICATE_DATA_DIR": str(self.data_dir), "DEDICATE_PORT": "0",
+               "DEDICATE_CONFIG": str(self.data_dir / "config.toml"), **self.extra_env}
+        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen([sys.executable, "-m", "dedicate.cli.main", "up"], env=env,
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if port_file.exists():
+                self.port = int(port_file.read_text())
+                self.url = f"http://127.0.0.1:{self.port}"
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                        return self
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not come up in {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join((self.data_dir / "server.log").read_text().splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def terminate(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, as Ctrl-C on `make up` would, and wait for the graceful exit."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server alone: its replicas keep running."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def replica_processes(self) -> dict[str, int]:
+        """Replica id → pid of every live replica process of this data directory."""
+        instance = (self.data_dir / "instance-id").read_text().strip()
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if "--instance" in argv and argv[argv.index("--instance") + 1] == instance:
+                if process_start_time(int(entry.name)) is not None:
+                    found[argv[argv.index("--replica-id") + 1]] = int(entry.name)
+        return found
+
+    def cleanup(self) -> None:
+        """Kill the server and every replica process group it left, checking pid start times."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.kill()
+        if not (self.data_dir / "instance-id").exists():
+            return
+        for pid in self.replica_processes().values():
+            started = process_start_time(pid)
+            if started is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+
+    # API helpers -----------------------------------------------------------
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30.0,
+                            headers={"authorization": f"Bearer {key or self.admin_key}"})
+
+    def wait_state(self, endpoint_id: str, states: set[str], key: str | None = None,
+                   timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        with self.client(key) as c:
+            while time.monotonic() < deadline:
+                last = c.get(f"/v1/endpoints/{endpoint_id}").json()
+                if last.get("state") in states:
+                    return last
+                time.sleep(0.2)
+        raise AssertionError(f"endpoint never reached {states}: {json.dumps(last)}\n{self.log_tail()}")
+
+    def create_tiny(self, key: str | None = None, **extra: Any) -> dict[str, Any]:
+        body = {"model": "dedicate/tiny-chat", "hardware": "1x_cpu",
+                "autoscaling": {"min_replicas": 1, "max_replicas": 1}, **extra}
+        with self.client(key) as c:
+            resp = c.post("/v1/endpoints", json=body)
+        assert resp.status_code == 200, resp.text
+        result: dict[str, Any] = resp.json()
+        return result

@@ -1,0 +1,142 @@
+"""The store on SQLite and on a real PostgreSQL server: same answers from both."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from dedicate.domain.endpoints import EndpointState, Intent
+from dedicate.domain.errors import Conflict
+from dedicate.domain.records import Endpoint, Replica
+from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus
+from dedicate.store.db import make_engine, migrate
+from dedicate.store.repos import Store
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(db_url: str) -> Store:
+    engine = make_engine(db_url)
+    migrate(engine)
+    migrate(engine)  # idempotent
+    return Store(engine)
+
+
+def endpoint(id_: str = "endpoint-1", name: str = "alice/tiny-00000001", owner: str = "alice") -> Endpoint:
+    return Endpoint(
+        id=id_, name=name, owner=owner, model="dedicate/tiny-chat", hardware="1x_cpu",
+        display_name=name, min_replicas=1, max_replicas=2, desired_replicas=1, inactive_timeout=None,
+        disable_prompt_cache=False, disable_speculative_decoding=False, availability_zone=None,
+        cents_per_minute=Decimal("0.123456"), intent=Intent.RUN, state=EndpointState.PENDING,
+        state_changed_at=T0, status_message="", failures_before_ready=0, created_at=T0, updated_at=T0,
+        deleted_at=None, version=1,
+    )
+
+
+def replica(rid: str, endpoint_id: str = "endpoint-1") -> Replica:
+    return Replica(
+        id=rid, endpoint_id=endpoint_id, engine="transformers", node="local", slots="0", token="t",
+        port=None, pid=None, process_started=None, log_path=None, created_at=T0,
+        facts=ReplicaFacts(T0, None, None, None, 0, None, None, None), stop_reason=None, version=1,
+    )
+
+
+def test_an_endpoint_reads_back_exactly_as_written(store: Store) -> None:
+    store.insert_endpoint(endpoint(), ("created", "made"))
+    got = store.get_endpoint("endpoint-1")
+    assert got == endpoint()
+    assert got is not None and got.created_at.tzinfo is not None
+    assert store.get_endpoint("alice/tiny-00000001") == got, "found by name too"
+
+
+def test_a_duplicate_name_is_a_conflict(store: Store) -> None:
+    store.insert_endpoint(endpoint(), ("created", "made"))
+    with pytest.raises(Conflict):
+        store.insert_endpoint(endpoint(id_="endpoint-2"), ("created", "made"))
+
+
+def test_a_stale_guarded_write_changes_nothing(store: Store) -> None:
+    store.insert_endpoint(endpoint(), ("created", "made"))
+    read = store.get_endpoint("endpoint-1")
+    assert read is not None
+    assert store.update_endpoint(read, T0, None, desired_replicas=2)
+    assert not store.update_endpoint(read, T0, None, desired_replicas=5), "version moved on"
+    now = store.get_endpoint("endpoint-1")
+    assert now is not None and now.desired_replicas == 2 and now.version == 2
+
+
+def test_racing_writers_on_one_endpoint_exactly_one_wins(store: Store) -> None:
+    store.insert_endpoint(endpoint(), ("created", "made"))
+    read = store.get_endpoint("endpoint-1")
+    assert read is not None
+
+    def write(n: int) -> bool:
+        return store.update_endpoint(read, T0, ("updated", f"writer {n}"), desired_replicas=n)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(write, range(1, 9)))
+    assert results.count(True) == 1
+    now = store.get_endpoint("endpoint-1")
+    assert now is not None and now.desired_replicas == results.index(True) + 1
+    assert [e.kind for e in store.events("endpoint-1")] == ["created", "updated"]
+
+
+def test_deleted_endpoints_are_hidden_but_kept(store: Store) -> None:
+    store.insert_endpoint(endpoint(), ("created", "made"))
+    read = store.get_endpoint("endpoint-1")
+    assert read is not None
+    store.update_endpoint(read, T0, None, deleted_at=T0 + timedelta(seconds=1), intent=Intent.STOP)
+    assert store.get_endpoint("endpoint-1") is None
+    assert store.list_endpoints("alice") == []
+    assert store.get_endpoint("endpoint-1", include_deleted=True) is not None
+
+
+def test_endpoints_are_listed_per_owner(store: Store) -> None:
+    store.insert_endpoint(endpoint(), ("created", "a"))
+    store.insert_endpoint(endpoint("endpoint-2", "bob/tiny-00000002", "bob"), ("created", "b"))
+    assert [e.id for e in store.list_endpoints("alice")] == ["endpoint-1"]
+    assert [e.id for e in store.list_endpoints("bob")] == ["endpoint-2"]
+    assert len(store.list_endpoints(None)) == 2
+
+
+def test_replica_facts_round_trip_and_status_is_derived(store: Store) -> None:
+    store.insert_endpoint(endpoint(), ("created", "made"))
+    store.insert_replica(replica("r-1"))
+    r = store.get_replica("r-1")
+    assert r is not None and r.status is ReplicaStatus.PLACED
+    ready_at = T0 + timedelta(seconds=12, microseconds=7)
+    assert store.update_replica(r, T0, ("ready", "ok"), launched_at=T0, first_ready_at=ready_at,
+                                last_probe_ok_at=ready_at, pid=42, port=1234)
+    r2 = store.get_replica("r-1")
+    assert r2 is not None and r2.status is ReplicaStatus.READY
+    assert r2.facts.first_ready_at == ready_at
+    assert [x.id for x in store.live_replicas("endpoint-1")] == ["r-1"]
+    assert store.update_replica(r2, T0, None, stop_requested_at=ready_at, stopped_at=ready_at)
+    assert store.live_replicas() == []
+
+
+def test_keys_are_stored_hashed_and_revocation_is_immediate(store: Store) -> None:
+    key, secret = store.create_key("alice", is_admin=False, name="ci", now=T0)
+    assert secret.startswith("ddc_") and key.prefix == secret[:12]
+    found = store.find_key(secret)
+    assert found is not None and found.owner == "alice"
+    with store.tx() as s:
+        from sqlalchemy import text
+
+        stored = s.execute(text("select secret_hash from api_keys")).scalar_one()
+    assert secret not in stored
+    store.revoke_key(key.id, T0)
+    revoked = store.find_key(secret)
+    assert revoked is not None and revoked.revoked_at == T0
+    assert store.find_key("ddc_wrong") is None
+
+
+def test_naive_datetimes_are_refused(store: Store) -> None:
+    with pytest.raises(Exception, match="naive datetime"):
+        store.insert_endpoint(endpoint().__class__(**{**endpoint().__dict__,
+                                                      "created_at": datetime(2026, 1, 1)}),
+                              ("created", "x"))
