@@ -107,7 +107,7 @@ def _wait(client: Client, endpoint_id: str, target: set[str], timeout: float, as
         ep = client.call("GET", f"/v1/endpoints/{endpoint_id}")
         r = ep.get("replicas", {})
         line = f"{ep['state']:<9} {r.get('ready', 0)}/{r.get('desired', 0)} ready  {ep.get('status_message', '')}"
-        if line != last and not as_json:
+        if line != last:  # progress goes to stderr, so --json output stays parseable
             click.echo(line, err=True)
             last = line
         if ep["state"] in target:
@@ -170,10 +170,10 @@ def create(model: str, hardware: str, min_replicas: int, max_replicas: int, disp
         body["inactive_timeout"] = inactive_timeout
     preview = client.call("POST", "/v1/endpoints", params={"dry_run": "true"}, json=body)
     p = preview["pricing"]
-    if not as_json:
-        click.echo(f"price: {p['cents_per_replica_minute']} cents per replica-minute; "
-                   f"${p['dollars_per_hour_at_min']}/h at {min_replicas} replica(s), "
-                   f"${p['dollars_per_hour_at_max']}/h at {max_replicas}", err=True)
+    # On stderr: --json output on stdout stays parseable.
+    click.echo(f"price: {p['cents_per_replica_minute']} cents per replica-minute; "
+               f"${p['dollars_per_hour_at_min']}/h at {min_replicas} replica(s), "
+               f"${p['dollars_per_hour_at_max']}/h at {max_replicas}", err=True)
     ep = client.call("POST", "/v1/endpoints", json=body)
     if wait and not no_start:
         ep = _wait(client, ep["id"], {"STARTED"}, timeout, as_json)

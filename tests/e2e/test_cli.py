@@ -1,0 +1,78 @@
+"""dedicate's own CLI against a real server: every command, JSON output, --wait progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from tests.e2e.harness import Server
+
+
+def cli(server: Server, *args: str, key: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DEDICATE_URL": server.url}
+    env.pop("DEDICATE_API_KEY", None)
+    if key is not None:
+        env["DEDICATE_API_KEY"] = key
+    else:  # the default: the admin key in the data directory
+        env["DEDICATE_DATA_DIR"] = str(server.data_dir)
+    return subprocess.run([sys.executable, "-m", "dedicate.cli.main", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def ok_json(server: Server, *args: str, key: str | None = None) -> Any:
+    out = cli(server, *args, "--json", key=key)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_endpoint_lifecycle_through_the_cli(server: Server) -> None:
+    hw = ok_json(server, "hardware", "--model", "dedicate/tiny-chat")
+    assert [h["id"] for h in hw] == ["1x_cpu"] and hw[0]["availability"]["status"] == "available"
+    models = ok_json(server, "models")
+    assert any(m["id"] == "dedicate/tiny-chat" and m["deployable"] for m in models)
+
+    created = cli(server, "endpoints", "create", "dedicate/tiny-chat", "--hardware", "1x_cpu",
+                  "--min-replicas", "1", "--max-replicas", "2", "--wait", "--json")
+    assert created.returncode == 0, created.stderr
+    ep = json.loads(created.stdout)
+    assert ep["state"] == "STARTED" and ep["replicas"]["ready"] == 1
+    assert "cents per replica-minute" in created.stderr, "the price is shown before creating"
+
+    assert [e["id"] for e in ok_json(server, "endpoints", "list")] == [ep["id"]]
+    assert ok_json(server, "endpoints", "get", ep["id"])["name"] == ep["name"]
+    updated = ok_json(server, "endpoints", "update", ep["id"], "--display-name", "mine",
+                      "--inactive-timeout", "30")
+    assert updated["display_name"] == "mine" and updated["inactive_timeout"] == 30
+
+    stopped = cli(server, "endpoints", "stop", ep["id"], "--wait")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "STOPPED" in stopped.stdout and "STOPPING" in stopped.stderr, "--wait shows progress"
+    assert ok_json(server, "endpoints", "start", ep["id"], "--wait")["state"] == "STARTED"
+    kinds = [e["kind"] for e in ok_json(server, "endpoints", "events", ep["id"])]
+    assert kinds[0] == "created" and "ready" in kinds and "stopped" in kinds
+
+    assert cli(server, "endpoints", "delete", ep["id"]).returncode == 0
+    gone = cli(server, "endpoints", "get", ep["id"])
+    assert gone.returncode == 1 and "not found" in gone.stderr
+
+
+def test_cli_errors_are_messages_and_a_nonzero_exit(server: Server) -> None:
+    bad = cli(server, "endpoints", "create", "dedicate/tiny-chat", "--hardware", "9x_cpu")
+    assert bad.returncode == 1
+    assert "invalid hardware provided" in bad.stderr and "Traceback" not in bad.stderr
+    nothing = cli(server, "endpoints", "update", "endpoint-x")
+    assert nothing.returncode == 1 and "nothing to update" in nothing.stderr
+    wrong_key = cli(server, "endpoints", "list", key="ddc_nope")
+    assert wrong_key.returncode == 1 and "authentication" in wrong_key.stderr
+
+
+def test_keys_create_list_revoke(server: Server) -> None:
+    made = ok_json(server, "keys", "create", "--owner", "hank", "--name", "laptop")
+    assert made["owner"] == "hank" and made["key"].startswith("ddc_")
+    listed = ok_json(server, "keys", "list", key=made["key"])
+    assert [k["id"] for k in listed] == [made["id"]] and "key" not in listed[0]
+    assert cli(server, "keys", "revoke", made["id"], key=made["key"]).returncode == 0
+    assert cli(server, "endpoints", "list", key=made["key"]).returncode == 1
