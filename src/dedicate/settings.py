@@ -102,6 +102,26 @@ def _models(raw: list[dict[str, Any]]) -> list[ModelSpec]:
     return out
 
 
+def _int(value: object, where: str, minimum: int = 0) -> int:
+    try:
+        n = int(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {value!r} is not a whole number") from exc
+    if n < minimum:
+        raise ConfigError(f"{where}: must be at least {minimum}, got {n}")
+    return n
+
+
+def _float(value: object, where: str) -> float:
+    try:
+        x = float(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {value!r} is not a number") from exc
+    if x <= 0:
+        raise ConfigError(f"{where}: must be positive, got {x}")
+    return x
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
     raw: dict[str, Any] = {}
@@ -111,14 +131,18 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             raw = tomllib.loads(path.read_text())
         except FileNotFoundError as exc:
             raise ConfigError(f"DEDICATE_CONFIG names {path}, which does not exist") from exc
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"DEDICATE_CONFIG names {path}, which cannot be read: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     server = raw.get("server", {})
     data_dir = Path(env.get("DEDICATE_DATA_DIR") or server.get("data_dir")
                     or Path.home() / ".local/share/dedicate").expanduser().resolve()
     cpu = raw.get("cpu", {})
-    cpu_slots = int(cpu.get("slots", os.cpu_count() or 1))
-    slot_memory = int(cpu.get("slot_memory_gb", max(1, _memory_gb() // max(cpu_slots, 1))))
+    cpu_slots = _int(cpu.get("slots", os.cpu_count() or 1), "cpu.slots")
+    # A slot gets at least 2 GB by default so the demo model always fits one.
+    slot_memory = _int(cpu.get("slot_memory_gb", max(2, _memory_gb() // max(cpu_slots, 1))),
+                       "cpu.slot_memory_gb", 1)
 
     hardware: dict[str, Hardware] = {h.id: h for h in default_hardware(slot_memory)}
     hardware["1x_cpu"] = cpu_hardware(
@@ -127,10 +151,13 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     )
     for i, h in enumerate(raw.get("hardware", [])):
         try:
-            hw = hardware_from_config(
-                str(h["id"]), _decimal(h["cents_per_minute"], f"hardware[{i}].cents_per_minute"),
-                h.get("engine"), slot_memory,
-            )
+            price = _decimal(h["cents_per_minute"], f"hardware[{i}].cents_per_minute")
+        except KeyError as exc:
+            raise ConfigError(f"hardware[{i}]: needs {exc}") from exc
+        if price < 0:
+            raise ConfigError(f"hardware[{i}].cents_per_minute: a price cannot be negative")
+        try:
+            hw = hardware_from_config(str(h["id"]), price, h.get("engine"), slot_memory)
         except KeyError as exc:
             raise ConfigError(f"hardware[{i}]: needs {exc}") from exc
         except Exception as exc:
@@ -142,7 +169,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     engines = installed_engines() | set(raw.get("engines", {}).get("enabled", []))
     engines |= {h.engine for h in hardware.values() if h.engine == "synthetic"}
 
-    port = int(env.get("DEDICATE_PORT") or server.get("port", 8700))
+    port = _int(env.get("DEDICATE_PORT") or server.get("port", 8700), "DEDICATE_PORT / server.port")
     database_url = env.get("DEDICATE_DATABASE_URL") or server.get("database_url") or \
         f"sqlite:///{data_dir / 'dedicate.db'}"
     timing = raw.get("timing", {})
@@ -154,9 +181,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         catalog=Catalog.build(hardware.values(), models.values(), engines),
         cpu_slots=cpu_slots,
         cpu_slot_memory_gb=slot_memory,
-        probe_interval_s=float(timing.get("probe_interval_s", 1.0)),
-        probe_failure_threshold=int(timing.get("probe_failure_threshold", 3)),
-        max_failures_before_ready=int(timing.get("max_failures_before_ready", 3)),
-        reconcile_interval_s=float(timing.get("reconcile_interval_s", 1.0)),
+        probe_interval_s=_float(timing.get("probe_interval_s", 1.0), "timing.probe_interval_s"),
+        probe_failure_threshold=_int(timing.get("probe_failure_threshold", 3),
+                                     "timing.probe_failure_threshold", 1),
+        max_failures_before_ready=_int(timing.get("max_failures_before_ready", 3),
+                                       "timing.max_failures_before_ready", 1),
+        reconcile_interval_s=_float(timing.get("reconcile_interval_s", 1.0), "timing.reconcile_interval_s"),
         extra=raw,
     )

@@ -111,9 +111,9 @@ class Server:
                 argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if "--instance" in argv and argv[argv.index("--instance") + 1] == instance:
-                if process_start_time(int(entry.name)) is not None:
-                    found[argv[argv.index("--replica-id") + 1]] = int(entry.name)
+            mine = "--instance" in argv and argv[argv.index("--instance") + 1] == instance
+            if mine and process_start_time(int(entry.name)) is not None:
+                found[argv[argv.index("--replica-id") + 1]] = int(entry.name)
         return found
 
     def cleanup(self) -> None:

@@ -43,7 +43,7 @@ def test_sigkill_then_restart_adopts_the_running_replica(make_server: Callable[.
     before = s.replica_processes()
     assert len(before) == 1
     s.kill()
-    (rid, pid), = before.items()
+    ((_, pid),) = before.items()
     os.kill(pid, 0)  # still running without its server
 
     s.start()

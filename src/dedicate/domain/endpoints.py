@@ -148,6 +148,8 @@ def validate_inactive_timeout(value: object) -> int | None:
 def validate_display_name(value: object) -> str | None:
     if value is None:
         return None
+    if isinstance(value, str):
+        value = value.strip()
     if not isinstance(value, str) or len(value) > MAX_DISPLAY_NAME:
         raise InvalidRequest(
             f"display_name must be a string of at most {MAX_DISPLAY_NAME} characters",

@@ -29,7 +29,7 @@ class ModelSpec:
 
     @property
     def weight_bytes(self) -> int:
-        return int(self.params_b * 1e9 * DTYPE_BYTES[self.dtype])
+        return round(self.params_b * 1e9 * DTYPE_BYTES[self.dtype])
 
     def kv_bytes_per_token(self) -> int:
         """Keys and values for every layer: 2 × layers × kv heads × head dim × dtype."""

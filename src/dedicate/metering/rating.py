@@ -1,28 +1,30 @@
 """Rating: money for replica time. The one formula for predictions and charges.
 
 Prices are ``Decimal`` cents per replica-minute. Time is prorated per second
-(the per-minute price divided by 60), kept exact in ``Decimal``, and rounded
-once, half-even, to the cent, where a line of a bill or a prediction is shown.
-Because nothing is rounded before the total, billing two halves of a period
-gives the same exact amount as billing the whole.
+(the per-minute price divided by 60). A sixtieth has no finite decimal form, so
+exact amounts are ``Fraction``s of a cent; they are rounded once, half-even, to
+the cent, where a line of a bill or a prediction is shown. Because nothing is
+rounded or truncated before the total, billing two halves of a period gives
+exactly the same amount as billing the whole.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
+from fractions import Fraction
 
-CENT = Decimal("1")
-SECONDS_PER_MINUTE = Decimal(60)
+SECONDS_PER_MINUTE = 60
 
 
-def charge_exact(cents_per_minute: Decimal, replica_seconds: Decimal | int) -> Decimal:
+def charge_exact(cents_per_minute: Decimal, replica_seconds: Decimal | int | Fraction) -> Fraction:
     """Exact cents for ``replica_seconds`` of one replica at ``cents_per_minute``."""
-    return cents_per_minute * Decimal(replica_seconds) / SECONDS_PER_MINUTE
+    return Fraction(cents_per_minute) * Fraction(replica_seconds) / SECONDS_PER_MINUTE
 
 
-def round_cents(exact: Decimal) -> Decimal:
-    return exact.quantize(CENT, rounding=ROUND_HALF_EVEN)
+def round_cents(exact: Fraction | Decimal) -> Decimal:
+    """Half-even to the whole cent (Python rounds a Fraction half to even)."""
+    return Decimal(round(Fraction(exact)))
 
 
 @dataclass(frozen=True)
