@@ -83,7 +83,9 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
     engine = make_engine(settings.database_url)
     migrate(engine)
     store = Store(engine)
-    nodes = [Node("local", "cpu", settings.cpu_slots)]
+    nodes = list(settings.declared_nodes)
+    if settings.cpu_slots > 0:
+        nodes.append(Node("local", "cpu", settings.cpu_slots))
     runtime = LocalRuntime(settings.data_dir, instance_id(settings.data_dir), nodes)
     reconciler = Reconciler(store, runtime, settings, clock)
     services = Services(store, settings, clock, runtime.nodes, reconciler.wake.set)

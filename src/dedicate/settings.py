@@ -27,6 +27,7 @@ from dedicate.domain.catalog import (
 )
 from dedicate.domain.hardware import Hardware
 from dedicate.domain.models import DTYPE_BYTES, ModelSpec
+from dedicate.runtimes.base import Node
 
 
 class ConfigError(Exception):
@@ -47,6 +48,7 @@ class Settings:
     max_failures_before_ready: int = 3
     reconcile_interval_s: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
+    declared_nodes: tuple[Node, ...] = ()
 
     @property
     def replicas_dir(self) -> Path:
@@ -122,6 +124,26 @@ def _float(value: object, where: str) -> float:
     return x
 
 
+def _nodes(raw: list[dict[str, Any]], gpu_types: set[str]) -> list[Node]:
+    """Logical nodes from the config: accounted as the GPUs they declare, run by a CPU engine."""
+    out: list[Node] = []
+    for i, n in enumerate(raw):
+        where = f"nodes[{i}]"
+        if not isinstance(n, dict) or "name" not in n or "gpu_type" not in n:
+            raise ConfigError(f"{where}: a node needs name, gpu_type and gpus")
+        if n["gpu_type"] not in gpu_types:
+            raise ConfigError(f"{where}: gpu_type {n['gpu_type']!r} is not a catalog GPU type; "
+                              f"use one of {', '.join(sorted(gpu_types))}")
+        engine = str(n.get("engine", "transformers"))
+        if engine not in ("transformers", "synthetic", "vllm"):
+            raise ConfigError(f"{where}: engine must be transformers, synthetic or vllm")
+        if any(o.name == n["name"] for o in out):
+            raise ConfigError(f"{where}: node name {n['name']!r} is used twice")
+        out.append(Node(str(n["name"]), str(n["gpu_type"]), _int(n.get("gpus", 1), f"{where}.gpus", 1),
+                        declared=True, engine=engine))
+    return out
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
     raw: dict[str, Any] = {}
@@ -166,8 +188,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
     models = {m.name: m for m in DEFAULT_MODELS}
     models.update({m.name: m for m in _models(raw.get("models", []))})
+    declared = _nodes(raw.get("nodes", []), {h.gpu_type for h in hardware.values()})
     engines = installed_engines() | set(raw.get("engines", {}).get("enabled", []))
     engines |= {h.engine for h in hardware.values() if h.engine == "synthetic"}
+    engines |= {n.engine for n in declared if n.engine == "synthetic"}
 
     port = _int(env.get("DEDICATE_PORT") or server.get("port", 8700), "DEDICATE_PORT / server.port")
     database_url = env.get("DEDICATE_DATABASE_URL") or server.get("database_url") or \
@@ -188,4 +212,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
                                        "timing.max_failures_before_ready", 1),
         reconcile_interval_s=_float(timing.get("reconcile_interval_s", 1.0), "timing.reconcile_interval_s"),
         extra=raw,
+        declared_nodes=tuple(declared),
     )

@@ -24,6 +24,9 @@ from dedicate.runtimes.local import process_start_time
 ROOT = Path(__file__).resolve().parents[2]
 
 FAST_CONFIG = """
+[cpu]
+slots = 4
+
 [timing]
 probe_interval_s = 0.2
 reconcile_interval_s = 0.2

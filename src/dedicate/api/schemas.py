@@ -39,9 +39,10 @@ def dedicated_endpoint(v: EndpointView, *, dry_run: bool = False) -> dict[str, A
             "desired": ep.desired_replicas if ep.state.value not in ("STOPPED", "STOPPING") else 0,
             "ready": v.count(ReplicaStatus.READY),
             "starting": v.count(ReplicaStatus.STARTING, ReplicaStatus.PLACED),
-            "queued": v.count(ReplicaStatus.QUEUED),
+            "queued": ep.queued_replicas,
             "stopping": v.count(ReplicaStatus.STOPPING),
         },
+        "queue_position": ep.queue_position,
         "pricing": v.prediction.as_dict(),
     })
     if dry_run:

@@ -293,6 +293,62 @@ def models(as_json: bool) -> None:
     _out(data, as_json, _table(rows, ["MODEL", "PARAMS", "CONTEXT", "DEPLOYABLE"]))
 
 
+@main.command()
+@json_opt
+def nodes(as_json: bool) -> None:
+    """Admin: nodes, their slots, and which replicas hold them."""
+    data = Client().call("GET", "/v1/nodes")["data"]
+    lines = []
+    for n in data:
+        kind = f"logical, {n['engine']} engine" if n["declared"] else "discovered"
+        lines.append(f"{n['name']}  {n['slots']}x {n['gpu_type']}  ({kind})  {n['free']} free")
+        for r in n["replicas"]:
+            slots = ",".join(map(str, r["slots"]))
+            lines.append(f"  slots {slots:<8} {r['replica']}  {r['status']:<9} {r['endpoint']}")
+    _out(data, as_json, "\n".join(lines))
+
+
+@main.command()
+@json_opt
+def queue(as_json: bool) -> None:
+    """Admin: what waits for hardware, per pool, in order."""
+    data = Client().call("GET", "/v1/queue")["data"]
+    rows = [[q["pool"], str(q["position"] or "-"), q["name"], str(q["queued_replicas"]), q["kind"],
+             q["message"]] for q in data]
+    _out(data, as_json, _table(rows, ["POOL", "POS", "ENDPOINT", "WAITING", "KIND", "WHY"]) if rows
+         else "nothing is queued")
+
+
+@main.group()
+def quota() -> None:
+    """GPU quotas per owner."""
+
+
+@quota.command("get")
+@click.argument("owner")
+@json_opt
+def quota_get(owner: str, as_json: bool) -> None:
+    """An owner's GPU quota and use."""
+    q = Client().call("GET", f"/v1/owners/{owner}")
+    _out(q, as_json, f"{owner}: quota {q['gpu_quota'] if q['gpu_quota'] is not None else 'none'}, "
+                     f"{q['gpus_committed']} committed, {q['gpus_in_use']} in use")
+
+
+@quota.command("set")
+@click.argument("owner")
+@click.argument("gpus")
+@json_opt
+def quota_set(owner: str, gpus: str, as_json: bool) -> None:
+    """Admin: cap OWNER's GPUs (a number, or 'none')."""
+    value: int | None = None
+    if gpus.lower() != "none":
+        if not gpus.isdigit():
+            _fail("GPUS must be a whole number or 'none'")
+        value = int(gpus)
+    q = Client().call("PUT", f"/v1/owners/{owner}/quota", json={"gpus": value})
+    _out(q, as_json, f"{owner}: quota {q['gpu_quota'] if q['gpu_quota'] is not None else 'none'}")
+
+
 @main.group()
 def keys() -> None:
     """API keys."""

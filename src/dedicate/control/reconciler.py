@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,21 +23,25 @@ from pathlib import Path
 import httpx
 
 from dedicate.clock import Clock
+from dedicate.control import failpoints
+from dedicate.control.capacity import engine_for, node_views
 from dedicate.control.models import ensure_builtin
 from dedicate.domain.endpoints import EndpointState, Intent, ReplicaCounts, next_state
 from dedicate.domain.records import Endpoint, Replica
 from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus
 from dedicate.engines.base import EngineLaunch, engine_argv
-from dedicate.runtimes.base import Handle, LaunchSpec, Runtime
-from dedicate.scheduler.placement import NodeView, NoPlacement, place
+from dedicate.runtimes.base import Handle, LaunchSpec, Node, Runtime
+from dedicate.scheduler.placement import FleetIndex, Placement
+from dedicate.scheduler.queue import Demand, Plan, SurplusReplica, plan
 from dedicate.settings import Settings
-from dedicate.store.repos import Store
+from dedicate.store.repos import StaleLease, Store
 
 log = logging.getLogger("dedicate.reconciler")
 
 STOP_GRACE_S = 10.0
 START_TIMEOUT_S = 600.0
 LOG_TAIL_LINES = 5
+LEASE = "reconciler"
 
 
 @dataclass
@@ -63,7 +68,12 @@ Probe = Callable[[int], Awaitable[bool]]
 class Reconciler:
     def __init__(self, store: Store, runtime: Runtime, settings: Settings, clock: Clock,
                  probe: Probe | None = None) -> None:
-        self.store = store
+        self.base_store = store
+        self.store = store  # replaced by a fenced view once the lease is held
+        self.holder = f"{runtime.instance}:{os.getpid()}"
+        self._token: int | None = None
+        self.is_leader = False
+        self._plan = Plan()
         self.runtime = runtime
         self.settings = settings
         self.clock = clock
@@ -88,6 +98,9 @@ class Reconciler:
         while not stop.is_set():
             try:
                 await self.pass_once()
+            except StaleLease:
+                log.warning("lost the reconciler lease mid-pass; standing by")
+                self._token, self.is_leader = None, False
             except Exception:  # a pass must never kill the loop
                 log.exception("reconcile pass failed")
             self.wake.clear()
@@ -95,6 +108,8 @@ class Reconciler:
                 await asyncio.wait_for(self.wake.wait(), self.settings.reconcile_interval_s)
 
     async def pass_once(self) -> None:
+        if not await self._hold_lease():
+            return
         endpoints = await asyncio.to_thread(self.store.list_endpoints, include_deleted=True)
         by_id = {e.id: e for e in endpoints}
         live = await asyncio.to_thread(self.store.live_replicas)
@@ -103,14 +118,42 @@ class Reconciler:
         await self._stop_orphans(processes, {r.id for r in live})
         await asyncio.gather(*(self._observe(r, processes, by_id.get(r.endpoint_id)) for r in live))
 
-        live = await asyncio.to_thread(self.store.live_replicas)
-        for ep in endpoints:
-            if ep.deleted_at is not None and not any(r.endpoint_id == ep.id for r in live):
-                continue
-            try:
-                await self._reconcile_endpoint(ep, live)
-            except Exception:
-                log.exception("reconciling endpoint %s failed", ep.id)
+        endpoints = await asyncio.to_thread(self.store.list_endpoints, include_deleted=True)
+        live_ids = {r.endpoint_id for r in await asyncio.to_thread(self.store.live_replicas)}
+        endpoints = [e for e in endpoints if e.deleted_at is None or e.id in live_ids]
+        await self._converge(endpoints)
+        await self._settle_endpoints(endpoints)
+
+    async def _hold_lease(self) -> bool:
+        """Act only while holding the reconciler lease; writes are fenced by its token."""
+        now = self.clock.now()
+        ttl = max(10.0, 5 * self.settings.reconcile_interval_s)
+        current = await asyncio.to_thread(self.base_store.lease, LEASE)
+        steal = None
+        if current is not None and current[0] != self.holder and self._holder_dead(current[0]):
+            steal = current[0]  # our own instance's earlier process, gone: no need to wait it out
+        token = await asyncio.to_thread(self.base_store.acquire_lease, LEASE, self.holder, now, ttl, steal)
+        if token is None:
+            self.is_leader = False
+            return False
+        if token != self._token:
+            self._token = token
+            self.store = self.base_store.fenced(LEASE, token)
+            log.info("holding the reconciler lease (token %s)", token)
+        self.is_leader = True
+        return True
+
+    def _holder_dead(self, holder: str) -> bool:
+        instance, _, pid = holder.rpartition(":")
+        if instance != self.runtime.instance or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     # processes -----------------------------------------------------------------
 
@@ -190,6 +233,8 @@ class Reconciler:
                 changes["first_ready_at"] = now
             event = ("ready", f"replica {r.id} ready") if first else None
             ok = await asyncio.to_thread(self.store.update_replica, r, now, event, **changes)
+            if ok and first:
+                failpoints.hit("after_first_probe")
             if ok and first and ep is not None:
                 self._backoff.pop(ep.id, None)
                 ep_now = await asyncio.to_thread(self.store.get_endpoint, ep.id, include_deleted=True)
@@ -246,30 +291,70 @@ class Reconciler:
 
     # endpoints -----------------------------------------------------------------
 
-    async def _reconcile_endpoint(self, ep: Endpoint, live: list[Replica]) -> None:
+    def _should_run(self, ep: Endpoint) -> bool:
+        return ep.intent is Intent.RUN and ep.deleted_at is None and ep.state is not EndpointState.ERROR
+
+    async def _converge(self, endpoints: list[Endpoint]) -> None:
+        """Scale down what runs too much, then let the queue policy place what is missing."""
         now = self.clock.now()
-        mine = [r for r in live if r.endpoint_id == ep.id]
-        active = [r for r in mine if r.facts.stop_requested_at is None]
-        should_run = ep.intent is Intent.RUN and ep.deleted_at is None and ep.state is not EndpointState.ERROR
-        desired = ep.desired_replicas if should_run else 0
-        queued = 0
+        live = await asyncio.to_thread(self.store.live_replicas)
+        for ep in endpoints:
+            active = [r for r in live if r.endpoint_id == ep.id and r.facts.stop_requested_at is None]
+            desired = ep.desired_replicas if self._should_run(ep) else 0
+            if len(active) > desired:
+                await self._request_stops(ep, active, len(active) - desired, now)
+        live = await asyncio.to_thread(self.store.live_replicas)
 
-        if len(active) > desired:
-            await self._request_stops(ep, active, len(active) - desired, now)
-        elif len(active) < desired and not self._backing_off(ep, now):
-            placed = await self._place_new(ep, live, desired - len(active), now)
-            queued = desired - len(active) - placed
+        nodes = self.runtime.nodes()
+        index = FleetIndex.build(node_views(nodes, live))
+        catalog = self.settings.catalog
+        demands: list[Demand] = []
+        usage: dict[str, int] = {}
+        self._unplaceable.clear()
+        for ep in endpoints:
+            hw = catalog.hardware.get(ep.hardware)
+            active = [r for r in live if r.endpoint_id == ep.id and r.facts.stop_requested_at is None]
+            if hw is not None:
+                usage[ep.owner] = usage.get(ep.owner, 0) + hw.gpu_count * len(active)
+            if not self._should_run(ep) or self._backing_off(ep, now):
+                continue
+            model = catalog.models.get(ep.model)
+            if hw is None or model is None or engine_for(catalog, model, hw, nodes) is None:
+                self._unplaceable[ep.id] = f"no engine here can run {ep.model} on {ep.hardware}"
+                continue
+            # Surplus, least valuable first: not ready before ready, newest before oldest.
+            ordered = sorted(active, key=lambda r: (r.status is ReplicaStatus.READY, r.created_at), reverse=False)
+            surplus = ordered[: max(0, len(active) - ep.min_replicas)]
+            demands.append(Demand(
+                endpoint_id=ep.id, owner=ep.owner, pool=hw.gpu_type, gpus=hw.gpu_count,
+                min_replicas=ep.min_replicas, desired=ep.desired_replicas, active=len(active),
+                min_queued_at=ep.min_queued_at, created_at=ep.created_at,
+                surplus=tuple(SurplusReplica(r.id, r.node or "", tuple(int(x) for x in r.slots.split(",") if x))
+                              for r in surplus),
+            ))
+        decided = plan(index, demands, await asyncio.to_thread(self.store.quotas), usage)
+        self._plan = decided
 
-        mine = await asyncio.to_thread(self.store.live_replicas, ep.id)
-        status = Counter(r.status for r in mine)
-        counts = ReplicaCounts(
-            desired=desired,
-            ready=status[ReplicaStatus.READY],
-            starting=status[ReplicaStatus.STARTING] + status[ReplicaStatus.PLACED],
-            queued=queued,
-            stopping=status[ReplicaStatus.STOPPING],
-        )
-        await self._update_state(ep, counts, now)
+        by_id = {e.id: e for e in endpoints}
+        for replica_id, for_endpoint in decided.drains:
+            r = next((x for x in live if x.id == replica_id), None)
+            head = by_id.get(for_endpoint)
+            if r is None or head is None:
+                continue
+            reason = f"yielded to the queued minimum of {head.name}"
+            await asyncio.to_thread(
+                self.store.update_replica, r, now, ("yielded", f"replica {r.id} drains: {reason}"),
+                stop_requested_at=now, stop_reason=reason)
+            failpoints.hit("after_stop_request")
+        for endpoint_id, placements in decided.placements.items():
+            ep = by_id[endpoint_id]
+            for p in placements:
+                await self._create_replica(ep, p, nodes, now)
+            self._unplaceable.pop(endpoint_id, None)
+        for endpoint_id, reason in decided.reasons.items():
+            self._unplaceable[endpoint_id] = reason
+        if decided.drains or decided.placements:
+            self.wake.set()
 
     def _backing_off(self, ep: Endpoint, now: datetime) -> bool:
         b = self._backoff.get(ep.id)
@@ -277,60 +362,56 @@ class Reconciler:
 
     async def _request_stops(self, ep: Endpoint, active: list[Replica], n: int, now: datetime) -> None:
         # Stop the least useful first: not-ready before ready, newest before oldest.
-        order = sorted(active, key=lambda r: (r.status is ReplicaStatus.READY, r.created_at), )
+        order = sorted(active, key=lambda r: (r.status is ReplicaStatus.READY, -r.created_at.timestamp()))
         reason = "endpoint stopped" if ep.intent is Intent.STOP or ep.deleted_at else "scaled down"
         for r in order[:n]:
             await asyncio.to_thread(
                 self.store.update_replica, r, now, ("stopping", f"replica {r.id} stopping: {reason}"),
                 stop_requested_at=now, stop_reason=reason)
+            failpoints.hit("after_stop_request")
         self.wake.set()
 
-    def _node_views(self, live: Iterable[Replica]) -> list[NodeView]:
-        used: dict[str, set[int]] = {}
-        for r in live:
-            if r.node is not None and r.slots:
-                used.setdefault(r.node, set()).update(int(s) for s in r.slots.split(","))
-        return [
-            NodeView(n.name, n.gpu_type, n.slots,
-                     tuple(s for s in range(n.slots) if s not in used.get(n.name, set())))
-            for n in self.runtime.nodes()
-        ]
+    async def _create_replica(self, ep: Endpoint, p: Placement, nodes: list[Node], now: datetime) -> None:
+        hw = self.settings.catalog.hardware[ep.hardware]
+        model = self.settings.catalog.models[ep.model]
+        engine = engine_for(self.settings.catalog, model, hw, [n for n in nodes if n.name == p.node]) or hw.engine
+        replica = Replica(
+            id=f"r-{uuid.uuid4().hex[:12]}", endpoint_id=ep.id, engine=engine,
+            node=p.node, slots=",".join(str(s) for s in p.slots),
+            token=secrets.token_urlsafe(24), port=None, pid=None, process_started=None,
+            log_path=None, created_at=now,
+            facts=ReplicaFacts(now, None, None, None, 0, None, None, None),
+            stop_reason=None, version=1,
+        )
+        await asyncio.to_thread(
+            self.store.insert_replica, replica,
+            ("placed", f"replica {replica.id} placed on node {p.node} (slots {replica.slots})"))
+        failpoints.hit("after_replica_row")
+        await self._launch(ep, replica)
 
-    async def _place_new(self, ep: Endpoint, live: list[Replica], n: int, now: datetime) -> int:
-        hw = self.settings.catalog.hardware.get(ep.hardware)
-        model = self.settings.catalog.models.get(ep.model)
-        if hw is None or model is None:
-            self._unplaceable[ep.id] = f"hardware {ep.hardware} or model {ep.model} left the catalog"
-            return 0
-        engine = self.settings.catalog.engine_for(model, hw)
-        if engine is None:
-            self._unplaceable[ep.id] = f"no engine configured for {ep.model} on {ep.hardware}"
-            return 0
-        placed = 0
-        current = list(live)
-        for _ in range(n):
-            decision = place(self._node_views(current), hw.gpu_type, hw.gpu_count)
-            if isinstance(decision, NoPlacement):
-                self._unplaceable[ep.id] = decision.reason
-                break
-            self._unplaceable.pop(ep.id, None)
-            replica = Replica(
-                id=f"r-{uuid.uuid4().hex[:12]}", endpoint_id=ep.id, engine=engine,
-                node=decision.node, slots=",".join(str(s) for s in decision.slots),
-                token=secrets.token_urlsafe(24), port=None, pid=None, process_started=None,
-                log_path=None, created_at=now,
-                facts=ReplicaFacts(now, None, None, None, 0, None, None, None),
-                stop_reason=None, version=1,
+    async def _settle_endpoints(self, endpoints: list[Endpoint]) -> None:
+        """Record each endpoint's state, counts, queue position and message."""
+        now = self.clock.now()
+        live = await asyncio.to_thread(self.store.live_replicas)
+        decided = self._plan
+        for ep in endpoints:
+            mine = [r for r in live if r.endpoint_id == ep.id]
+            if ep.deleted_at is not None and not mine:
+                continue
+            status = Counter(r.status for r in mine)
+            desired = ep.desired_replicas if self._should_run(ep) else 0
+            counts = ReplicaCounts(
+                desired=desired,
+                ready=status[ReplicaStatus.READY],
+                starting=status[ReplicaStatus.STARTING] + status[ReplicaStatus.PLACED],
+                queued=decided.queued.get(ep.id, 0) if self._should_run(ep) else 0,
+                stopping=status[ReplicaStatus.STOPPING],
             )
-            await asyncio.to_thread(
-                self.store.insert_replica, replica,
-                ("placed", f"replica {replica.id} placed on node {decision.node} "
-                           f"(slots {replica.slots})"))
-            current.append(replica)
-            placed += 1
-            await self._launch(ep, replica)
-        return placed
-
+            active = counts.ready + counts.starting
+            try:
+                await self._update_state(ep, counts, decided.positions.get(ep.id), active, now)
+            except Exception:
+                log.exception("updating endpoint %s failed", ep.id)
     async def _launch(self, ep: Endpoint, r: Replica) -> None:
         now = self.clock.now()
         model = self.settings.catalog.models[ep.model]
@@ -360,29 +441,41 @@ class Reconciler:
             if ok:
                 await self._count_failure(ep, r, now, msg)
             return
+        failpoints.hit("after_launch")
         await asyncio.to_thread(
             self.store.update_replica, r, now,
             ("launched", f"replica {r.id} launched (pid {handle.pid}, engine {r.engine})"),
             pid=handle.pid, process_started=handle.started, launched_at=now,
             log_path=str(Path(log_path)))
 
-    async def _update_state(self, ep: Endpoint, counts: ReplicaCounts, now: datetime) -> None:
+    async def _update_state(self, ep: Endpoint, counts: ReplicaCounts, position: int | None, active: int,
+                            now: datetime) -> None:
         fresh = await asyncio.to_thread(self.store.get_endpoint, ep.id, include_deleted=True)
         if fresh is None:
             return
         new = next_state(fresh.state, fresh.intent, fresh.min_replicas, counts,
                          fresh.failures_before_ready, self.settings.max_failures_before_ready)
-        message = self._message(fresh, new, counts, now)
-        if new == fresh.state and message == fresh.status_message:
-            return
-        changes: dict[str, object] = {"status_message": message}
+        message = self._message(fresh, new, counts, position, now)
+        changes: dict[str, object] = {}
+        if message != fresh.status_message:
+            changes["status_message"] = message
+        if counts.queued != fresh.queued_replicas:
+            changes["queued_replicas"] = counts.queued
+        if position != fresh.queue_position:
+            changes["queue_position"] = position
+        if fresh.min_queued_at is not None and active >= fresh.min_replicas:
+            changes["min_queued_at"] = None  # its minimum is placed: it left the queue
         event = None
         if new != fresh.state:
             changes.update(state=new, state_changed_at=now)
             event = ("state", f"{fresh.state} → {new}: {message}")
-        await asyncio.to_thread(self.store.update_endpoint, fresh, now, event, **changes)
+        elif position is not None and position != fresh.queue_position:
+            event = ("queued", message)
+        if changes:
+            await asyncio.to_thread(self.store.update_endpoint, fresh, now, event, **changes)
 
-    def _message(self, ep: Endpoint, state: EndpointState, c: ReplicaCounts, now: datetime) -> str:
+    def _message(self, ep: Endpoint, state: EndpointState, c: ReplicaCounts, position: int | None,
+                 now: datetime) -> str:
         if state is EndpointState.ERROR:
             return ep.status_message if ep.status_message.startswith("error") else \
                 f"error: replicas failed {ep.failures_before_ready} times before becoming ready; " \
@@ -391,11 +484,16 @@ class Reconciler:
             return "stopped"
         if state is EndpointState.STOPPING:
             return f"stopping {c.live} replica(s)"
+        hw = self.settings.catalog.hardware.get(ep.hardware)
+        shape = f"{hw.gpu_count}x {hw.gpu_type}" if hw else ep.hardware
+        why = self._unplaceable.get(ep.id, "waiting for capacity")
+        if position is not None and position > 0:
+            return f"queued: position {position} for {c.queued} replica(s) of {shape}; {why}"
         parts = [f"{c.ready} of {c.desired} replicas ready"]
         if c.starting:
             parts.append(f"{c.starting} starting")
         if c.queued:
-            parts.append(f"{c.queued} queued: {self._unplaceable.get(ep.id, 'waiting for capacity')}")
+            parts.append(f"{c.queued} queued: {why}")
         b = self._backoff.get(ep.id)
         if b is not None and now < b.until and c.ready < c.desired:
             wait = (b.until - now).total_seconds()
@@ -421,4 +519,6 @@ class Reconciler:
                 continue
             stops.append(self._stop(fresh, Handle(fresh.pid, fresh.process_started or "")))
         await asyncio.gather(*stops, *list(self._tasks), return_exceptions=True)
+        if self.is_leader:
+            await asyncio.to_thread(self.base_store.release_lease, LEASE, self.holder)
         await self._http.aclose()

@@ -12,6 +12,7 @@ from typing import Any
 
 from dedicate.clock import Clock
 from dedicate.control.auth import Principal
+from dedicate.control.capacity import engine_for, node_views
 from dedicate.control.models import model_dir
 from dedicate.domain.capacity import GB, fits, memory_needed_bytes, usable_bytes
 from dedicate.domain.catalog import Catalog
@@ -31,6 +32,7 @@ from dedicate.domain.errors import (
     HardwareUnavailable,
     InvalidRequest,
     NotFound,
+    QuotaExceeded,
 )
 from dedicate.domain.hardware import Hardware
 from dedicate.domain.models import ModelSpec
@@ -85,13 +87,10 @@ class Services:
     # capacity ------------------------------------------------------------------
 
     def _node_views(self) -> list[NodeView]:
-        used: dict[str, set[int]] = {}
-        for r in self.store.live_replicas():
-            if r.node is not None and r.slots:
-                used.setdefault(r.node, set()).update(int(s) for s in r.slots.split(","))
-        return [NodeView(n.name, n.gpu_type, n.slots,
-                         tuple(s for s in range(n.slots) if s not in used.get(n.name, set())))
-                for n in self.nodes()]
+        return node_views(self.nodes(), self.store.live_replicas())
+
+    def engine_for(self, spec: ModelSpec, hw: Hardware) -> str | None:
+        return engine_for(self.catalog, spec, hw, self.nodes())
 
     def availability(self, hw: Hardware, views: list[NodeView] | None = None) -> str:
         decision = place(views if views is not None else self._node_views(), hw.gpu_type, hw.gpu_count)
@@ -110,22 +109,24 @@ class Services:
         spec = self.catalog.get_model(model)
         views = self._node_views()
         return [HardwareOffer(h, self.availability(h, views)) for h in shapes
-                if fits(spec, h) and self.catalog.engine_for(spec, h) is not None]
+                if fits(spec, h) and self.engine_for(spec, h) is not None]
 
     # endpoints -----------------------------------------------------------------
 
     def _check_deployable(self, spec: ModelSpec, hw: Hardware) -> str:
-        engine = self.catalog.engine_for(spec, hw)
+        engine = self.engine_for(spec, hw)
         if engine is None:
             if hw.engine not in spec.engines:
                 why = (f"hardware {hw.id} runs the {hw.engine} engine, and {spec.name} runs on "
                        f"{', '.join(spec.engines)}")
             else:
                 why = f"it needs the {hw.engine} engine, which this installation has not configured"
+            # A hardware choice problem: the words "invalid hardware provided" make Together's CLI
+            # say so and list the hardware that works, instead of calling the model unavailable.
             raise InvalidRequest(
-                f"model {spec.name!r} is not supported on hardware {hw.id} here: {why}; "
-                f"see which hardware works with GET /v1/hardware?model={spec.name}",
-                param="model",
+                f"invalid hardware provided: model {spec.name!r} is not supported on hardware {hw.id} "
+                f"here: {why}; see which hardware works with GET /v1/hardware?model={spec.name}",
+                param="hardware",
             )
         if not fits(spec, hw):
             raise InvalidRequest(
@@ -149,7 +150,7 @@ class Services:
             return
         views = self._node_views()
         others = [h.id for h in self.catalog.hardware.values()
-                  if h.id != hw.id and fits(spec, h) and self.catalog.engine_for(spec, h)
+                  if h.id != hw.id and fits(spec, h) and self.engine_for(spec, h)
                   and self.availability(h, views) == AVAILABLE]
         hints = []
         if capacity > 0:
@@ -162,6 +163,53 @@ class Services:
             + (f"; what would work now: {'; '.join(hints)}" if hints else ""),
             param="hardware",
         )
+
+    def _committed_gpus(self, owner: str, excluding: str | None = None) -> int:
+        """GPUs an owner's running endpoints are promised: their minimums."""
+        total = 0
+        for e in self.store.list_endpoints(owner):
+            hw = self.catalog.hardware.get(e.hardware)
+            if e.id != excluding and e.intent is Intent.RUN and hw is not None and not hw.is_cpu:
+                total += e.min_replicas * hw.gpu_count
+        return total
+
+    def _check_quota(self, owner: str, hw: Hardware, min_replicas: int, excluding: str | None = None) -> None:
+        if hw.is_cpu:
+            return
+        cap = self.store.owner_quota(owner)
+        if cap is None:
+            return
+        committed = self._committed_gpus(owner, excluding)
+        wanted = min_replicas * hw.gpu_count
+        if committed + wanted > cap:
+            raise QuotaExceeded(
+                f"quota exceeded: owner {owner} has {committed} GPU(s) committed of a quota of {cap}, and "
+                f"this asks for {wanted} more ({min_replicas} x {hw.id}); stop another endpoint, lower "
+                "min_replicas, or ask an admin to raise the quota", param="autoscaling.min_replicas")
+
+    def quota(self, principal: Principal, owner: str) -> dict[str, Any]:
+        if owner != principal.owner and not principal.is_admin:
+            raise NotFound(f"owner {owner!r} not found")
+        in_use = 0
+        ids = {e.id for e in self.store.list_endpoints(owner)}
+        for r in self.store.live_replicas():
+            ep = self.store.get_endpoint(r.endpoint_id) if r.endpoint_id in ids else None
+            hw = self.catalog.hardware.get(ep.hardware) if ep else None
+            if hw is not None and not hw.is_cpu and r.facts.stop_requested_at is None:
+                in_use += hw.gpu_count
+        return {"object": "owner", "owner": owner, "gpu_quota": self.store.owner_quota(owner),
+                "gpus_committed": self._committed_gpus(owner), "gpus_in_use": in_use}
+
+    def set_quota(self, principal: Principal, owner: str, body: object) -> dict[str, Any]:
+        if not principal.is_admin:
+            raise Forbidden("only an admin can set quotas")
+        validate_owner(owner)
+        b = _require_dict(body, "the request body")
+        gpus = b.get("gpus")
+        if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
+            raise InvalidRequest("gpus must be a whole number of GPUs, or null for no cap", param="gpus")
+        self.store.set_quota(owner, gpus, self.clock.now())
+        return self.quota(principal, owner)
 
     def create(self, principal: Principal, body: object, *, dry_run: bool,
                availability_zone: str | None = None) -> EndpointView:
@@ -190,9 +238,11 @@ class Services:
                 f"{', '.join(self.availability_zones())} or leave it out", param="availability_zone")
         self._check_deployable(spec, hw)
         self._check_capacity(spec, hw, bounds.min_replicas)
+        run = state != "STOPPED"
+        if run:
+            self._check_quota(principal.owner, hw, bounds.min_replicas)
 
         now = self.clock.now()
-        run = state != "STOPPED"
         name = new_endpoint_name(principal.owner, spec.name)
         ep = Endpoint(
             id=new_endpoint_id(), name=name, owner=principal.owner, model=spec.name, hardware=hw.id,
@@ -205,6 +255,7 @@ class Services:
             state=EndpointState.PENDING if run else EndpointState.STOPPED,
             state_changed_at=now, status_message="waiting for placement" if run else "stopped",
             failures_before_ready=0, created_at=now, updated_at=now, deleted_at=None, version=1,
+            min_queued_at=now if run else None,
         )
         prediction = predict(hw.cents_per_minute, bounds.min_replicas, bounds.max_replicas)
         if dry_run:
@@ -257,9 +308,13 @@ class Services:
                 hw = self.catalog.hardware.get(ep.hardware)
                 if hw is not None:
                     self._check_capacity(self.catalog.get_model(ep.model), hw, bounds.min_replicas)
+                    if ep.intent is Intent.RUN:
+                        self._check_quota(ep.owner, hw, bounds.min_replicas, excluding=ep.id)
                 changes.update(min_replicas=bounds.min_replicas, max_replicas=bounds.max_replicas,
                                desired_replicas=min(max(ep.desired_replicas, bounds.min_replicas),
                                                     bounds.max_replicas))
+                if bounds.min_replicas > ep.min_replicas and ep.min_queued_at is None:
+                    changes["min_queued_at"] = self.clock.now()  # the extra minimum joins the queue's back
                 events.append(f"autoscaling set to {bounds.min_replicas}..{bounds.max_replicas}")
             if "inactive_timeout" in b:
                 changes["inactive_timeout"] = validate_inactive_timeout(b["inactive_timeout"])
@@ -288,11 +343,14 @@ class Services:
             if ep.intent is Intent.RUN and ep.state is not EndpointState.ERROR:
                 return {}
             events.append("start requested")
+            hw = self.catalog.hardware.get(ep.hardware)
+            if hw is not None:
+                self._check_quota(ep.owner, hw, ep.min_replicas, excluding=ep.id)
             target = EndpointState.PENDING
             check_transition(ep.state, target)
             return {"intent": Intent.RUN, "state": target, "state_changed_at": now,
                     "failures_before_ready": 0, "desired_replicas": ep.min_replicas,
-                    "status_message": "waiting for placement"}
+                    "status_message": "waiting for placement", "min_queued_at": now}
         raise InvalidRequest("state can be set to STARTED or STOPPED", param="state")
 
     def delete(self, principal: Principal, key: str) -> None:
@@ -307,6 +365,44 @@ class Services:
 
     def events(self, principal: Principal, key: str) -> list[Event]:
         return list(self.store.events(self._visible(principal, key).id))
+
+    def nodes_view(self, principal: Principal) -> list[dict[str, Any]]:
+        if not principal.is_admin:
+            raise Forbidden("the node view is for admins")
+        live = self.store.live_replicas()
+        names = {e.id: e.name for e in self.store.list_endpoints(None, include_deleted=True)}
+        out = []
+        for n in self.nodes():
+            holders = []
+            for r in live:
+                if r.node == n.name:
+                    holders.append({"replica": r.id, "endpoint": names.get(r.endpoint_id, r.endpoint_id),
+                                    "slots": [int(x) for x in r.slots.split(",") if x],
+                                    "status": r.status.value})
+            used = sum(len(h["slots"]) for h in holders)  # type: ignore[arg-type]
+            out.append({"object": "node", "name": n.name, "gpu_type": n.gpu_type, "slots": n.slots,
+                        "free": n.slots - used, "declared": n.declared, "engine": n.engine,
+                        "accounted_as": (f"{n.slots}x {n.gpu_type} (logical; replicas run the "
+                                         f"{n.engine} engine on this machine's CPU)") if n.declared else None,
+                        "replicas": holders})
+        return out
+
+    def queue_view(self, principal: Principal) -> list[dict[str, Any]]:
+        if not principal.is_admin:
+            raise Forbidden("the queue view is for admins")
+        out = []
+        for e in self.store.list_endpoints(None):
+            if e.queued_replicas <= 0 and e.queue_position is None:
+                continue
+            hw = self.catalog.hardware.get(e.hardware)
+            out.append({"object": "queue_entry", "pool": hw.gpu_type if hw else e.hardware,
+                        "position": e.queue_position, "endpoint": e.id, "name": e.name, "owner": e.owner,
+                        "hardware": e.hardware, "queued_replicas": e.queued_replicas,
+                        "waiting_since": e.min_queued_at.isoformat() if e.min_queued_at else None,
+                        "kind": "minimum" if e.queue_position else "surplus",
+                        "message": e.status_message})
+        out.sort(key=lambda q: (q["pool"], q["position"] is None, q["position"] or 0, q["name"]))
+        return out
 
     def availability_zones(self) -> list[str]:
         zones = self.settings.extra.get("server", {}).get("availability_zones")

@@ -35,6 +35,9 @@ class Endpoint:
     updated_at: datetime
     deleted_at: datetime | None
     version: int
+    min_queued_at: datetime | None = None
+    queued_replicas: int = 0
+    queue_position: int | None = None
 
 
 @dataclass(frozen=True)

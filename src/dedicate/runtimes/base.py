@@ -22,6 +22,7 @@ class Node:
     gpu_type: str  # a catalog gpu_type ("h100-80gb") or "cpu"
     slots: int
     declared: bool = False  # a logical node from the config, not discovered hardware
+    engine: str | None = None  # the engine its replicas run, overriding the hardware shape's
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import secrets
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +26,7 @@ from dedicate.domain.errors import Conflict
 from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaFacts
 from dedicate.store.db import session_factory
-from dedicate.store.tables import ApiKeyRow, EndpointRow, EventRow, OwnerRow, ReplicaRow
+from dedicate.store.tables import ApiKeyRow, EndpointRow, EventRow, LeaseRow, OwnerRow, ReplicaRow
 
 KEY_PREFIX = "ddc_"
 
@@ -46,6 +46,7 @@ def _endpoint(r: EndpointRow) -> Endpoint:
         intent=Intent(r.intent), state=EndpointState(r.state), state_changed_at=r.state_changed_at,
         status_message=r.status_message, failures_before_ready=r.failures_before_ready,
         created_at=r.created_at, updated_at=r.updated_at, deleted_at=r.deleted_at, version=r.version,
+        min_queued_at=r.min_queued_at, queued_replicas=r.queued_replicas, queue_position=r.queue_position,
     )
 
 
@@ -67,17 +68,40 @@ def _key(r: ApiKeyRow) -> ApiKey:
     return ApiKey(r.id, r.owner, r.prefix, r.is_admin, r.name, r.created_at, r.revoked_at)
 
 
+class StaleLease(Exception):
+    """A fenced write found that its lease has moved to another holder: nothing was written."""
+
+
 class Store:
-    """All persistence. Each method is one short transaction."""
+    """All persistence. Each method is one short transaction.
+
+    ``fenced(name, token)`` gives a view of the store whose replica and endpoint
+    writes commit only while lease ``name`` still carries ``token``: a
+    reconciler that lost its lease (paused, partitioned) cannot act any more.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = session_factory(engine)
+        self._fence: tuple[str, int] | None = None
+
+    def fenced(self, name: str, token: int) -> Store:
+        view = Store.__new__(Store)
+        view.engine, view._sessions, view._fence = self.engine, self._sessions, (name, token)
+        return view
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
         with self._sessions.begin() as s:
             yield s
+
+    def _check_fence(self, s: Session) -> None:
+        if self._fence is None:
+            return
+        name, token = self._fence
+        current = s.scalar(select(LeaseRow.token).where(LeaseRow.name == name).with_for_update())
+        if current != token:
+            raise StaleLease(f"lease {name} moved on (token {current}, ours {token})")
 
     # owners and keys -------------------------------------------------------
 
@@ -144,6 +168,7 @@ class Store:
                     state_changed_at=ep.state_changed_at, status_message=ep.status_message,
                     failures_before_ready=ep.failures_before_ready, created_at=ep.created_at,
                     updated_at=ep.updated_at, deleted_at=None, version=1,
+                    min_queued_at=ep.min_queued_at, queued_replicas=0, queue_position=None,
                 ))
                 s.flush()
                 s.add(EventRow(endpoint_id=ep.id, at=ep.created_at, kind=event[0], message=event[1]))
@@ -175,6 +200,7 @@ class Store:
         """Guarded write: applies only if ``ep.version`` is still current."""
         values = {k: (v.value if isinstance(v, (EndpointState, Intent)) else v) for k, v in changes.items()}
         with self.tx() as s:
+            self._check_fence(s)
             res = s.execute(
                 update(EndpointRow)
                 .where(EndpointRow.id == ep.id, EndpointRow.version == ep.version)
@@ -191,6 +217,7 @@ class Store:
     def insert_replica(self, replica: Replica, event: tuple[str, str] | None = None) -> None:
         f = replica.facts
         with self.tx() as s:
+            self._check_fence(s)
             s.add(ReplicaRow(
                 id=replica.id, endpoint_id=replica.endpoint_id, engine=replica.engine,
                 node=replica.node, slots=replica.slots, token=replica.token, port=replica.port,
@@ -228,6 +255,7 @@ class Store:
         self, r: Replica, now: datetime, event: tuple[str, str] | None = None, **changes: Any
     ) -> bool:
         with self.tx() as s:
+            self._check_fence(s)
             res = s.execute(
                 update(ReplicaRow)
                 .where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
@@ -238,6 +266,61 @@ class Store:
             if event is not None:
                 s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=event[0], message=event[1]))
             return True
+
+    # owners and quotas -------------------------------------------------------
+
+    def owner_quota(self, owner: str) -> int | None:
+        with self.tx() as s:
+            row = s.get(OwnerRow, owner)
+            return None if row is None else row.gpu_quota
+
+    def quotas(self) -> dict[str, int]:
+        with self.tx() as s:
+            return {r.name: r.gpu_quota for r in s.scalars(select(OwnerRow)) if r.gpu_quota is not None}
+
+    def set_quota(self, owner: str, gpus: int | None, now: datetime) -> None:
+        with self.tx() as s:
+            self.ensure_owner(s, owner, now)
+            s.execute(update(OwnerRow).where(OwnerRow.name == owner).values(gpu_quota=gpus))
+
+    # the reconciler lease ------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, ttl_s: float,
+                      steal_from: str | None = None) -> int | None:
+        """Take or renew the lease; the fencing token if ``holder`` holds it now, else None.
+
+        A holder renews its own lease; anyone takes an expired one, and taking it
+        bumps the token, so a stale holder's token no longer matches.
+        """
+        expires = now + timedelta(seconds=ttl_s)
+        with self.tx() as s:
+            row = s.get(LeaseRow, name)
+            if row is None:
+                try:
+                    with s.begin_nested():
+                        s.add(LeaseRow(name=name, holder=holder, token=1, expires_at=expires))
+                    return 1
+                except IntegrityError:
+                    return None
+            if row.holder != holder and row.expires_at > now and row.holder != steal_from:
+                return None
+            token = row.token if row.holder == holder else row.token + 1
+            res = s.execute(
+                update(LeaseRow)
+                .where(LeaseRow.name == name, LeaseRow.token == row.token, LeaseRow.holder == row.holder)
+                .values(holder=holder, token=token, expires_at=expires)
+            )
+            return token if res.rowcount == 1 else None  # type: ignore[attr-defined]
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.tx() as s:
+            s.execute(update(LeaseRow).where(LeaseRow.name == name, LeaseRow.holder == holder)
+                      .values(expires_at=datetime(1970, 1, 1, tzinfo=UTC)))
+
+    def lease(self, name: str) -> tuple[str, int, datetime] | None:
+        with self.tx() as s:
+            row = s.get(LeaseRow, name)
+            return None if row is None else (row.holder, row.token, row.expires_at)
 
     # events ----------------------------------------------------------------
 

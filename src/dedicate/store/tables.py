@@ -99,6 +99,21 @@ class EndpointRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # The hardware queue: when this endpoint's missing minimum replicas joined the queue
+    # (None: nothing queued, or a lost replica being replaced, which outranks the queue).
+    min_queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    queued_replicas: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queue_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class LeaseRow(Base):
+    """Who may act as the reconciler; ``token`` grows with every change of holder (fencing)."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    token: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class ReplicaRow(Base):

@@ -64,6 +64,30 @@ async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
     return schemas.api_key(await call(services(request).revoke_key, p, key_id))
 
 
+@router.get("/v1/owners/{owner}")
+async def get_owner(request: Request, owner: str) -> dict[str, Any]:
+    p = await principal(request)
+    return await call(services(request).quota, p, owner)
+
+
+@router.put("/v1/owners/{owner}/quota")
+async def set_quota(request: Request, owner: str) -> dict[str, Any]:
+    p = await principal(request)
+    return await call(services(request).set_quota, p, owner, await json_body(request))
+
+
+@router.get("/v1/nodes")
+async def nodes(request: Request) -> dict[str, Any]:
+    p = await principal(request)
+    return {"object": "list", "data": await call(services(request).nodes_view, p)}
+
+
+@router.get("/v1/queue")
+async def queue(request: Request) -> dict[str, Any]:
+    p = await principal(request)
+    return {"object": "list", "data": await call(services(request).queue_view, p)}
+
+
 @router.get("/v3/whoami")
 async def whoami(request: Request) -> dict[str, Any]:
     p = await principal(request)

@@ -1,0 +1,42 @@
+"""Capacity as the control plane sees it: nodes, what holds them, and which engine runs where."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from dedicate.domain.catalog import Catalog
+from dedicate.domain.hardware import Hardware
+from dedicate.domain.models import ModelSpec
+from dedicate.domain.records import Replica
+from dedicate.runtimes.base import Node
+from dedicate.scheduler.placement import NodeView
+
+
+def used_slots(replicas: Iterable[Replica]) -> dict[str, set[int]]:
+    used: dict[str, set[int]] = {}
+    for r in replicas:
+        if r.node is not None and r.slots:
+            used.setdefault(r.node, set()).update(int(s) for s in r.slots.split(","))
+    return used
+
+
+def node_views(nodes: Sequence[Node], live: Iterable[Replica]) -> list[NodeView]:
+    """Every node with its free slots; a replica holds its slots until it has stopped."""
+    used = used_slots(live)
+    return [NodeView(n.name, n.gpu_type, n.slots,
+                     tuple(s for s in range(n.slots) if s not in used.get(n.name, set())))
+            for n in nodes]
+
+
+def engine_for(catalog: Catalog, model: ModelSpec, hw: Hardware, nodes: Sequence[Node]) -> str | None:
+    """The engine replicas of ``model`` on ``hw`` run here, or None if none can.
+
+    A node may name its own engine (a declared node running the synthetic or
+    CPU engine while accounted as GPUs); otherwise the hardware shape's engine
+    is used. Nodes of one GPU type are expected to agree.
+    """
+    overrides = {n.engine for n in nodes if n.gpu_type == hw.gpu_type and n.engine}
+    for engine in sorted(overrides) or [hw.engine]:
+        if engine in model.engines and engine in catalog.engines:
+            return engine
+    return None
