@@ -179,15 +179,10 @@ def test_engines_enabled_adds_engines(tmp_path: Path) -> None:
 def test_timing_section_sets_the_loop_timings(tmp_path: Path) -> None:
     s = settings_with(
         tmp_path,
-        "[timing]\nprobe_interval_s = 0.25\nprobe_failure_threshold = 5\n"
+        "[timing]\nprobe_failure_threshold = 5\n"
         "max_failures_before_ready = 2\nreconcile_interval_s = 0.5\n",
     )
-    assert (s.probe_interval_s, s.probe_failure_threshold, s.max_failures_before_ready, s.reconcile_interval_s) == (
-        0.25,
-        5,
-        2,
-        0.5,
-    )
+    assert (s.probe_failure_threshold, s.max_failures_before_ready, s.reconcile_interval_s) == (5, 2, 0.5)
 
 
 # errors -----------------------------------------------------------------------------------------

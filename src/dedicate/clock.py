@@ -23,7 +23,7 @@ class SystemClock:
 
 
 class FileClock:
-    """Time is an ISO-8601 UTC instant written in a file; a missing file is the epoch of the test."""
+    """Time is an ISO-8601 UTC instant written in the file (which must exist)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -43,10 +43,9 @@ class Settings:
     catalog: Catalog
     cpu_slots: int
     cpu_slot_memory_gb: int
-    probe_interval_s: float = 1.0
     probe_failure_threshold: int = 3
     max_failures_before_ready: int = 3
-    reconcile_interval_s: float = 1.0
+    reconcile_interval_s: float = 1.0  # also the probe interval: every pass probes every replica
     extra: dict[str, Any] = field(default_factory=dict)
     declared_nodes: tuple[Node, ...] = ()
 
@@ -205,7 +204,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         catalog=Catalog.build(hardware.values(), models.values(), engines),
         cpu_slots=cpu_slots,
         cpu_slot_memory_gb=slot_memory,
-        probe_interval_s=_float(timing.get("probe_interval_s", 1.0), "timing.probe_interval_s"),
         probe_failure_threshold=_int(timing.get("probe_failure_threshold", 3),
                                      "timing.probe_failure_threshold", 1),
         max_failures_before_ready=_int(timing.get("max_failures_before_ready", 3),

@@ -28,7 +28,6 @@ FAST_CONFIG = """
 slots = 4
 
 [timing]
-probe_interval_s = 0.2
 reconcile_interval_s = 0.2
 probe_failure_threshold = 3
 max_failures_before_ready = 3

@@ -61,7 +61,8 @@ def parse_metrics(text: str) -> dict[str, float]:
     return values
 
 
-def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
+def assert_error(response: Any, status: int) -> dict[str, Any]:
+    """The OpenAI error envelope (TestClient and httpx have distinct response types)."""
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}
@@ -118,7 +119,8 @@ def test_process_refuses_to_start_without_token(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_chat_completion(client: TestClient) -> None:
-    response = client.post("/v1/chat/completions", headers=AUTH, json={"model": "gw", "messages": HELLO, "max_tokens": 3})
+    request = {"model": "whatever-the-gateway-sent", "messages": HELLO, "max_tokens": 3}
+    response = client.post("/v1/chat/completions", headers=AUTH, json=request)
     assert response.status_code == 200
     body = response.json()
     assert body["id"].startswith("chatcmpl-")
@@ -270,7 +272,8 @@ def test_metrics_count_requests_and_tokens(client: TestClient) -> None:
         return parse_metrics(response.text)
 
     before = values()
-    usage = client.post("/v1/completions", headers=AUTH, json={"prompt": "hello there", "max_tokens": 4}).json()["usage"]
+    response = client.post("/v1/completions", headers=AUTH, json={"prompt": "hello there", "max_tokens": 4})
+    usage = response.json()["usage"]
     stream_events(client, "/v1/chat/completions", {"messages": HELLO, "max_tokens": 2})
     after = values()
     assert after["dedicate_engine_requests_total"] == before["dedicate_engine_requests_total"] + 2
@@ -470,6 +473,12 @@ class Replica:
     def metrics(self, base_url: str) -> dict[str, float]:
         return parse_metrics(httpx.get(f"{base_url}/metrics", headers=AUTH).text)
 
+    def wait_until_idle(self, base_url: str) -> None:
+        deadline = time.monotonic() + 5
+        while self.metrics(base_url)["dedicate_engine_requests_running"] != 0:
+            assert time.monotonic() < deadline, "an abandoned request kept its slot"
+            time.sleep(0.01)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -514,10 +523,11 @@ def test_process_starts_fast_streams_and_exits_cleanly_on_sigterm(replica_factor
             lines = s.iter_lines()  # keep a reference: dropping it closes the connection
             next(lines)
             assert replica.metrics(url)["dedicate_engine_requests_running"] == 1
-        deadline = time.monotonic() + 5
-        while replica.metrics(url)["dedicate_engine_requests_running"] != 0:
-            assert time.monotonic() < deadline, "the abandoned stream kept its slot"
-            time.sleep(0.01)
+        replica.wait_until_idle(url)
+        # So does a client that gives up on a non-streamed request.
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/completions", timeout=0.3, json={"prompt": "Long", "max_tokens": 100000})
+        replica.wait_until_idle(url)
 
         # SIGTERM with a stream in flight: it ends well-formed after the grace, and the process exits 0.
         with http.stream("POST", "/v1/completions", json={"prompt": "Long", "max_tokens": 100000, "stream": True}) as s:

@@ -225,6 +225,16 @@ def update(endpoint_id: str, min_replicas: int | None, max_replicas: int | None,
     _out(ep, as_json, _describe(ep))
 
 
+@endpoints.command("scale")
+@click.argument("endpoint_id")
+@click.argument("replicas", type=int)
+@json_opt
+def scale(endpoint_id: str, replicas: int, as_json: bool) -> None:
+    """Set the desired replica count (clamped to the endpoint's min..max)."""
+    ep = Client().call("POST", f"/v1/endpoints/{endpoint_id}/scale", json={"replicas": replicas})
+    _out(ep, as_json, _describe(ep))
+
+
 def _set_state(endpoint_id: str, state: str, wait: bool, timeout: float, as_json: bool) -> None:
     client = Client()
     ep = client.call("PATCH", f"/v1/endpoints/{endpoint_id}", json={"state": state})
@@ -257,7 +267,7 @@ def start(endpoint_id: str, wait: bool, timeout: float, as_json: bool) -> None:
 @click.argument("endpoint_id")
 @json_opt
 def delete(endpoint_id: str, as_json: bool) -> None:
-    """Delete an endpoint (its replicas are stopped first)."""
+    """Delete an endpoint: it disappears at once; its replicas stop right after."""
     Client().call("DELETE", f"/v1/endpoints/{endpoint_id}")
     _out({"id": endpoint_id, "deleted": True}, as_json, f"deleted {endpoint_id}")
 

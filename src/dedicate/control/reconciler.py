@@ -26,7 +26,8 @@ from dedicate.clock import Clock
 from dedicate.control import failpoints
 from dedicate.control.capacity import engine_for, node_views
 from dedicate.control.models import ensure_builtin
-from dedicate.domain.endpoints import EndpointState, Intent, ReplicaCounts, next_state
+from dedicate.domain.endpoints import EndpointState, Intent, ReplicaCounts, check_transition, next_state
+from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Endpoint, Replica
 from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus
 from dedicate.engines.base import EngineLaunch, engine_argv
@@ -281,10 +282,15 @@ class Reconciler:
             fresh = await asyncio.to_thread(self.store.get_replica, r.id)
             if fresh is not None and fresh.facts.stopped_at is None:
                 now = self.clock.now()
-                await asyncio.to_thread(
+                ok = await asyncio.to_thread(
                     self.store.update_replica, fresh, now,
                     ("stopped", f"replica {r.id} stopped ({fresh.stop_reason or 'requested'})"),
                     stopped_at=now, exit_code=code)
+                if ok and fresh.stop_reason == "start timeout":
+                    ep = await asyncio.to_thread(self.store.get_endpoint, fresh.endpoint_id, include_deleted=True)
+                    if ep is not None:
+                        await self._count_failure(ep, fresh, now, f"replica {r.id} never became ready: "
+                                                                  f"{log_tail(fresh.log_path)}")
         finally:
             self._stopping.discard(r.id)
             self.wake.set()
@@ -455,6 +461,11 @@ class Reconciler:
             return
         new = next_state(fresh.state, fresh.intent, fresh.min_replicas, counts,
                          fresh.failures_before_ready, self.settings.max_failures_before_ready)
+        try:
+            check_transition(fresh.state, new)
+        except Conflict:
+            log.warning("endpoint %s: refusing %s → %s", fresh.id, fresh.state, new)
+            new = fresh.state
         message = self._message(fresh, new, counts, position, now)
         changes: dict[str, object] = {}
         if message != fresh.status_message:

@@ -353,6 +353,37 @@ class Services:
                     "status_message": "waiting for placement", "min_queued_at": now}
         raise InvalidRequest("state can be set to STARTED or STOPPED", param="state")
 
+    def set_desired_replicas(self, endpoint_id: str, replicas: int, *, reason: str) -> Endpoint:
+        """The one interface that sets how many replicas should run, clamped to [min, max].
+
+        The autoscaler calls it; so do manual scaling and tests. Capacity decides
+        how many of them actually run (the rest are queued).
+        """
+        for _ in range(5):
+            ep = self.store.get_endpoint(endpoint_id)
+            if ep is None:
+                raise NotFound(f"endpoint {endpoint_id!r} not found", code="endpoint_not_found")
+            target = min(max(replicas, ep.min_replicas), ep.max_replicas)
+            if target == ep.desired_replicas:
+                return ep
+            event = ("scaled", f"desired replicas {ep.desired_replicas} → {target}: {reason}")
+            if self.store.update_endpoint(ep, self.clock.now(), event, desired_replicas=target):
+                self.wake()
+                fresh = self.store.get_endpoint(endpoint_id)
+                assert fresh is not None
+                return fresh
+        raise InvalidRequest("the endpoint changed while scaling it; try again")
+
+    def scale(self, principal: Principal, key: str, body: object) -> EndpointView:
+        b = _require_dict(body, "the request body")
+        replicas = b.get("replicas")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise InvalidRequest("replicas must be a whole number; it is clamped to the endpoint's "
+                                 "[min_replicas, max_replicas]", param="replicas")
+        ep = self._visible(principal, key)
+        self.set_desired_replicas(ep.id, replicas, reason=f"set by {principal.owner}")
+        return self.get(principal, key)
+
     def delete(self, principal: Principal, key: str) -> None:
         for _ in range(5):
             ep = self._visible(principal, key)

@@ -74,6 +74,13 @@ async def stop_endpoint(request: Request, endpoint_id: str) -> dict[str, Any]:
         await call(services(request).update, p, endpoint_id, {"state": "STOPPED"}))
 
 
+@router.post("/endpoints/{endpoint_id}/scale")
+async def scale_endpoint(request: Request, endpoint_id: str) -> dict[str, Any]:
+    p = await principal(request)
+    body = await json_body(request)
+    return schemas.dedicated_endpoint(await call(services(request).scale, p, endpoint_id, body))
+
+
 @router.get("/endpoints/{endpoint_id}/events")
 async def endpoint_events(request: Request, endpoint_id: str) -> dict[str, Any]:
     p = await principal(request)
