@@ -424,10 +424,13 @@ class Reconciler:
         replica_dir = self.settings.replicas_dir / r.id
         log_path = replica_dir / "engine.log"
         try:
-            path = await asyncio.to_thread(ensure_builtin, self.settings.models_dir, model)
+            path = None if r.engine == "synthetic" else \
+                await asyncio.to_thread(ensure_builtin, self.settings.models_dir, model)
+            options = self.settings.extra.get("engines", {}).get(r.engine, {})
             argv = engine_argv(EngineLaunch(
                 engine=r.engine, model_dir=path, served_model_name=ep.name, replica_id=r.id,
-                instance=self.runtime.instance, port_file=replica_dir / "port"))
+                instance=self.runtime.instance, port_file=replica_dir / "port",
+                options=options if isinstance(options, dict) else {}))
             node = next((n for n in self.runtime.nodes() if n.name == r.node), None)
             env = {"DEDICATE_REPLICA_TOKEN": r.token, "OMP_NUM_THREADS": "1",
                    "TOKENIZERS_PARALLELISM": "false"}

@@ -9,7 +9,8 @@ serve) and ``/metrics``; it takes its bearer token from
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ENGINES = ("transformers", "vllm", "synthetic")
@@ -23,6 +24,16 @@ class EngineLaunch:
     replica_id: str
     instance: str
     port_file: Path
+    options: Mapping[str, object] = field(default_factory=dict)  # engine settings from the config
+
+
+SYNTHETIC_OPTIONS = {
+    "startup_delay_s": "--startup-delay",
+    "ttft_s": "--ttft",
+    "tokens_per_s": "--tokens-per-s",
+    "max_streams": "--max-streams",
+    "max_queue": "--max-queue",
+}
 
 
 def engine_argv(launch: EngineLaunch, python: str = sys.executable) -> list[str]:
@@ -34,5 +45,18 @@ def engine_argv(launch: EngineLaunch, python: str = sys.executable) -> list[str]
             "--served-model-name", launch.served_model_name,
             "--host", "127.0.0.1", "--port", "0", "--port-file", str(launch.port_file),
             *labels,
+        ]
+    if launch.engine == "synthetic":
+        extra: list[str] = []
+        for key, flag in SYNTHETIC_OPTIONS.items():
+            if key in launch.options:
+                extra += [flag, str(launch.options[key])]
+        if launch.options.get("fail_after_start"):
+            extra.append("--fail-after-start")
+        return [
+            python, "-m", "dedicate.engines.synthetic",
+            "--served-model-name", launch.served_model_name,
+            "--host", "127.0.0.1", "--port", "0", "--port-file", str(launch.port_file),
+            *extra, *labels,
         ]
     raise ValueError(f"engine {launch.engine!r} cannot be launched by this installation")

@@ -5,10 +5,12 @@ of ``N x <gpu>`` needs N free slots of that type on one node (gang placement).
 Among nodes that fit, the fullest one wins (best fit, bin-packing), so that
 big shapes still find an empty node.
 
-Two implementations with the same answers: :func:`place` scans every node
-(the reference, and the benchmark's baseline), and :class:`FleetIndex` keeps
-nodes bucketed by pool and free-slot count, so a decision looks at no more
-buckets than the largest node has slots, whatever the size of the fleet.
+Two implementations that agree on whether a replica fits and on how full the
+chosen node is: :func:`place` scans every node (the reference, and the
+benchmark's baseline), and :class:`FleetIndex` keeps nodes bucketed by pool
+and free-slot count, so a decision looks at no more buckets than the largest
+node has slots, whatever the size of the fleet. Between equally full nodes
+the scan picks the first name, the index the node that joined its bucket first.
 """
 
 from __future__ import annotations
@@ -87,8 +89,10 @@ class FleetIndex:
         return idx
 
     def copy(self) -> FleetIndex:
+        # ``take`` and ``give_back`` replace a node's free list rather than change it, so the
+        # copy may share the lists themselves.
         return FleetIndex(
-            free={k: list(v) for k, v in self.free.items()}, pool=dict(self.pool), total=dict(self.total),
+            free=dict(self.free), pool=self.pool, total=self.total,
             buckets={p: {c: dict(ns) for c, ns in b.items()} for p, b in self.buckets.items()},
             largest=dict(self.largest),
         )
