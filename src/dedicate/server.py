@@ -33,6 +33,7 @@ from dedicate.gateway import app as gateway_app
 from dedicate.gateway.routing import RoutingTable
 from dedicate.runtimes.base import Node
 from dedicate.runtimes.local import LocalRuntime
+from dedicate.runtimes.nvml import discovered_nodes
 from dedicate.settings import Settings
 from dedicate.store.db import make_engine, migrate
 from dedicate.store.repos import Store
@@ -84,6 +85,9 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
     migrate(engine)
     store = Store(engine)
     nodes = list(settings.declared_nodes)
+    if not nodes:  # declared nodes describe the machine; else this machine's GPUs are nodes
+        gpu_types = {h.gpu_type for h in settings.catalog.hardware.values() if not h.is_cpu}
+        nodes.extend(discovered_nodes(settings.extra.get("gpu", {}), gpu_types))
     if settings.cpu_slots > 0:
         nodes.append(Node("local", "cpu", settings.cpu_slots))
     runtime = LocalRuntime(settings.data_dir, instance_id(settings.data_dir), nodes)

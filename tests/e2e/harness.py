@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,16 @@ class Server:
         finally:
             self.proc = None
 
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        """Wait for the server to die by itself (a failpoint); its replicas keep running."""
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"server did not exit within {timeout} s:\n{self.log_tail()}") from None
+        self.proc = None
+        return code
+
     def kill(self) -> None:
         """SIGKILL the server alone: its replicas keep running."""
         if self.proc is not None:
@@ -149,6 +160,19 @@ class Server:
                     return last
                 time.sleep(0.2)
         raise AssertionError(f"endpoint never reached {states}: {json.dumps(last)}\n{self.log_tail()}")
+
+    def wait_for(self, endpoint_id: str, check: Callable[[dict[str, Any]], bool], what: str,
+                 key: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll the endpoint until ``check`` holds."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        with self.client(key) as c:
+            while time.monotonic() < deadline:
+                last = c.get(f"/v1/endpoints/{endpoint_id}").json()
+                if check(last):
+                    return last
+                time.sleep(0.2)
+        raise AssertionError(f"endpoint never {what}: {json.dumps(last)}\n{self.log_tail()}")
 
     def create_tiny(self, key: str | None = None, **extra: Any) -> dict[str, Any]:
         body = {"model": "dedicate/tiny-chat", "hardware": "1x_cpu",

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from dedicate.control.services import EndpointView, HardwareOffer
-from dedicate.domain.records import ApiKey, Endpoint, Event
+from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaStatus
 
 
@@ -74,6 +74,17 @@ def api_key(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
     if secret is not None:
         out["key"] = secret
     return out
+
+
+def replica(r: Replica) -> dict[str, Any]:
+    f = r.facts
+    return {
+        "object": "replica", "id": r.id, "status": r.status.value, "engine": r.engine, "node": r.node,
+        "slots": [int(x) for x in r.slots.split(",") if x], "placed_at": iso(f.placed_at),
+        "launched_at": iso(f.launched_at), "first_ready_at": iso(f.first_ready_at),
+        "last_probe_ok_at": iso(f.last_probe_ok_at), "stop_requested_at": iso(f.stop_requested_at),
+        "stop_reason": r.stop_reason, "stopped_at": iso(f.stopped_at), "exit_code": f.exit_code,
+    }
 
 
 def event(e: Event) -> dict[str, Any]:

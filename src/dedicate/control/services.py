@@ -394,6 +394,10 @@ class Services:
                 return
         raise InvalidRequest("the endpoint changed while deleting it; try again")
 
+    def replicas(self, principal: Principal, key: str, *, include_stopped: bool = False) -> list[Replica]:
+        ep = self._visible(principal, key)
+        return self.store.replicas_of(ep.id) if include_stopped else self.store.live_replicas(ep.id)
+
     def events(self, principal: Principal, key: str) -> list[Event]:
         return list(self.store.events(self._visible(principal, key).id))
 

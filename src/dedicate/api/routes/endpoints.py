@@ -81,6 +81,14 @@ async def scale_endpoint(request: Request, endpoint_id: str) -> dict[str, Any]:
     return schemas.dedicated_endpoint(await call(services(request).scale, p, endpoint_id, body))
 
 
+@router.get("/endpoints/{endpoint_id}/replicas")
+async def endpoint_replicas(request: Request, endpoint_id: str) -> dict[str, Any]:
+    p = await principal(request)
+    all_ = flag(request.query_params.get("all"), "all", False)
+    replicas = await call(services(request).replicas, p, endpoint_id, include_stopped=all_)
+    return {"object": "list", "data": [schemas.replica(r) for r in replicas]}
+
+
 @router.get("/endpoints/{endpoint_id}/events")
 async def endpoint_events(request: Request, endpoint_id: str) -> dict[str, Any]:
     p = await principal(request)
