@@ -21,6 +21,7 @@ from fastapi.responses import PlainTextResponse
 
 from dedicate.api import errors as api_errors
 from dedicate.api.deps import admin
+from dedicate.api.routes import billing as billing_routes
 from dedicate.api.routes import catalog as catalog_routes
 from dedicate.api.routes import endpoints as endpoint_routes
 from dedicate.clock import Clock, clock_from_env
@@ -108,6 +109,10 @@ def metrics_text(parts: Parts) -> str:
     lines.append("# TYPE dedicate_replicas gauge")
     for status, n in sorted(Counter(r.status.value for r in parts.store.live_replicas()).items()):
         lines.append(f'dedicate_replicas{{status="{status}"}} {n}')
+    lines.append("# TYPE dedicate_endpoint_cost_this_month_cents gauge")
+    for e in endpoints:
+        cost = parts.services.billing.endpoint_cost(e, 0)["cost_this_month_cents"]
+        lines.append(f'dedicate_endpoint_cost_this_month_cents{{endpoint="{e.id}",owner="{e.owner}"}} {cost}')
     for metric, attr in (("in_flight", "in_flight"), ("requests_total", "requests"),
                          ("errors_total", "errors")):
         lines.append(f"# TYPE dedicate_gateway_replica_{metric} "
@@ -141,6 +146,7 @@ def create_app(parts: Parts) -> FastAPI:
     api_errors.install(app)
     app.include_router(endpoint_routes.router)
     app.include_router(catalog_routes.router)
+    app.include_router(billing_routes.router)
     app.include_router(gateway_app.router)
 
     @app.get("/healthz")

@@ -45,6 +45,8 @@ def dedicated_endpoint(v: EndpointView, *, dry_run: bool = False) -> dict[str, A
         "queue_position": ep.queue_position,
         "pricing": v.prediction.as_dict(),
     })
+    if v.cost is not None:
+        out["billing"] = v.cost
     if dry_run:
         out["dry_run"] = True
     return out

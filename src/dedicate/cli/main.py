@@ -97,6 +97,8 @@ def _describe(ep: dict[str, Any]) -> str:
         f"${p.get('dollars_per_hour_at_min')}/h at min, ${p.get('dollars_per_hour_at_max')}/h at max",
         f"idle stop:  {ep.get('inactive_timeout') or 'never'}"
         + (" min" if ep.get("inactive_timeout") else ""),
+        f"billing:    {ep.get('billing', {}).get('cost_this_month_cents', '0')} cents this month; burning "
+        f"{ep.get('billing', {}).get('burn_rate_cents_per_minute', '0')} cents/min now",
     ])
 
 
@@ -357,6 +359,56 @@ def quota_set(owner: str, gpus: str, as_json: bool) -> None:
         value = int(gpus)
     q = Client().call("PUT", f"/v1/owners/{owner}/quota", json={"gpus": value})
     _out(q, as_json, f"{owner}: quota {q['gpu_quota'] if q['gpu_quota'] is not None else 'none'}")
+
+
+@main.group()
+def billing() -> None:
+    """Usage, invoices and budgets."""
+
+
+@billing.command("usage")
+@click.option("--start", help="ISO time; default: the start of this month")
+@click.option("--end", help="ISO time; default: now")
+@json_opt
+def billing_usage(start: str | None, end: str | None, as_json: bool) -> None:
+    """Replica-minutes and cost per endpoint."""
+    params = {k: v for k, v in (("start", start), ("end", end)) if v}
+    u = Client().call("GET", "/v1/billing/usage", params=params)
+    rows = [[x["endpoint_name"] or x["endpoint"], x["hardware"], x["replica_minutes"], x["cents"]]
+            for x in u["data"]]
+    text = _table(rows, ["ENDPOINT", "HARDWARE", "REPLICA-MIN", "CENTS"]) + f"\ntotal: {u['total_cents']} cents"
+    _out(u, as_json, text)
+
+
+@billing.command("invoice")
+@click.argument("month")
+@json_opt
+def billing_invoice(month: str, as_json: bool) -> None:
+    """The invoice of MONTH (YYYY-MM, UTC)."""
+    inv = Client().call("GET", f"/v1/billing/invoices/{month}")
+    rows = [[x["endpoint_name"], x["hardware"], x["replica_minutes"], x["cents"]] for x in inv["lines"]]
+    _out(inv, as_json, _table(rows, ["ENDPOINT", "HARDWARE", "REPLICA-MIN", "CENTS"])
+         + f"\ntotal: {inv['total_cents']} cents")
+
+
+@billing.command("budget")
+@click.option("--set", "cents", help="monthly budget in cents ('none' removes it)")
+@click.option("--stop/--no-stop", default=None, help="stop my endpoints when the budget is reached")
+@json_opt
+def billing_budget(cents: str | None, stop: bool | None, as_json: bool) -> None:
+    """Show or set the monthly budget, with its alerts."""
+    client = Client()
+    if cents is not None or stop is not None:
+        current = client.call("GET", "/v1/billing/budget")
+        value = current["monthly_cents"] if cents is None else (None if cents.lower() == "none" else cents)
+        body = {"monthly_cents": value, "stop_at_limit": current["stop_at_limit"] if stop is None else stop}
+        b = client.call("PUT", "/v1/billing/budget", json=body)
+    else:
+        b = client.call("GET", "/v1/billing/budget")
+    lines = [f"budget: {b['monthly_cents'] or 'none'} cents/month; stop at limit: {b['stop_at_limit']}; "
+             f"spent this month: {b['month_to_date_cents']} cents"]
+    lines += [f"alert {a['at']}: {a['message']}" for a in b["alerts"]]
+    _out(b, as_json, "\n".join(lines))
 
 
 @main.group()

@@ -18,12 +18,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 
 from dedicate.clock import Clock
 from dedicate.control import failpoints
+from dedicate.control.billing import Billing
 from dedicate.control.capacity import engine_for, node_views
 from dedicate.control.models import ensure_builtin
 from dedicate.domain.endpoints import EndpointState, Intent, ReplicaCounts, check_transition, next_state
@@ -75,6 +77,10 @@ class Reconciler:
         self._token: int | None = None
         self.is_leader = False
         self._plan = Plan()
+        self.billing = Billing(store, clock)
+        self._budgets_checked_at: datetime | None = None
+        # A longer silence than this between good probes is an outage: it is not billed.
+        self.max_gap_s = max(30.0, 10 * settings.reconcile_interval_s)
         self.runtime = runtime
         self.settings = settings
         self.clock = clock
@@ -124,6 +130,15 @@ class Reconciler:
         endpoints = [e for e in endpoints if e.deleted_at is None or e.id in live_ids]
         await self._converge(endpoints)
         await self._settle_endpoints(endpoints)
+        await self._check_budgets()
+
+    async def _check_budgets(self) -> None:
+        now = self.clock.now()
+        if self._budgets_checked_at is not None and (now - self._budgets_checked_at).total_seconds() < 10:
+            return
+        self._budgets_checked_at = now
+        if await asyncio.to_thread(self.billing.check_budgets, self.store):
+            self.wake.set()
 
     async def _hold_lease(self) -> bool:
         """Act only while holding the reconciler lease; writes are fenced by its token."""
@@ -141,6 +156,11 @@ class Reconciler:
             self._token = token
             self.store = self.base_store.fenced(LEASE, token)
             log.info("holding the reconciler lease (token %s)", token)
+            # Nobody watched the replicas between the last holder's probes and ours: whatever was
+            # open is closed at its last good probe, and billing resumes at our first good probe.
+            closed = await asyncio.to_thread(self.store.close_intervals, None, "control plane outage")
+            if closed:
+                log.info("closed %d billing interval(s) left open by the previous holder", closed)
         self.is_leader = True
         return True
 
@@ -233,7 +253,11 @@ class Reconciler:
             if first:
                 changes["first_ready_at"] = now
             event = ("ready", f"replica {r.id} ready") if first else None
-            ok = await asyncio.to_thread(self.store.update_replica, r, now, event, **changes)
+            hw = self.settings.catalog.hardware.get(ep.hardware) if ep is not None else None
+            price = hw.cents_per_minute if hw is not None else (ep.cents_per_minute if ep else Decimal(0))
+            ok = await asyncio.to_thread(
+                self.store.record_probe_ok, r, now, event, changes, owner=ep.owner if ep else "",
+                hardware=ep.hardware if ep else "", cents_per_minute=price, max_gap_s=self.max_gap_s)
             if ok and first:
                 failpoints.hit("after_first_probe")
             if ok and first and ep is not None:
@@ -329,7 +353,7 @@ class Reconciler:
                 self._unplaceable[ep.id] = f"no engine here can run {ep.model} on {ep.hardware}"
                 continue
             # Surplus, least valuable first: not ready before ready, newest before oldest.
-            ordered = sorted(active, key=lambda r: (r.status is ReplicaStatus.READY, r.created_at), reverse=False)
+            ordered = sorted(active, key=lambda r: (r.status is ReplicaStatus.READY, -r.created_at.timestamp()))
             surplus = ordered[: max(0, len(active) - ep.min_replicas)]
             demands.append(Demand(
                 endpoint_id=ep.id, owner=ep.owner, pool=hw.gpu_type, gpus=hw.gpu_count,
@@ -338,7 +362,9 @@ class Reconciler:
                 surplus=tuple(SurplusReplica(r.id, r.node or "", tuple(int(x) for x in r.slots.split(",") if x))
                               for r in surplus),
             ))
-        decided = plan(index, demands, await asyncio.to_thread(self.store.quotas), usage)
+        releasing = [SurplusReplica(r.id, r.node, tuple(int(x) for x in r.slots.split(",") if x))
+                     for r in live if r.facts.stop_requested_at is not None and r.node]
+        decided = plan(index, demands, await asyncio.to_thread(self.store.quotas), usage, releasing)
         self._plan = decided
 
         by_id = {e.id: e for e in endpoints}

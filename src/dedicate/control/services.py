@@ -12,6 +12,7 @@ from typing import Any
 
 from dedicate.clock import Clock
 from dedicate.control.auth import Principal
+from dedicate.control.billing import Billing
 from dedicate.control.capacity import engine_for, node_views
 from dedicate.control.models import model_dir
 from dedicate.domain.capacity import GB, fits, memory_needed_bytes, usable_bytes
@@ -52,6 +53,7 @@ class EndpointView:
     endpoint: Endpoint
     replicas: list[Replica]
     prediction: PricePrediction
+    cost: dict[str, str] | None = None
 
     def count(self, *statuses: ReplicaStatus) -> int:
         return sum(1 for r in self.replicas if r.status in statuses)
@@ -79,6 +81,7 @@ class Services:
         self.clock = clock
         self.nodes = nodes
         self.wake = wake
+        self.billing = Billing(store, clock)
 
     @property
     def catalog(self) -> Catalog:
@@ -273,8 +276,10 @@ class Services:
         return ep
 
     def view(self, ep: Endpoint) -> EndpointView:
-        return EndpointView(ep, self.store.live_replicas(ep.id),
-                            predict(ep.cents_per_minute, ep.min_replicas, ep.max_replicas))
+        replicas = self.store.live_replicas(ep.id)
+        ready = sum(1 for r in replicas if r.status is ReplicaStatus.READY)
+        return EndpointView(ep, replicas, predict(ep.cents_per_minute, ep.min_replicas, ep.max_replicas),
+                            self.billing.endpoint_cost(ep, ready))
 
     def get(self, principal: Principal, key: str) -> EndpointView:
         return self.view(self._visible(principal, key))

@@ -12,7 +12,9 @@ per pool (one GPU type):
    head waits, nobody behind it is placed, even where they would fit.
 3. If the head does not fit, replicas above other endpoints' minimums
    (surplus) are drained when that lets the head fit: surplus yields to
-   minimums. The head is placed once their slots are free.
+   minimums. The head is placed once their slots are free. Slots of
+   replicas already stopping count as free for this: the head waits for
+   them rather than draining more surplus.
 4. Surplus (replicas between the minimum and the desired count) is placed
    only while no minimum waits in the pool, as far as capacity and the
    owner's GPU quota allow; what does not fit stays queued.
@@ -80,10 +82,17 @@ def _place_all(index: FleetIndex, pool: str, gpus: int, n: int) -> list[Placemen
     return out
 
 
-def _yield_for(index: FleetIndex, head: Demand, others: Sequence[Demand], draining: set[str]
-               ) -> list[SurplusReplica] | None:
-    """The fewest surplus replicas of other endpoints whose slots let ``head``'s minimum fit."""
+def _yield_for(index: FleetIndex, head: Demand, others: Sequence[Demand], draining: set[str],
+               releasing: Sequence[SurplusReplica] = ()) -> list[SurplusReplica] | None:
+    """The fewest surplus replicas of other endpoints whose slots let ``head``'s minimum fit.
+
+    ``releasing`` are replicas already asked to stop that still hold their slots: they free
+    them soon, so they count as free here (an empty list: the head just waits for them).
+    """
     trial = index.copy()
+    for r in releasing:
+        if index.pool.get(r.node) == head.pool:
+            trial.give_back(r.node, r.slots)
     chosen: list[SurplusReplica] = []
     candidates = [s for d in others if d.endpoint_id != head.endpoint_id for s in d.surplus
                   if s.replica_id not in draining]
@@ -99,8 +108,11 @@ def _yield_for(index: FleetIndex, head: Demand, others: Sequence[Demand], draini
 
 
 def plan(index: FleetIndex, demands: Sequence[Demand], quotas: Mapping[str, int] | None = None,
-         usage: Mapping[str, int] | None = None) -> Plan:
-    """Decide placements and drains for one pass. ``index`` is consumed (placements are taken)."""
+         usage: Mapping[str, int] | None = None, releasing: Sequence[SurplusReplica] = ()) -> Plan:
+    """Decide placements and drains for one pass. ``index`` is consumed (placements are taken).
+
+    ``releasing``: replicas asked to stop (of any endpoint) whose slots are not free yet.
+    """
     quotas = quotas or {}
     used = dict(usage or {})
     result = Plan()
@@ -130,7 +142,7 @@ def plan(index: FleetIndex, demands: Sequence[Demand], quotas: Mapping[str, int]
                 result.positions[d.endpoint_id] = position - len(replacing) + 1
             reason = placed.reason
             if placed.exists:
-                victims = _yield_for(index, d, mine, draining)
+                victims = _yield_for(index, d, mine, draining, releasing)
                 if victims:
                     result.drains.extend((v.replica_id, d.endpoint_id) for v in victims)
                     draining.update(v.replica_id for v in victims)

@@ -25,8 +25,18 @@ from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaFacts
+from dedicate.metering.ledger import Interval
 from dedicate.store.db import session_factory
-from dedicate.store.tables import ApiKeyRow, EndpointRow, EventRow, LeaseRow, OwnerRow, ReplicaRow
+from dedicate.store.tables import (
+    AlertRow,
+    ApiKeyRow,
+    EndpointRow,
+    EventRow,
+    IntervalRow,
+    LeaseRow,
+    OwnerRow,
+    ReplicaRow,
+)
 
 KEY_PREFIX = "ddc_"
 
@@ -265,7 +275,107 @@ class Store:
                 return False
             if event is not None:
                 s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=event[0], message=event[1]))
+            if changes.get("stopped_at") is not None:
+                # A stopped replica's billing ends at its last good probe, never later.
+                s.execute(update(IntervalRow).where(IntervalRow.replica_id == r.id, IntervalRow.closed.is_(False))
+                          .values(closed=True, closed_reason="stopped"))
             return True
+
+    # the billing ledger ------------------------------------------------------
+
+    def record_probe_ok(self, r: Replica, now: datetime, event: tuple[str, str] | None,
+                        changes: dict[str, Any], *, owner: str, hardware: str, cents_per_minute: Decimal,
+                        max_gap_s: float) -> bool:
+        """A good probe: the replica's facts and its billing interval move together, in one transaction.
+
+        The open interval is extended to ``now``; a replica with none gets one opened at ``now``
+        (its price copied onto it). A gap longer than ``max_gap_s`` since the last good probe is
+        time nobody observed: the old interval stays closed at its last probe, a new one opens.
+        """
+        with self.tx() as s:
+            self._check_fence(s)
+            res = s.execute(update(ReplicaRow).where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
+                            .values(**changes, version=r.version + 1))
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            if event is not None:
+                s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=event[0], message=event[1]))
+            open_ = s.scalars(select(IntervalRow).where(IntervalRow.replica_id == r.id,
+                                                        IntervalRow.closed.is_(False))).first()
+            if open_ is not None and (now - open_.last_seen_at).total_seconds() <= max_gap_s:
+                open_.last_seen_at = max(open_.last_seen_at, now)
+                return True
+            if open_ is not None:
+                open_.closed, open_.closed_reason = True, "unobserved gap"
+                s.flush()
+            s.add(IntervalRow(replica_id=r.id, endpoint_id=r.endpoint_id, owner=owner, hardware=hardware,
+                              cents_per_minute=cents_per_minute, started_at=now, last_seen_at=now,
+                              closed=False))
+            return True
+
+    def close_intervals(self, replica_id: str | None, reason: str) -> int:
+        """Close open intervals at their last good probe (one replica's, or every one)."""
+        with self.tx() as s:
+            self._check_fence(s)
+            q = update(IntervalRow).where(IntervalRow.closed.is_(False))
+            if replica_id is not None:
+                q = q.where(IntervalRow.replica_id == replica_id)
+            res = s.execute(q.values(closed=True, closed_reason=reason))
+            return int(res.rowcount)  # type: ignore[attr-defined]
+
+    def intervals(self, *, owner: str | None = None, endpoint_id: str | None = None,
+                  start: datetime | None = None, end: datetime | None = None) -> list[Interval]:
+        with self.tx() as s:
+            q = select(IntervalRow).order_by(IntervalRow.id)
+            if owner is not None:
+                q = q.where(IntervalRow.owner == owner)
+            if endpoint_id is not None:
+                q = q.where(IntervalRow.endpoint_id == endpoint_id)
+            if start is not None:
+                q = q.where(IntervalRow.last_seen_at > start)
+            if end is not None:
+                q = q.where(IntervalRow.started_at < end)
+            return [Interval(r.replica_id, r.endpoint_id, r.owner, r.hardware, Decimal(r.cents_per_minute),
+                             r.started_at, r.last_seen_at) for r in s.scalars(q)]
+
+    def open_interval_count(self) -> int:
+        with self.tx() as s:
+            return len(list(s.scalars(select(IntervalRow.id).where(IntervalRow.closed.is_(False)))))
+
+    # budgets ---------------------------------------------------------------
+
+    def set_budget(self, owner: str, cents: Decimal | None, stop: bool, now: datetime) -> None:
+        with self.tx() as s:
+            self.ensure_owner(s, owner, now)
+            s.execute(update(OwnerRow).where(OwnerRow.name == owner)
+                      .values(monthly_budget_cents=cents, budget_stop=stop))
+
+    def budgets(self) -> dict[str, tuple[Decimal, bool]]:
+        with self.tx() as s:
+            return {r.name: (Decimal(r.monthly_budget_cents), r.budget_stop)
+                    for r in s.scalars(select(OwnerRow).where(OwnerRow.monthly_budget_cents.is_not(None)))}
+
+    def budget(self, owner: str) -> tuple[Decimal | None, bool]:
+        with self.tx() as s:
+            row = s.get(OwnerRow, owner)
+            if row is None or row.monthly_budget_cents is None:
+                return None, bool(row and row.budget_stop)
+            return Decimal(row.monthly_budget_cents), row.budget_stop
+
+    def add_alert(self, owner: str, month: str, threshold: int, at: datetime, message: str) -> bool:
+        """Record an alert once per owner, month and threshold; False if it was already there."""
+        try:
+            with self.tx() as s:
+                s.add(AlertRow(owner=owner, month=month, threshold=threshold, at=at, message=message))
+            return True
+        except IntegrityError:
+            return False
+
+    def alerts(self, owner: str) -> list[dict[str, Any]]:
+        with self.tx() as s:
+            q = select(AlertRow).where(AlertRow.owner == owner).order_by(AlertRow.id)
+            return [{"month": a.month, "threshold": a.threshold, "at": a.at, "message": a.message}
+                    for a in s.scalars(q)]
 
     # owners and quotas -------------------------------------------------------
 

@@ -20,6 +20,9 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -60,6 +63,8 @@ class OwnerRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     gpu_quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    monthly_budget_cents: Mapped[Any] = mapped_column(Numeric(18, 2), nullable=True)
+    budget_stop: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ApiKeyRow(Base):
@@ -141,6 +146,39 @@ class ReplicaRow(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     __table_args__ = (Index("ix_replicas_live", "stopped_at"),)
+
+
+class IntervalRow(Base):
+    """One span during which a replica was seen ready: the unit of billing."""
+
+    __tablename__ = "billing_intervals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    replica_id: Mapped[str] = mapped_column(ForeignKey("replicas.id"), index=True)
+    endpoint_id: Mapped[str] = mapped_column(String(64), index=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    hardware: Mapped[str] = mapped_column(String(100))
+    cents_per_minute: Mapped[Any] = mapped_column(Numeric(18, 6))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    closed_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (
+        Index("uq_billing_intervals_open", "replica_id", unique=True,
+              sqlite_where=text("closed = 0"), postgresql_where=text("closed = false")),
+    )
+
+
+class AlertRow(Base):
+    __tablename__ = "budget_alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    month: Mapped[str] = mapped_column(String(7))
+    threshold: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    message: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (UniqueConstraint("owner", "month", "threshold", name="uq_budget_alerts_once"),)
 
 
 class EventRow(Base):
