@@ -7,6 +7,7 @@ while launching or queued, never if it never became ready, never while nobody wa
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -198,7 +199,7 @@ def test_billing_a_period_equals_the_sum_of_billing_any_split_of_it(cuts: list[i
     whole = usage([iv], start, start + timedelta(days=1))[0].exact_cents
     points = [start, *sorted({start + timedelta(milliseconds=c) for c in cuts}), start + timedelta(days=1)]
     parts = Fraction(0)
-    for lo, hi in zip(points, points[1:], strict=False):
+    for lo, hi in itertools.pairwise(points):
         parts += sum((line.exact_cents for line in usage([iv], lo, hi)), Fraction(0))
     assert parts == whole
     seconds = usage([iv], start, start + timedelta(days=1))[0].replica_seconds
