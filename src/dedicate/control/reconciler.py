@@ -34,6 +34,7 @@ from dedicate.domain.records import Endpoint, Replica
 from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus
 from dedicate.engines.base import EngineLaunch, engine_argv
 from dedicate.runtimes.base import Handle, LaunchSpec, Node, Runtime
+from dedicate.runtimes.nvml import gpu_env
 from dedicate.scheduler.placement import FleetIndex, Placement
 from dedicate.scheduler.queue import Demand, Plan, SurplusReplica, plan
 from dedicate.settings import Settings
@@ -346,7 +347,10 @@ class Reconciler:
             active = [r for r in live if r.endpoint_id == ep.id and r.facts.stop_requested_at is None]
             if hw is not None:
                 usage[ep.owner] = usage.get(ep.owner, 0) + hw.gpu_count * len(active)
-            if not self._should_run(ep) or self._backing_off(ep, now):
+            if not self._should_run(ep):
+                self._backoff.pop(ep.id, None)  # stopped or in ERROR: a start begins afresh, at once
+                continue
+            if self._backing_off(ep, now):
                 continue
             model = catalog.models.get(ep.model)
             if hw is None or model is None or engine_for(catalog, model, hw, nodes) is None:
@@ -461,7 +465,7 @@ class Reconciler:
             env = {"DEDICATE_REPLICA_TOKEN": r.token, "OMP_NUM_THREADS": "1",
                    "TOKENIZERS_PARALLELISM": "false"}
             if node is not None and node.gpu_type != "cpu" and not node.declared:
-                env["CUDA_VISIBLE_DEVICES"] = r.slots
+                env.update(gpu_env(node, [int(x) for x in r.slots.split(",") if x]))
             else:
                 env["CUDA_VISIBLE_DEVICES"] = ""
             handle = await asyncio.to_thread(self.runtime.launch, LaunchSpec(

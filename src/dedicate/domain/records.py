@@ -38,6 +38,9 @@ class Endpoint:
     min_queued_at: datetime | None = None
     queued_replicas: int = 0
     queue_position: int | None = None
+    target_concurrency: float | None = None
+    autoscale_state: str | None = None
+    last_request_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,21 @@ class Replica:
     @property
     def url(self) -> str | None:
         return None if self.port is None else f"http://127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class EndpointSignals:
+    """What the gateways saw of one endpoint, summed over gateway processes."""
+
+    endpoint_id: str
+    in_flight: int
+    queued: int
+    requests_total: int
+    errors_total: int
+    tokens_in_total: int
+    tokens_out_total: int
+    last_request_at: datetime | None
+    updated_at: datetime
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Conflict
-from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
+from dedicate.domain.records import ApiKey, Endpoint, EndpointSignals, Event, Replica
 from dedicate.domain.replicas import ReplicaFacts
 from dedicate.metering.ledger import Interval
 from dedicate.store.db import session_factory
@@ -36,6 +36,8 @@ from dedicate.store.tables import (
     LeaseRow,
     OwnerRow,
     ReplicaRow,
+    SignalRow,
+    TokenUsageRow,
 )
 
 KEY_PREFIX = "ddc_"
@@ -57,6 +59,8 @@ def _endpoint(r: EndpointRow) -> Endpoint:
         status_message=r.status_message, failures_before_ready=r.failures_before_ready,
         created_at=r.created_at, updated_at=r.updated_at, deleted_at=r.deleted_at, version=r.version,
         min_queued_at=r.min_queued_at, queued_replicas=r.queued_replicas, queue_position=r.queue_position,
+        target_concurrency=r.target_concurrency, autoscale_state=r.autoscale_state,
+        last_request_at=r.last_request_at,
     )
 
 
@@ -341,6 +345,75 @@ class Store:
     def open_interval_count(self) -> int:
         with self.tx() as s:
             return len(list(s.scalars(select(IntervalRow.id).where(IntervalRow.closed.is_(False)))))
+
+    # gateway signals -----------------------------------------------------------
+
+    def write_signals(self, gateway: str, now: datetime, rows: Sequence[EndpointSignals],
+                      token_deltas: Sequence[tuple[str, str, str, int, int, int]] = ()) -> None:
+        """One gateway process's view of its endpoints, and token usage deltas.
+
+        ``token_deltas`` holds (endpoint id, owner, day, requests, tokens in, tokens out) to add.
+        Each gateway keeps its own signal rows; readers sum the fresh ones.
+        """
+        with self.tx() as s:
+            for sig in rows:
+                row = s.get(SignalRow, (sig.endpoint_id, gateway))
+                values = {"in_flight": sig.in_flight, "queued": sig.queued, "requests_total": sig.requests_total,
+                          "errors_total": sig.errors_total, "tokens_in_total": sig.tokens_in_total,
+                          "tokens_out_total": sig.tokens_out_total, "last_request_at": sig.last_request_at,
+                          "updated_at": now}
+                if row is None:
+                    s.add(SignalRow(endpoint_id=sig.endpoint_id, gateway=gateway, **values))
+                else:
+                    for k, v in values.items():
+                        setattr(row, k, v)
+                if sig.last_request_at is not None:
+                    s.execute(update(EndpointRow).where(
+                        EndpointRow.id == sig.endpoint_id,
+                        (EndpointRow.last_request_at.is_(None)) | (EndpointRow.last_request_at < sig.last_request_at),
+                    ).values(last_request_at=sig.last_request_at))
+            for endpoint_id, owner, day, requests, tokens_in, tokens_out in token_deltas:
+                usage = s.get(TokenUsageRow, (endpoint_id, day))
+                if usage is None:
+                    s.add(TokenUsageRow(endpoint_id=endpoint_id, day=day, owner=owner, requests=requests,
+                                        tokens_in=tokens_in, tokens_out=tokens_out))
+                else:
+                    usage.requests += requests
+                    usage.tokens_in += tokens_in
+                    usage.tokens_out += tokens_out
+
+    def signals(self, now: datetime, fresh_s: float = 15.0) -> dict[str, EndpointSignals]:
+        """Per endpoint, the sum over gateway processes heard from in the last ``fresh_s`` seconds."""
+        cutoff = now - timedelta(seconds=fresh_s)
+        out: dict[str, EndpointSignals] = {}
+        with self.tx() as s:
+            for r in s.scalars(select(SignalRow).where(SignalRow.updated_at >= cutoff)):
+                prev = out.get(r.endpoint_id)
+                last = r.last_request_at
+                if prev is not None:
+                    last = max((t for t in (prev.last_request_at, last) if t is not None), default=None)
+                out[r.endpoint_id] = EndpointSignals(
+                    r.endpoint_id,
+                    r.in_flight + (prev.in_flight if prev else 0),
+                    r.queued + (prev.queued if prev else 0),
+                    r.requests_total + (prev.requests_total if prev else 0),
+                    r.errors_total + (prev.errors_total if prev else 0),
+                    r.tokens_in_total + (prev.tokens_in_total if prev else 0),
+                    r.tokens_out_total + (prev.tokens_out_total if prev else 0),
+                    last, max(r.updated_at, prev.updated_at) if prev else r.updated_at,
+                )
+        return out
+
+    def token_usage(self, owner: str, start_day: str, end_day: str) -> dict[str, tuple[int, int, int]]:
+        """Endpoint id → (requests, tokens in, tokens out) over days [start_day, end_day]."""
+        with self.tx() as s:
+            q = select(TokenUsageRow).where(TokenUsageRow.owner == owner, TokenUsageRow.day >= start_day,
+                                            TokenUsageRow.day <= end_day)
+            out: dict[str, tuple[int, int, int]] = {}
+            for r in s.scalars(q):
+                a, b, c = out.get(r.endpoint_id, (0, 0, 0))
+                out[r.endpoint_id] = (a + r.requests, b + r.tokens_in, c + r.tokens_out)
+            return out
 
     # budgets ---------------------------------------------------------------
 

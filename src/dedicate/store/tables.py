@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -109,6 +110,11 @@ class EndpointRow(Base):
     min_queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     queued_replicas: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     queue_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Autoscaling: the user's target concurrency per replica (None: the default), the policy's
+    # persisted state (JSON), and the last request any gateway saw (for the idle timeout).
+    target_concurrency: Mapped[float | None] = mapped_column(Float, nullable=True)
+    autoscale_state: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class LeaseRow(Base):
@@ -179,6 +185,32 @@ class AlertRow(Base):
     message: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (UniqueConstraint("owner", "month", "threshold", name="uq_budget_alerts_once"),)
+
+
+class SignalRow(Base):
+    """What one gateway process sees of one endpoint, written every few seconds."""
+
+    __tablename__ = "endpoint_signals"
+    endpoint_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(128), primary_key=True)
+    in_flight: Mapped[int] = mapped_column(Integer)
+    queued: Mapped[int] = mapped_column(Integer)
+    requests_total: Mapped[int] = mapped_column(Integer)
+    errors_total: Mapped[int] = mapped_column(Integer)
+    tokens_in_total: Mapped[int] = mapped_column(Integer)
+    tokens_out_total: Mapped[int] = mapped_column(Integer)
+    last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TokenUsageRow(Base):
+    __tablename__ = "token_usage"
+    endpoint_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
 
 
 class EventRow(Base):
