@@ -70,6 +70,7 @@ def test_a_replica_that_never_became_ready_costs_nothing(tmp_path: Path, db_url:
 def test_waiting_in_the_queue_costs_nothing(tmp_path: Path, db_url: str) -> None:
     f = Billed(tmp_path, db_url)
     f.create(ALICE, 8, 1)
+    f.clock.advance(1)  # first come, first served: this one comes second
     queued = f.create(BOB, 8, 1)
     f.run(30)
     assert f.ep(queued)["state"] == "PENDING"

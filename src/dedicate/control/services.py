@@ -160,6 +160,13 @@ class Services:
             hints.append(f"min_replicas of {capacity} or less on {hw.id}")
         if others:
             hints.append(f"{spec.name} on {', '.join(sorted(others))}")
+        comparable = sorted(
+            m.name for m in self.catalog.models.values()
+            if m.name != spec.name and (m.family == spec.family or m.size_class == spec.size_class)
+            and any(fits(m, h) and self.engine_for(m, h) and self.availability(h, views) == AVAILABLE
+                    for h in self.catalog.hardware.values()))
+        if comparable:
+            hints.append(f"comparable models that fit available hardware: {', '.join(comparable)}")
         raise HardwareUnavailable(
             "Hardware for endpoint not available now. please try again later. "
             f"This installation can hold {capacity} replica(s) of {hw.id}"
