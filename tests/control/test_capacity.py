@@ -185,3 +185,20 @@ def test_only_the_lease_holder_acts_and_a_stale_holder_cannot_write(tmp_path: Pa
     assert endpoint is not None
     with pytest.raises(StaleLease):
         stale.update_endpoint(endpoint, f.clock.now(), None, status_message="zombie write")
+
+
+def test_racing_patches_on_one_endpoint_all_apply_and_none_is_lost(tmp_path: Path, db_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    f = Fleet(tmp_path, [h100_node()], db_url=db_url)
+    e = f.create(ALICE, 1, 1, 8)
+
+    def patch(n: int) -> str:
+        return f.svc.update(ALICE, e, {"display_name": f"name-{n}"}).endpoint.display_name
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(patch, range(4)))
+    assert len(results) == 4
+    final = f.store.get_endpoint(e)
+    assert final is not None and final.display_name in {f"name-{n}" for n in range(4)}
+    assert final.version == 5, "every patch applied once, on top of the one before it"
