@@ -180,8 +180,8 @@ def scale(c: httpx.Client, endpoint_id: str, replicas: int) -> dict[str, Any]:
 
 def replica_pids(server: Server, c: httpx.Client, endpoint_id: str) -> dict[str, int]:
     """Replica id → pid of the live processes of one endpoint (ids from the node view)."""
-    mine = {h["replica"] for n in c.get("/v1/nodes").json()["data"] for h in n["replicas"]
-            if h["endpoint"] == c.get(f"/v1/endpoints/{endpoint_id}").json()["name"]}
+    name = c.get(f"/v1/endpoints/{endpoint_id}").json()["name"]
+    mine = {h["replica"] for n in c.get("/v1/nodes").json()["data"] for h in n["replicas"] if h["endpoint"] == name}
     return {rid: pid for rid, pid in server.replica_processes().items() if rid in mine}
 
 
@@ -264,6 +264,8 @@ def test_the_queue_has_positions_and_moves_by_itself_when_capacity_frees(gpu: Se
 def test_surplus_yields_to_another_endpoints_queued_minimum(gpu: Server) -> None:
     with gpu.client() as c:
         a = create(c, 1, 1, 8)
+        wait_endpoint(gpu, a["id"], ready(1), "A's minimum running")
+        oldest = replica_pids(gpu, c, a["id"])
         scale(c, a["id"], 8)
         wait_endpoint(gpu, a["id"], ready(8, queued=0), "A on all 8 slots")
         before = replica_pids(gpu, c, a["id"])
@@ -278,7 +280,8 @@ def test_surplus_yields_to_another_endpoints_queued_minimum(gpu: Server) -> None
         assert all("yielded to the queued minimum of" in m and b["name"] in m for m in yielded)
         after = replica_pids(gpu, c, a["id"])
         assert len(after) == 4 and set(after.items()) <= set(before.items()), \
-            "the 4 survivors are the same processes, nothing was restarted"
+            "exactly 4 yielded: the 4 survivors are the same processes, nothing was drained and restarted"
+        assert set(oldest.items()) <= set(after.items()), "the newest surplus yields first, the oldest stays"
         assert node_a(c)["free"] == 0
 
 
@@ -345,7 +348,8 @@ def test_a_quota_caps_an_owners_committed_gpus(gpu: Server) -> None:
             assert bob.get("/v1/owners/bob").json()["gpus_in_use"] == 4
             err = error_of(bob.post("/v1/endpoints", json={**body, "hardware": hw(1)}))
             assert err["code"] == "quota_exceeded", "not even one more GPU"
-            assert node_a(gpu.client())["free"] == 4, "the refusals placed nothing"
+        with gpu.client() as admin:
+            assert node_a(admin)["free"] == 4, "the refusals placed nothing"
     finally:
         with gpu.client() as admin:
             assert admin.put("/v1/owners/bob/quota", json={"gpus": None}).status_code == 200
