@@ -13,7 +13,8 @@ queue of at most ``--max-queue``, beyond which requests get a 503.
 Every wait is an asyncio timer, so hundreds of concurrent streams cost almost
 no CPU, and the process starts in a fraction of a second: it imports only the
 standard library, starlette and uvicorn (never torch, transformers, FastAPI or
-pydantic, and no other dedicate module).
+pydantic), plus the light modules it shares with the transformers server:
+``protocol`` (the HTTP side) and ``serving`` (the process).
 
 It is never chosen by default: a hardware class or a test names it explicitly.
 """
@@ -23,94 +24,86 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
 import math
-import os
-import signal
-import socket
 import sys
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-TOKEN_ENV: Final = "DEDICATE_REPLICA_TOKEN"
+from dedicate.engines.protocol import APIError as APIError
+from dedicate.engines.protocol import (
+    BodyRenderer,
+    EventRenderer,
+    EventStream,
+    Reply,
+    authorizer,
+    bad_request,
+    body_response,
+    chat_body,
+    chat_events,
+    check_framing,
+    collect,
+    completion_body,
+    completion_events,
+    content_part_text,
+    event_stream,
+    exception_handlers,
+    health_response,
+    json_object,
+    metrics_response,
+    model_not_ready,
+    models_response,
+    refuse_chat_options,
+    refuse_completion_options,
+    reply_budget,
+    server_error,
+    shutting_down,
+    single_prompt,
+)
+from dedicate.engines.protocol import Delta as Delta
+from dedicate.engines.protocol import FinishReason as FinishReason
+from dedicate.engines.protocol import error_envelope as error_envelope
+from dedicate.engines.protocol import render_metrics as render_engine_metrics
+from dedicate.engines.serving import TOKEN_ENV as TOKEN_ENV
+from dedicate.engines.serving import (
+    add_process_arguments,
+    configure_logging,
+    int_at_least,
+    listen,
+    non_negative_float,
+    positive_float,
+    read_token,
+    replica_server,
+    serve,
+)
+from dedicate.engines.serving import bind_socket as bind_socket
+from dedicate.engines.serving import write_port_file as write_port_file
+
 DEFAULT_MAX_TOKENS: Final = 16
 FAIL_AFTER_START_S: Final = 1.0
 FAIL_AFTER_START_EXIT: Final = 3
 
 log = logging.getLogger("dedicate.engines.synthetic")
 
-FinishReason = Literal["stop", "length"]
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class APIError(Exception):
-    """An error the client should see, rendered as OpenAI's error envelope."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.param = param
-        self.code = code
-
-    def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(
-            error_envelope(self.message, self.type, self.param, self.code),
-            status_code=self.status,
-            headers=headers,
-        )
-
-
-def error_envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
-
-
-def _server_error(status: int, message: str, code: str) -> APIError:
-    return APIError(status, message, type_="server_error", code=code)
-
-
-def _shutting_down() -> APIError:
-    return _server_error(503, "the replica is shutting down", "shutting_down")
-
 
 # ------------------------------------------------------------------- request bodies
 #
-# Validation by hand, with the same rules as the transformers server's strict
-# pydantic models (a string where a number belongs is a 400; unknown fields
-# are ignored): pydantic alone would double the start-up time.
+# Types are checked by hand, with the same rules as the transformers server's
+# strict pydantic models (a string where a number belongs is a 400; unknown
+# fields are ignored): pydantic alone would double the start-up time. The
+# checks past the types are ``protocol``'s, shared with that server.
 
 _MISSING: Final = object()
 
@@ -194,16 +187,6 @@ class ParsedRequest:
     include_usage: bool
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise bad_request("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise bad_request("request body must be a JSON object")
-    return data
-
-
 def _sampling(fields: _Fields) -> tuple[int | None, bool, bool]:
     """The options shared by both endpoints: (max_tokens, stream, include_usage)."""
     fields.string("model")
@@ -222,16 +205,13 @@ def _sampling(fields: _Fields) -> tuple[int | None, bool, bool]:
     stream = fields.boolean("stream", False)
     options = fields.obj("stream_options")
     include_usage = options.boolean("include_usage", False) if options is not None else False
-    if n is not None and n != 1:
-        raise bad_request("only n=1 is supported", "n")
-    if options is not None and not stream:
-        raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+    check_framing(n, stream, options is not None)
     return max_tokens, stream, include_usage
 
 
 def parse_chat(raw: bytes) -> ParsedRequest:
     """A ``/v1/chat/completions`` body; every failure is a 400 envelope."""
-    fields = _Fields(_json_object(raw))
+    fields = _Fields(json_object(raw))
     messages = fields.required("messages")
     if not isinstance(messages, list):
         raise fields.bad("messages", "Input should be a valid list")
@@ -240,8 +220,7 @@ def parse_chat(raw: bytes) -> ParsedRequest:
     texts = tuple(_message_text(message, index) for index, message in enumerate(messages))
     max_tokens, stream, include_usage = _sampling(fields)
     max_completion_tokens = fields.integer("max_completion_tokens", minimum=1)
-    if fields.boolean("logprobs", False, nullable=True):
-        raise bad_request("logprobs are not supported by this server", "logprobs")
+    refuse_chat_options(fields.boolean("logprobs", False, nullable=True))
     return ParsedRequest(texts, max_completion_tokens or max_tokens, stream, include_usage)
 
 
@@ -267,30 +246,23 @@ def _message_text(message: Any, index: int) -> str:
         kind = part_fields.required("type")
         if not isinstance(kind, str):
             raise part_fields.bad("type", "Input should be a valid string")
-        text = part_fields.string("text")
-        if kind != "text" or text is None:
-            raise bad_request(f"only text content parts are supported, got {kind!r}", param)
-        parts.append(text)
+        parts.append(content_part_text(kind, part_fields.string("text"), index))
     return "".join(parts)
 
 
 def parse_completion(raw: bytes) -> ParsedRequest:
     """A ``/v1/completions`` body; every failure is a 400 envelope."""
-    fields = _Fields(_json_object(raw))
+    fields = _Fields(json_object(raw))
     prompt = fields.required("prompt")
     if isinstance(prompt, list) and all(isinstance(item, str) for item in prompt):
-        if len(prompt) != 1:
-            raise bad_request("prompt must be a string or a list holding one string", "prompt")
-        prompt = prompt[0]
+        prompt = single_prompt(prompt)
     if not isinstance(prompt, str):
         raise fields.bad("prompt", "Input should be a valid string or a list of strings")
     max_tokens, stream, include_usage = _sampling(fields)
     echo = fields.boolean("echo", False)
     logprobs = fields.integer("logprobs")
     suffix = fields.string("suffix")
-    for name, used in (("echo", echo), ("logprobs", logprobs is not None), ("suffix", bool(suffix))):
-        if used:
-            raise bad_request(f"{name} is not supported by this server", name)
+    refuse_completion_options(echo, logprobs, suffix)
     return ParsedRequest((prompt,), max_tokens, stream, include_usage)
 
 
@@ -309,15 +281,6 @@ def completion_prompt_tokens(prompt: str) -> int:
 
 
 # -------------------------------------------------------------------------- engine
-
-
-@dataclass(frozen=True)
-class Delta:
-    """A piece of a reply. The last one of a request carries ``finish_reason``."""
-
-    text: str
-    finish_reason: FinishReason | None
-    completion_tokens: int
 
 
 @dataclass
@@ -388,7 +351,7 @@ class Admission:
             self.running += 1
             return Ticket(state=_RUNNING)
         if len(self.queue) >= self.max_queue:
-            raise _server_error(503, "the replica's queue is full; retry later", "engine_overloaded")
+            raise server_error(503, "the replica's queue is full; retry later", "engine_overloaded")
         ticket = Ticket(asyncio.get_running_loop().create_future())
         self.queue.append(ticket)
         return ticket
@@ -398,7 +361,7 @@ class Admission:
         if ticket.future is not None and ticket.state == _WAITING:
             await ticket.future
         if ticket.state != _RUNNING:
-            raise _shutting_down()
+            raise shutting_down()
 
     def leave(self, ticket: Ticket) -> None:
         if ticket.state == _RUNNING:
@@ -470,7 +433,7 @@ class SyntheticEngine:
                 loop.call_soon_threadsafe(self._begin_draining, grace_s)
 
     def _begin_draining(self, grace_s: float) -> None:
-        self.admission.fail_waiting(_shutting_down())
+        self.admission.fail_waiting(shutting_down())
         asyncio.get_running_loop().call_later(grace_s, self._abort_running)
 
     def _abort_running(self) -> None:
@@ -487,22 +450,15 @@ class SyntheticEngine:
 
     def check_ready(self) -> None:
         if self.draining:
-            raise _shutting_down()
+            raise shutting_down()
         if not self.loaded:
-            raise _server_error(503, "the model is still loading", "model_not_ready")
+            raise model_not_ready()
 
     # -- requests
 
     def max_tokens(self, requested: int | None, prompt_tokens: int, param: str) -> int:
         """Cap the reply at what is left of the context; refuse prompts that fill it."""
-        room = self.config.max_model_len - prompt_tokens
-        if room <= 0:
-            raise bad_request(
-                f"prompt has {prompt_tokens} tokens; this model's context is {self.config.max_model_len} tokens",
-                param,
-                "context_length_exceeded",
-            )
-        return min(requested or DEFAULT_MAX_TOKENS, room)
+        return reply_budget(requested, DEFAULT_MAX_TOKENS, prompt_tokens, self.config.max_model_len, param)
 
     def admit(self, prompt_tokens: int) -> Ticket:
         """Take a place in line now; a 503 if the queue is full or we are draining."""
@@ -545,163 +501,10 @@ class SyntheticEngine:
         else:
             await asyncio.sleep(0)  # a very fast stream still lets the others run
         if abort.done():
-            raise _shutting_down()
+            raise shutting_down()
 
 
-# ----------------------------------------------------------------- response shapes
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-@dataclass(frozen=True)
-class _Reply:
-    """Identity shared by every chunk of one response."""
-
-    id: str
-    created: int
-    model: str
-    prompt_tokens: int
-    include_usage: bool = False
-
-    @classmethod
-    def new(cls, prefix: str, model: str, prompt_tokens: int, include_usage: bool) -> _Reply:
-        return cls(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), model, prompt_tokens, include_usage)
-
-    def envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if self.include_usage:
-            body["usage"] = None  # OpenAI sends an explicit null on chunks when usage is on
-        return body
-
-    def usage_chunk(self, obj: str, completion_tokens: int) -> dict[str, Any]:
-        body = self.envelope(obj, [])
-        body["usage"] = _usage(self.prompt_tokens, completion_tokens)
-        return body
-
-
-def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n"
-
-
-EventRenderer = Callable[[_Reply, AsyncIterator[Delta]], AsyncIterator[str]]
-BodyRenderer = Callable[[_Reply, str, FinishReason, int], dict[str, Any]]
-
-
-async def _chat_events(reply: _Reply, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
-    """chat.completion.chunk events: role first, then content, then the finish."""
-
-    def chunk(delta: dict[str, str], finish: FinishReason | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _sse(reply.envelope("chat.completion.chunk", [choice]))
-
-    role_sent = False
-    completion_tokens = 0
-    async for delta in deltas:
-        if not role_sent:
-            yield chunk({"role": "assistant", "content": ""})
-            role_sent = True
-        if delta.text:
-            yield chunk({"content": delta.text})
-        if delta.finish_reason is not None:
-            yield chunk({}, delta.finish_reason)
-        completion_tokens = delta.completion_tokens
-    if reply.include_usage:
-        yield _sse(reply.usage_chunk("chat.completion.chunk", completion_tokens))
-
-
-async def _completion_events(reply: _Reply, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
-    """text_completion events: one per token, then the finish."""
-
-    def chunk(text: str, finish: FinishReason | None = None) -> str:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return _sse(reply.envelope("text_completion", [choice]))
-
-    completion_tokens = 0
-    async for delta in deltas:
-        if delta.text and delta.finish_reason is None:
-            yield chunk(delta.text)
-        elif delta.finish_reason is not None:
-            yield chunk(delta.text, delta.finish_reason)
-        completion_tokens = delta.completion_tokens
-    if reply.include_usage:
-        yield _sse(reply.usage_chunk("text_completion", completion_tokens))
-
-
-def _chat_body(reply: _Reply, text: str, finish: FinishReason, tokens: int) -> dict[str, Any]:
-    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
-    body = reply.envelope("chat.completion", [choice])
-    body["usage"] = _usage(reply.prompt_tokens, tokens)
-    return body
-
-
-def _completion_body(reply: _Reply, text: str, finish: FinishReason, tokens: int) -> dict[str, Any]:
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    body = reply.envelope("text_completion", [choice])
-    body["usage"] = _usage(reply.prompt_tokens, tokens)
-    return body
-
-
-async def _stream(
-    engine: SyntheticEngine, ticket: Ticket, max_tokens: int, reply: _Reply, render: EventRenderer
-) -> AsyncGenerator[str]:
-    """One streamed request, ended OpenAI-style; a failure becomes an error event."""
-    async with contextlib.aclosing(engine.generate(ticket, max_tokens)) as deltas:
-        try:
-            async for event in render(reply, deltas):
-                yield event
-        except APIError as exc:
-            yield _sse(error_envelope(exc.message, exc.type, exc.param, exc.code))
-        except Exception:
-            log.exception("generation failed mid-stream")
-            yield _sse(error_envelope("generation failed", "server_error"))
-    yield _sse("[DONE]")
-
-
-class _EventStream(StreamingResponse):
-    """An SSE response that always closes its events and frees its place in line.
-
-    Starlette cancels the stream when the client disconnects; the explicit
-    close also covers a stream that never started (its generator's own
-    ``finally`` would not run then).
-    """
-
-    def __init__(self, events: AsyncGenerator[str], release: Callable[[], None]) -> None:
-        super().__init__(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        self._events = events
-        self._release = release
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._release()
-            await self._events.aclose()
-
-
-async def _collect(deltas: AsyncIterator[Delta]) -> tuple[str, FinishReason, int] | None:
-    parts: list[str] = []
-    async for delta in deltas:
-        parts.append(delta.text)
-        if delta.finish_reason is not None:
-            return "".join(parts), delta.finish_reason, delta.completion_tokens
-    return None
+# ----------------------------------------------------------------- answering
 
 
 async def _until_disconnected(receive: Receive) -> None:
@@ -714,12 +517,12 @@ async def _respond(
     request: Request,
     ticket: Ticket,
     max_tokens: int,
-    reply: _Reply,
+    reply: Reply,
     render: BodyRenderer,
 ) -> Response:
     """One non-streamed request, abandoned (and its slot freed) if the client leaves."""
     deltas = engine.generate(ticket, max_tokens)
-    work = asyncio.ensure_future(_collect(deltas))
+    work = asyncio.ensure_future(collect(deltas))
     gone = asyncio.ensure_future(_until_disconnected(request.receive))
     finished: set[asyncio.Future[Any]] = set()
     try:
@@ -732,43 +535,21 @@ async def _respond(
         await deltas.aclose()
     if work not in finished:
         return Response(status_code=499)  # nobody is listening; nginx's "client closed"
-    result = work.result()  # re-raises an APIError (shutting down) as its 503
-    if result is None:
-        return Response(status_code=499)
-    text, finish, completion_tokens = result
-    return JSONResponse(render(reply, text, finish, completion_tokens))
-
-
-# ------------------------------------------------------------------------ metrics
-
-_METRICS: Final = (
-    ("dedicate_engine_requests_running", "gauge", "Requests generating right now."),
-    ("dedicate_engine_requests_waiting", "gauge", "Requests queued for a generation slot."),
-    ("dedicate_engine_requests_total", "counter", "Generation requests accepted."),
-    ("dedicate_engine_prompt_tokens_total", "counter", "Prompt tokens of accepted requests."),
-    ("dedicate_engine_generation_tokens_total", "counter", "Tokens generated."),
-    ("dedicate_engine_max_concurrency", "gauge", "Requests allowed to generate at once."),
-    ("dedicate_engine_model_loaded", "gauge", "1 once the model is loaded and serving."),
-    ("dedicate_engine_requests_rejected_total", "counter", "Requests refused because the queue was full."),
-)
+    return body_response(reply, work.result(), render)  # re-raises an APIError (shutting down) as its 503
 
 
 def render_metrics(engine: SyntheticEngine) -> str:
     """Prometheus text exposition (format 0.0.4), with the transformers server's names."""
-    values = (
-        engine.admission.running,
-        engine.admission.waiting,
-        engine.metrics.requests_total,
-        engine.metrics.prompt_tokens_total,
-        engine.metrics.generation_tokens_total,
-        engine.max_concurrency,
-        int(engine.loaded),
-        engine.metrics.requests_rejected_total,
+    return render_engine_metrics(
+        running=engine.admission.running,
+        waiting=engine.admission.waiting,
+        requests_total=engine.metrics.requests_total,
+        prompt_tokens_total=engine.metrics.prompt_tokens_total,
+        generation_tokens_total=engine.metrics.generation_tokens_total,
+        max_concurrency=engine.max_concurrency,
+        loaded=engine.loaded,
+        requests_rejected_total=engine.metrics.requests_rejected_total,
     )
-    lines: list[str] = []
-    for (name, kind, help_), value in zip(_METRICS, values, strict=True):
-        lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------ the app
@@ -777,12 +558,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _protected(token: str, handler: Handler) -> Handler:
-    expected = f"Bearer {token}".encode()
+    authorize = authorizer(token)
 
     async def authorized(request: Request) -> Response:
-        supplied = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(supplied, expected):
-            raise APIError(401, "missing or invalid bearer token", code="invalid_api_key")
+        authorize(request)
         return await handler(request)
 
     return authorized
@@ -813,22 +592,13 @@ def build_app(engine: SyntheticEngine, token: str) -> Starlette:
         raise ValueError("a replica token is required")
 
     async def health(_request: Request) -> Response:
-        if engine.loaded:
-            return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "loading"}, status_code=503)
+        return health_response(engine.loaded)
 
     async def metrics(_request: Request) -> Response:
-        return Response(render_metrics(engine), media_type="text/plain; version=0.0.4")
+        return metrics_response(render_metrics(engine))
 
     async def models(_request: Request) -> Response:
-        entry = {
-            "id": engine.served_model_name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "dedicate",
-            "max_model_len": engine.config.max_model_len,
-        }
-        return JSONResponse({"object": "list", "data": [entry]})
+        return models_response(engine.served_model_name, engine.config.max_model_len)
 
     async def answer(
         request: Request,
@@ -841,22 +611,22 @@ def build_app(engine: SyntheticEngine, token: str) -> Starlette:
     ) -> Response:
         engine.check_ready()
         max_tokens = engine.max_tokens(parsed.max_tokens, prompt_tokens, param)
-        reply = _Reply.new(prefix, engine.served_model_name, prompt_tokens, parsed.include_usage)
+        reply = Reply.new(prefix, engine.served_model_name, prompt_tokens, parsed.include_usage)
         ticket = engine.admit(prompt_tokens)
         if parsed.stream:
-            stream = _stream(engine, ticket, max_tokens, reply, events)
-            return _EventStream(stream, lambda: engine.admission.leave(ticket))
+            stream = event_stream(engine.generate(ticket, max_tokens), reply, events, log)
+            return EventStream(stream, lambda: engine.admission.leave(ticket))
         return await _respond(engine, request, ticket, max_tokens, reply, body)
 
     async def chat_completions(request: Request) -> Response:
         parsed = parse_chat(await request.body())
         prompt_tokens = chat_prompt_tokens(parsed.texts)
-        return await answer(request, parsed, prompt_tokens, "messages", "chatcmpl", _chat_events, _chat_body)
+        return await answer(request, parsed, prompt_tokens, "messages", "chatcmpl", chat_events, chat_body)
 
     async def completions(request: Request) -> Response:
         parsed = parse_completion(await request.body())
         prompt_tokens = completion_prompt_tokens(parsed.texts[0])
-        return await answer(request, parsed, prompt_tokens, "prompt", "cmpl", _completion_events, _completion_body)
+        return await answer(request, parsed, prompt_tokens, "prompt", "cmpl", completion_events, completion_body)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -873,56 +643,12 @@ def build_app(engine: SyntheticEngine, token: str) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[Middleware(_Tagged)],
-        exception_handlers={
-            APIError: _on_api_error,
-            HTTPException: _on_http_error,
-            Exception: _on_unexpected,
-        },
+        exception_handlers=exception_handlers(log),
         lifespan=lifespan,
     )
 
 
-async def _on_api_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, APIError)
-    return exc.response()
-
-
-async def _on_http_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = "not_found" if exc.status_code == 404 else None
-    return APIError(exc.status_code, str(exc.detail), code=code).response()
-
-
-async def _on_unexpected(_request: Request, exc: Exception) -> Response:
-    log.error("unhandled error", exc_info=exc)
-    return APIError(500, "internal server error", type_="server_error").response()
-
-
 # --------------------------------------------------------------------- the process
-
-
-def _non_negative_float(value: str) -> float:
-    number = float(value)
-    if not number >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not (number > 0 and math.isfinite(number)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return number
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        number = int(value)
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
-        return number
-
-    return parse
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -935,19 +661,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--served-model-name", required=True)
     parser.add_argument("--model-dir", type=Path, help="accepted and ignored: there are no weights")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--port-file", type=Path, help="write the bound port here")
-    parser.add_argument("--replica-id", default="", help="label for logs and process lookup")
-    parser.add_argument("--instance", default="", help="label for logs and process lookup")
-    parser.add_argument("--startup-delay", type=_non_negative_float, default=0.0, help="seconds /health stays 503")
-    parser.add_argument("--ttft", type=_non_negative_float, default=0.1, help="seconds from a slot to the 1st token")
-    parser.add_argument("--tokens-per-s", type=_positive_float, default=25.0, help="tokens a second, per stream")
-    parser.add_argument("--max-streams", type=_int_at_least(1), default=16, help="requests generating at once")
-    parser.add_argument("--max-queue", type=_int_at_least(0), default=1000, help="waiting requests before 503s")
-    parser.add_argument("--max-model-len", type=_int_at_least(1), default=32768, help="the context length reported")
+    add_process_arguments(parser)
+    parser.add_argument("--startup-delay", type=non_negative_float, default=0.0, help="seconds /health stays 503")
+    parser.add_argument("--ttft", type=non_negative_float, default=0.1, help="seconds from a slot to the 1st token")
+    parser.add_argument("--tokens-per-s", type=positive_float, default=25.0, help="tokens a second, per stream")
+    parser.add_argument("--max-streams", type=int_at_least(1), default=16, help="requests generating at once")
+    parser.add_argument("--max-queue", type=int_at_least(0), default=1000, help="waiting requests before 503s")
+    parser.add_argument("--max-model-len", type=int_at_least(1), default=32768, help="the context length reported")
     parser.add_argument(
-        "--shutdown-timeout", type=_non_negative_float, default=5.0, help="seconds in-flight requests get after SIGTERM"
+        "--shutdown-timeout", type=non_negative_float, default=5.0, help="seconds in-flight requests get after SIGTERM"
     )
     parser.add_argument(
         "--fail-after-start",
@@ -957,117 +679,28 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind ourselves so port 0 works and we learn the real port before serving."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
-        0
-    ]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-        sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+def _failing_after(server: uvicorn.Server, delay_s: float, failed: list[bool]) -> Callable[[], None]:
+    """For ``--fail-after-start``: once serving, stop by ourselves ``delay_s`` later, noting it in ``failed``."""
 
+    def fail() -> None:
+        if not server.should_exit:
+            log.error("--fail-after-start: giving up without becoming healthy")
+            failed.append(True)
+            server.should_exit = True
 
-def write_port_file(path: Path, port: int) -> None:
-    """Write-then-rename, so a reader polling the file never sees a partial number."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(f"{port}\n")
-    os.replace(temporary, path)
+    def arm() -> None:
+        asyncio.get_running_loop().call_later(delay_s, fail)
 
-
-async def _serve(server: uvicorn.Server, sock: socket.socket, port_file: Path | None, fail_after: float | None) -> bool:
-    """Serve until told to stop; announce the port once uvicorn is accepting.
-
-    With ``fail_after``, stop by ourselves that many seconds later; True if that happened.
-    """
-    failed: list[bool] = []
-    port = int(sock.getsockname()[1])
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.005)
-    if server.started:
-        log.info("listening on %s:%d", sock.getsockname()[0], port)
-        if port_file is not None:
-            write_port_file(port_file, port)
-        if fail_after is not None:
-
-            def fail() -> None:
-                if not server.should_exit:
-                    log.error("--fail-after-start: giving up without becoming healthy")
-                    failed.append(True)
-                    server.should_exit = True
-
-            asyncio.get_running_loop().call_later(fail_after, fail)
-    await serving
-    return bool(failed)
-
-
-class _ReplicaServer(uvicorn.Server):
-    """uvicorn, plus draining the engine when a shutdown signal arrives.
-
-    uvicorn alone would wait for streams and then cancel them mid-body after
-    its timeout; draining the engine first ends them as well-formed replies.
-    """
-
-    def __init__(self, config: uvicorn.Config, engine: SyntheticEngine, grace_s: float) -> None:
-        super().__init__(config)
-        self._engine = engine
-        self._grace_s = grace_s
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            log.info("%s: shutting down, in-flight requests get %ss", signal.Signals(sig).name, self._grace_s)
-        self._engine.drain(self._grace_s)
-        super().handle_exit(sig, frame)
-
-
-def _signal_handler(server: uvicorn.Server) -> Callable[[int, FrameType | None], None]:
-    """The handler outside uvicorn's own: an early SIGTERM counts, a late one exits 0."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        server.handle_exit(signum, frame)
-
-    return handle
-
-
-class _QuietPolling(logging.Filter):
-    """Drop access-log lines for successful health and metrics polls."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 5:  # uvicorn: client, method, path, ver, status
-            _client, method, path, _version, status = args
-            return not (method == "GET" and path in ("/health", "/metrics") and status == 200)
-        return True
-
-
-def _configure_logging(args: argparse.Namespace) -> None:
-    labels = " ".join(
-        f"{key}={value}" for key, value in (("replica", args.replica_id), ("instance", args.instance)) if value
-    )
-    prefix = f"[{labels}] " if labels else ""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
-    )
-    logging.getLogger("uvicorn.access").addFilter(_QuietPolling())
+    return arm
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one synthetic replica until SIGTERM; exit 0 then (3 with --fail-after-start)."""
     started_at = time.monotonic()
     args = _parse_args(argv)
-    _configure_logging(args)
-    token = os.environ.get(TOKEN_ENV, "")
+    configure_logging(args.replica_id, args.instance)
+    token = read_token(log)
     if not token:
-        log.error("%s is not set; refusing to serve without authentication", TOKEN_ENV)
         return 2
     config = SyntheticConfig(
         served_model_name=args.served_model_name,
@@ -1080,10 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail_after_start=args.fail_after_start,
     )
     engine = SyntheticEngine(config, started_at=started_at)
-    try:
-        sock = bind_socket(args.host, args.port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
+    sock = listen(args.host, args.port, log, backlog=1024)
+    if sock is None:
         return 1
     log.info(
         "synthetic engine for %s: ttft %gs, %g tokens/s, %d streams, queue %d, healthy after %gs",
@@ -1094,17 +725,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.max_queue,
         config.startup_delay_s,
     )
-    uv_config = uvicorn.Config(
-        build_app(engine, token),
-        log_config=None,
-        timeout_graceful_shutdown=math.ceil(args.shutdown_timeout) + 2,  # a backstop behind the engine's deadline
-        lifespan="on",
-    )
-    server = _ReplicaServer(uv_config, engine, grace_s=args.shutdown_timeout)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _signal_handler(server))
-    fail_after = max(0.0, FAIL_AFTER_START_S - (time.monotonic() - started_at)) if args.fail_after_start else None
-    failed = asyncio.run(_serve(server, sock, args.port_file, fail_after))
+    server = replica_server(build_app(engine, token), engine, args.shutdown_timeout, log)
+    failed: list[bool] = []
+    on_started = None
+    if args.fail_after_start:
+        delay_s = max(0.0, FAIL_AFTER_START_S - (time.monotonic() - started_at))
+        on_started = _failing_after(server, delay_s, failed)
+    asyncio.run(serve(server, sock, args.port_file, log, on_started))
     return FAIL_AFTER_START_EXIT if failed else 0
 
 

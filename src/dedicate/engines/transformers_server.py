@@ -10,6 +10,11 @@ being fast (no batching: each request runs its own token loop with a KV cache).
 Every ``/v1/*`` and ``/metrics`` request must carry the replica token, which
 arrives in ``DEDICATE_REPLICA_TOKEN``: a command line is readable by every
 user on the machine, an environment is not.
+
+What this server has in common with the synthetic engine (the OpenAI shapes,
+errors, SSE and metrics in ``protocol``; the process around it in ``serving``)
+is shared with it; this module holds the model, its pydantic request models
+and the token loop.
 """
 
 from __future__ import annotations
@@ -17,83 +22,75 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
-import os
-import signal
-import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
 import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
+
+from dedicate.engines.protocol import APIError as APIError
+from dedicate.engines.protocol import (
+    BodyRenderer,
+    EventStream,
+    Reply,
+    authorizer,
+    bad_request,
+    body_response,
+    chat_body,
+    chat_events,
+    check_framing,
+    collect,
+    completion_body,
+    completion_events,
+    content_part_text,
+    event_stream,
+    exception_handlers,
+    health_response,
+    json_object,
+    metrics_response,
+    model_not_ready,
+    models_response,
+    refuse_chat_options,
+    refuse_completion_options,
+    reply_budget,
+    shutting_down,
+    single_prompt,
+)
+from dedicate.engines.protocol import Delta as Delta
+from dedicate.engines.protocol import FinishReason as FinishReason
+from dedicate.engines.protocol import error_envelope as error_envelope
+from dedicate.engines.protocol import render_metrics as render_engine_metrics
+from dedicate.engines.serving import TOKEN_ENV as TOKEN_ENV
+from dedicate.engines.serving import (
+    add_process_arguments,
+    configure_logging,
+    listen,
+    positive_int,
+    read_token,
+    replica_server,
+    serve,
+)
+from dedicate.engines.serving import bind_socket as bind_socket
+from dedicate.engines.serving import write_port_file as write_port_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-TOKEN_ENV: Final = "DEDICATE_REPLICA_TOKEN"
 DEFAULT_CHAT_MAX_TOKENS: Final = 64
 DEFAULT_COMPLETION_MAX_TOKENS: Final = 16
 FALLBACK_CONTEXT_LENGTH: Final = 2048
 
 log = logging.getLogger("dedicate.engines.transformers_server")
-
-FinishReason = Literal["stop", "length"]
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class APIError(Exception):
-    """An error the client should see, rendered as OpenAI's error envelope."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.param = param
-        self.code = code
-
-    def response(self) -> JSONResponse:
-        """The JSON response; 401s also name the scheme, as HTTP asks."""
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(
-            error_envelope(self.message, self.type, self.param, self.code),
-            status_code=self.status,
-            headers=headers,
-        )
-
-
-def error_envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error shape, which OpenAI client libraries know how to surface."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
 
 
 # ------------------------------------------------------------------- request bodies
@@ -163,15 +160,10 @@ class ChatRequest(_SamplingBody):
     logprobs: bool | None = None
 
     def refuse_unsupported(self) -> None:
-        if self.logprobs:
-            raise bad_request("logprobs are not supported by this server", "logprobs")
+        refuse_chat_options(self.logprobs)
         for index, message in enumerate(self.messages):
             for part in message.content if isinstance(message.content, list) else ():
-                if part.type != "text" or part.text is None:
-                    raise bad_request(
-                        f"only text content parts are supported, got {part.type!r}",
-                        f"messages.{index}.content",
-                    )
+                content_part_text(part.type, part.text, index)
 
     def requested_max_tokens(self) -> int | None:
         """OpenAI renamed max_tokens for chat; accept either spelling."""
@@ -185,16 +177,10 @@ class CompletionRequest(_SamplingBody):
     suffix: str | None = None
 
     def refuse_unsupported(self) -> None:
-        for name, used in (("echo", self.echo), ("logprobs", self.logprobs is not None), ("suffix", bool(self.suffix))):
-            if used:
-                raise bad_request(f"{name} is not supported by this server", name)
+        refuse_completion_options(self.echo, self.logprobs, self.suffix)
 
     def prompt_text(self) -> str:
-        if isinstance(self.prompt, str):
-            return self.prompt
-        if len(self.prompt) != 1:
-            raise bad_request("prompt must be a string or a list holding one string", "prompt")
-        return self.prompt[0]
+        return self.prompt if isinstance(self.prompt, str) else single_prompt(self.prompt)
 
 
 B = TypeVar("B", bound=_SamplingBody)
@@ -203,19 +189,10 @@ B = TypeVar("B", bound=_SamplingBody)
 def parse_body(raw: bytes, model: type[B]) -> B:
     """Decode and validate a JSON body, turning every failure into a 400."""
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise bad_request("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise bad_request("request body must be a JSON object")
-    try:
-        body = model.model_validate(data)
+        body = model.model_validate(json_object(raw))
     except ValidationError as exc:
         raise _validation_error(exc) from None
-    if body.n != 1:
-        raise bad_request("only n=1 is supported", "n")
-    if body.stream_options is not None and not body.stream:
-        raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+    check_framing(body.n, body.stream, body.stream_options is not None)
     body.refuse_unsupported()
     return body
 
@@ -344,15 +321,6 @@ class TextAssembler:
 # -------------------------------------------------------------------------- engine
 
 
-@dataclass(frozen=True)
-class Delta:
-    """A piece of a reply. The last one of a request carries ``finish_reason``."""
-
-    text: str
-    finish_reason: FinishReason | None
-    completion_tokens: int
-
-
 @dataclass
 class EngineMetrics:
     """Counters read by /metrics; touched only from the event loop, so no locks."""
@@ -442,7 +410,7 @@ class Engine:
     def _check_not_draining(self, *, running: bool) -> None:
         if self._abort_at is None or (running and time.monotonic() < self._abort_at):
             return
-        raise APIError(503, "the replica is shutting down", type_="server_error", code="shutting_down")
+        raise shutting_down()
 
     # -- loading
 
@@ -471,7 +439,7 @@ class Engine:
 
     def _require_loaded(self) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
         if self._tokenizer is None or self._model is None or not self.loaded:
-            raise APIError(503, "the model is still loading", type_="server_error", code="model_not_ready")
+            raise model_not_ready()
         return self._tokenizer, self._model
 
     # -- prompts
@@ -508,15 +476,9 @@ class Engine:
         self, body: _SamplingBody, requested: int | None, default: int, prompt_len: int
     ) -> SamplingParams:
         """Cap the reply at what is left of the context; refuse prompts that fill it."""
-        room = self.context_length - prompt_len
-        if room <= 0:
-            raise bad_request(
-                f"prompt has {prompt_len} tokens; this model's context is {self.context_length} tokens",
-                "messages" if isinstance(body, ChatRequest) else "prompt",
-                "context_length_exceeded",
-            )
+        param = "messages" if isinstance(body, ChatRequest) else "prompt"
         return SamplingParams(
-            max_tokens=min(requested or default, room),
+            max_tokens=reply_budget(requested, default, prompt_len, self.context_length, param),
             temperature=body.temperature,
             top_p=body.top_p,
             seed=body.seed,
@@ -627,159 +589,7 @@ def _context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) 
     return FALLBACK_CONTEXT_LENGTH
 
 
-# ----------------------------------------------------------------- response shapes
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-@dataclass(frozen=True)
-class _Reply:
-    """Identity shared by every chunk of one response."""
-
-    id: str
-    created: int
-    model: str
-    prompt_tokens: int
-    include_usage: bool = False
-
-    @classmethod
-    def new(cls, prefix: str, model: str, prompt_tokens: int, include_usage: bool) -> _Reply:
-        reply_id = f"{prefix}-{uuid.uuid4().hex}"
-        return cls(reply_id, int(time.time()), model, prompt_tokens, include_usage)
-
-    def envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if self.include_usage:
-            body["usage"] = None  # OpenAI sends an explicit null on chunks when usage is on
-        return body
-
-    def usage_chunk(self, obj: str, completion_tokens: int) -> dict[str, Any]:
-        body = self.envelope(obj, [])
-        body["usage"] = _usage(self.prompt_tokens, completion_tokens)
-        return body
-
-
-def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n"
-
-
-async def _chat_events(reply: _Reply, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
-    """chat.completion.chunk events: role first, then content, then the finish."""
-
-    def chunk(delta: dict[str, str], finish: FinishReason | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _sse(reply.envelope("chat.completion.chunk", [choice]))
-
-    role_sent = False
-    completion_tokens = 0
-    async for delta in deltas:
-        if not role_sent:
-            yield chunk({"role": "assistant", "content": ""})
-            role_sent = True
-        if delta.text:
-            yield chunk({"content": delta.text})
-        if delta.finish_reason is not None:
-            yield chunk({}, delta.finish_reason)
-        completion_tokens = delta.completion_tokens
-    if reply.include_usage:
-        yield _sse(reply.usage_chunk("chat.completion.chunk", completion_tokens))
-
-
-async def _completion_events(reply: _Reply, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
-    """text_completion events: one per piece of text, then the finish."""
-
-    def chunk(text: str, finish: FinishReason | None = None) -> str:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return _sse(reply.envelope("text_completion", [choice]))
-
-    completion_tokens = 0
-    async for delta in deltas:
-        if delta.text and delta.finish_reason is None:
-            yield chunk(delta.text)
-        elif delta.finish_reason is not None:
-            yield chunk(delta.text, delta.finish_reason)
-        completion_tokens = delta.completion_tokens
-    if reply.include_usage:
-        yield _sse(reply.usage_chunk("text_completion", completion_tokens))
-
-
-async def _with_done(events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Terminate the stream OpenAI-style, turning a failure into an error event."""
-    try:
-        async for event in events:
-            yield event
-    except APIError as exc:
-        yield _sse(error_envelope(exc.message, exc.type, exc.param, exc.code))
-    except Exception:
-        log.exception("generation failed mid-stream")
-        yield _sse(error_envelope("generation failed", "server_error"))
-    yield _sse("[DONE]")
-
-
-class _EventStream(StreamingResponse):
-    """An SSE response that always closes its event generator.
-
-    Starlette just stops iterating when the client goes away; closing the
-    generator explicitly runs its cleanup (freeing the replica's slot) at once
-    instead of whenever the garbage collector gets to it.
-    """
-
-    def __init__(self, events: AsyncGenerator[str]) -> None:
-        super().__init__(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        self._events = events
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._events.aclose()
-
-
-async def _collect(deltas: AsyncIterator[Delta]) -> tuple[str, FinishReason, int] | None:
-    """Gather a whole reply; None when the client left before it was done."""
-    parts: list[str] = []
-    async for delta in deltas:
-        parts.append(delta.text)
-        if delta.finish_reason is not None:
-            return "".join(parts), delta.finish_reason, delta.completion_tokens
-    return None
-
-
 # ------------------------------------------------------------------------ the app
-
-
-def _authorizer(token: str) -> Callable[[Request], None]:
-    expected = f"Bearer {token}".encode()
-
-    def authorize(request: Request) -> None:
-        """Constant-time comparison, so the token cannot be guessed byte by byte."""
-        supplied = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(supplied, expected):
-            raise APIError(
-                401,
-                "missing or invalid bearer token",
-                type_="invalid_request_error",
-                code="invalid_api_key",
-            )
-
-    return authorize
 
 
 def build_app(
@@ -807,7 +617,7 @@ def build_app(
     )
     _install_error_handlers(app)
     app.include_router(_public_routes(engine))
-    app.include_router(_protected_routes(engine), dependencies=[Depends(_authorizer(token))])
+    app.include_router(_protected_routes(engine), dependencies=[Depends(authorizer(token))])
     return app
 
 
@@ -829,26 +639,12 @@ def _start_loading(engine: Engine, loop: asyncio.AbstractEventLoop, on_failure: 
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as OpenAI's envelope, never as FastAPI's default shapes."""
 
-    async def on_api_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, APIError)
-        return exc.response()
-
-    async def on_http_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        code = "not_found" if exc.status_code == 404 else None
-        return APIError(exc.status_code, str(exc.detail), code=code).response()
-
     async def on_validation_error(_request: Request, exc: Exception) -> Response:
         return bad_request(f"invalid request: {exc}").response()
 
-    async def on_unexpected(_request: Request, exc: Exception) -> Response:
-        log.error("unhandled error", exc_info=exc)
-        return APIError(500, "internal server error", type_="server_error").response()
-
-    app.add_exception_handler(APIError, on_api_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for kind, handler in exception_handlers(log).items():
+        app.add_exception_handler(kind, handler)
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(Exception, on_unexpected)
 
 
 def _public_routes(engine: Engine) -> APIRouter:
@@ -857,11 +653,7 @@ def _public_routes(engine: Engine) -> APIRouter:
     @router.get("/health")
     async def health() -> JSONResponse:
         """200 only once the model can answer; the runtime routes traffic on this."""
-        if engine.loaded:
-            return JSONResponse({"status": "ok"})
-        if engine.load_error is not None:
-            return JSONResponse({"status": "error", "detail": engine.load_error}, status_code=503)
-        return JSONResponse({"status": "loading"}, status_code=503)
+        return health_response(engine.loaded, engine.load_error)
 
     return router
 
@@ -874,54 +666,30 @@ def _protected_routes(engine: Engine) -> APIRouter:
         body = parse_body(await request.body(), ChatRequest)
         prompt_ids = engine.encode_chat(body.messages)
         params = engine.sampling_params(body, body.requested_max_tokens(), DEFAULT_CHAT_MAX_TOKENS, len(prompt_ids))
-        reply = _Reply.new("chatcmpl", engine.served_model_name, len(prompt_ids), body.include_usage())
+        reply = Reply.new("chatcmpl", engine.served_model_name, len(prompt_ids), body.include_usage())
         if body.stream:
-            return _EventStream(_stream(engine, prompt_ids, params, reply, _chat_events))
-        return await _respond(engine, request, prompt_ids, params, reply, _chat_body)
+            return EventStream(event_stream(engine.generate(prompt_ids, params), reply, chat_events, log))
+        return await _respond(engine, request, prompt_ids, params, reply, chat_body)
 
     @router.post("/v1/completions")
     async def completions(request: Request) -> Response:
         body = parse_body(await request.body(), CompletionRequest)
         prompt_ids = engine.encode_prompt(body.prompt_text())
         params = engine.sampling_params(body, body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, len(prompt_ids))
-        reply = _Reply.new("cmpl", engine.served_model_name, len(prompt_ids), body.include_usage())
+        reply = Reply.new("cmpl", engine.served_model_name, len(prompt_ids), body.include_usage())
         if body.stream:
-            return _EventStream(_stream(engine, prompt_ids, params, reply, _completion_events))
-        return await _respond(engine, request, prompt_ids, params, reply, _completion_body)
+            return EventStream(event_stream(engine.generate(prompt_ids, params), reply, completion_events, log))
+        return await _respond(engine, request, prompt_ids, params, reply, completion_body)
 
     @router.get("/v1/models")
     async def models() -> JSONResponse:
-        entry = {
-            "id": engine.served_model_name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "dedicate",
-            "max_model_len": engine.context_length,
-        }
-        return JSONResponse({"object": "list", "data": [entry]})
+        return models_response(engine.served_model_name, engine.context_length)
 
     @router.get("/metrics")
     async def metrics() -> Response:
-        return Response(render_metrics(engine), media_type="text/plain; version=0.0.4")
+        return metrics_response(render_metrics(engine))
 
     return router
-
-
-EventRenderer = Callable[[_Reply, AsyncIterator[Delta]], AsyncIterator[str]]
-BodyRenderer = Callable[[_Reply, str, FinishReason, int], dict[str, Any]]
-
-
-async def _stream(
-    engine: Engine,
-    prompt_ids: list[int],
-    params: SamplingParams,
-    reply: _Reply,
-    render: EventRenderer,
-) -> AsyncGenerator[str]:
-    """Run one streamed request; aclosing() stops generation the moment we stop reading."""
-    async with contextlib.aclosing(engine.generate(prompt_ids, params)) as deltas:
-        async for event in _with_done(render(reply, deltas)):
-            yield event
 
 
 async def _respond(
@@ -929,62 +697,30 @@ async def _respond(
     request: Request,
     prompt_ids: list[int],
     params: SamplingParams,
-    reply: _Reply,
+    reply: Reply,
     render: BodyRenderer,
 ) -> Response:
     """Run one non-streamed request, abandoning it if the client disconnects."""
     deltas = engine.generate(prompt_ids, params, disconnected=request.is_disconnected)
     async with contextlib.aclosing(deltas):
-        result = await _collect(deltas)
-    if result is None:
-        return Response(status_code=499)  # nobody is listening; nginx's "client closed"
-    text, finish, completion_tokens = result
-    return JSONResponse(render(reply, text, finish, completion_tokens))
-
-
-def _chat_body(reply: _Reply, text: str, finish: FinishReason, tokens: int) -> dict[str, Any]:
-    choice = {
-        "index": 0,
-        "message": {"role": "assistant", "content": text},
-        "logprobs": None,
-        "finish_reason": finish,
-    }
-    body = reply.envelope("chat.completion", [choice])
-    body["usage"] = _usage(reply.prompt_tokens, tokens)
-    return body
-
-
-def _completion_body(reply: _Reply, text: str, finish: FinishReason, tokens: int) -> dict[str, Any]:
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    body = reply.envelope("text_completion", [choice])
-    body["usage"] = _usage(reply.prompt_tokens, tokens)
-    return body
+        result = await collect(deltas)
+    return body_response(reply, result, render)
 
 
 # ------------------------------------------------------------------------ metrics
 
-_METRICS: Final = (
-    ("dedicate_engine_requests_running", "gauge", "Requests generating right now.", "requests_running"),
-    ("dedicate_engine_requests_waiting", "gauge", "Requests queued for a generation slot.", "requests_waiting"),
-    ("dedicate_engine_requests_total", "counter", "Generation requests accepted.", "requests_total"),
-    ("dedicate_engine_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", "prompt_tokens_total"),
-    ("dedicate_engine_generation_tokens_total", "counter", "Tokens generated.", "generation_tokens_total"),
-)
-
 
 def render_metrics(engine: Engine) -> str:
     """Prometheus text exposition (format 0.0.4) of the engine's counters."""
-    lines: list[str] = []
-    samples = [(name, kind, help_, getattr(engine.metrics, attr)) for name, kind, help_, attr in _METRICS]
-    samples.append(
-        ("dedicate_engine_max_concurrency", "gauge", "Requests allowed to generate at once.", engine.max_concurrency)
+    return render_engine_metrics(
+        running=engine.metrics.requests_running,
+        waiting=engine.metrics.requests_waiting,
+        requests_total=engine.metrics.requests_total,
+        prompt_tokens_total=engine.metrics.prompt_tokens_total,
+        generation_tokens_total=engine.metrics.generation_tokens_total,
+        max_concurrency=engine.max_concurrency,
+        loaded=engine.loaded,
     )
-    samples.append(
-        ("dedicate_engine_model_loaded", "gauge", "1 once the model is loaded and serving.", int(engine.loaded))
-    )
-    for name, kind, help_, value in samples:
-        lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------- the process
@@ -997,145 +733,32 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--served-model-name", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--port-file", type=Path, help="write the bound port here")
-    parser.add_argument("--replica-id", default="", help="label for logs and process lookup")
-    parser.add_argument("--instance", default="", help="label for logs and process lookup")
+    add_process_arguments(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--max-concurrency", type=_positive_int, default=1)
+    parser.add_argument("--max-concurrency", type=positive_int, default=1)
     parser.add_argument(
         "--torch-threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="CPU threads for torch (default 1: replicas share small machines)",
     )
     parser.add_argument(
-        "--shutdown-timeout", type=_positive_int, default=5, help="seconds in-flight requests get after SIGTERM"
+        "--shutdown-timeout", type=positive_int, default=5, help="seconds in-flight requests get after SIGTERM"
     )
     return parser.parse_args(argv)
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind ourselves so port 0 works and we learn the real port before serving."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
-        0
-    ]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def write_port_file(path: Path, port: int) -> None:
-    """Write-then-rename, so a reader polling the file never sees a partial number."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(f"{port}\n")
-    os.replace(temporary, path)
-
-
-async def _serve(server: uvicorn.Server, sock: socket.socket, port_file: Path | None) -> None:
-    """Serve until told to stop; announce the port once uvicorn is accepting."""
-    port = int(sock.getsockname()[1])
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.01)
-    if server.started:
-        log.info("listening on %s:%d", sock.getsockname()[0], port)
-        if port_file is not None:
-            write_port_file(port_file, port)
-    await serving
-
-
-class _ReplicaServer(uvicorn.Server):
-    """uvicorn, plus telling the engine when a shutdown signal arrives.
-
-    uvicorn alone would wait for streams and then cancel them mid-body after
-    its timeout; draining the engine first ends them as well-formed replies.
-    """
-
-    def __init__(self, config: uvicorn.Config, engine: Engine, grace_s: float) -> None:
-        super().__init__(config)
-        self._engine = engine
-        self._grace_s = grace_s
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            name = signal.Signals(sig).name
-            log.info("%s: shutting down, in-flight requests get %ss", name, self._grace_s)
-        self._engine.drain(self._grace_s)
-        super().handle_exit(sig, frame)
-
-
-def _signal_handler(server: uvicorn.Server) -> Callable[[int, FrameType | None], None]:
-    """The handler in place outside uvicorn's own (before it starts, after it stops).
-
-    uvicorn re-raises a caught signal once it has shut down; with the default
-    handler SIGTERM would then kill us with status -15 instead of exiting 0.
-    Before uvicorn is up, the same handler makes an early SIGTERM still count.
-    """
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        server.handle_exit(signum, frame)
-
-    return handle
-
-
-class _QuietPolling(logging.Filter):
-    """Drop access-log lines for successful health and metrics polls.
-
-    The runtime and the metrics scraper poll every few seconds; logging each
-    poll would bury the requests worth reading in the replica's log file.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 5:  # uvicorn: client, method, path, ver, status
-            _client, method, path, _version, status = args
-            return not (method == "GET" and path in ("/health", "/metrics") and status == 200)
-        return True
-
-
-def _configure_logging(args: argparse.Namespace) -> None:
-    labels = " ".join(
-        f"{key}={value}" for key, value in (("replica", args.replica_id), ("instance", args.instance)) if value
-    )
-    prefix = f"[{labels}] " if labels else ""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
-    )
-    logging.getLogger("uvicorn.access").addFilter(_QuietPolling())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one replica until SIGTERM; exit 0 then, 1 if the model failed to load."""
     args = _parse_args(argv)
-    _configure_logging(args)
-    token = os.environ.get(TOKEN_ENV, "")
+    configure_logging(args.replica_id, args.instance)
+    token = read_token(log)
     if not token:
-        log.error("%s is not set; refusing to serve without authentication", TOKEN_ENV)
         return 2
     torch.set_num_threads(args.torch_threads)
     engine = Engine(args.model_dir, args.served_model_name, device=args.device, max_concurrency=args.max_concurrency)
-    try:
-        sock = bind_socket(args.host, args.port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
+    sock = listen(args.host, args.port, log)
+    if sock is None:
         return 1
     servers: list[uvicorn.Server] = []  # the app must exist before the server it stops
 
@@ -1144,13 +767,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.should_exit = True
 
     app = build_app(engine, token, on_load_failure=stop_serving)
-    # uvicorn's own timeout is the backstop, a little after the engine's deadline.
-    config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=args.shutdown_timeout + 2, lifespan="on")
-    server = _ReplicaServer(config, engine, grace_s=args.shutdown_timeout)
+    server = replica_server(app, engine, args.shutdown_timeout, log)
     servers.append(server)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _signal_handler(server))
-    asyncio.run(_serve(server, sock, args.port_file))
+    asyncio.run(serve(server, sock, args.port_file, log))
     return 1 if engine.load_error is not None else 0
 
 
