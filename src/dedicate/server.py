@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +27,18 @@ from dedicate.api.routes import billing as billing_routes
 from dedicate.api.routes import catalog as catalog_routes
 from dedicate.api.routes import endpoints as endpoint_routes
 from dedicate.clock import Clock, clock_from_env
+from dedicate.control.auth import Principal, authenticate
+from dedicate.control.autoscaling import Autoscaler
 from dedicate.control.models import ensure_builtin
 from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
 from dedicate.domain.models import TINY_CHAT
-from dedicate.domain.records import Endpoint, Replica
+from dedicate.domain.records import ApiKey, Endpoint, Replica
 from dedicate.gateway import app as gateway_app
+from dedicate.gateway.health import HealthPolicy
+from dedicate.gateway.proxy import Gateway
 from dedicate.gateway.routing import RoutingTable
+from dedicate.gateway.signals import prometheus
 from dedicate.runtimes.base import Node
 from dedicate.runtimes.local import LocalRuntime
 from dedicate.runtimes.nvml import discovered_nodes
@@ -52,6 +59,20 @@ class Parts:
     reconciler: Reconciler
     services: Services
     table: RoutingTable
+    gateway: Gateway
+    autoscaler: Autoscaler | None = None
+
+
+class _Services(Services):
+    """The use cases, plus one hook: a key revoked here leaves the gateway's key cache at once."""
+
+    key_revoked: Callable[[str], None] | None = None
+
+    def revoke_key(self, principal: Principal, key_id: str) -> ApiKey:
+        key = super().revoke_key(principal, key_id)
+        if self.key_revoked is not None:
+            self.key_revoked(key_id)
+        return key
 
 
 def instance_id(data_dir: Path) -> str:
@@ -93,12 +114,37 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
         nodes.append(Node("local", "cpu", settings.cpu_slots))
     runtime = LocalRuntime(settings.data_dir, instance_id(settings.data_dir), nodes)
     reconciler = Reconciler(store, runtime, settings, clock)
-    services = Services(store, settings, clock, runtime.nodes, reconciler.wake.set)
+    services = _Services(store, settings, clock, runtime.nodes, reconciler.wake.set)
 
     def load() -> tuple[list[Endpoint], list[Replica]]:
         return store.list_endpoints(), store.live_replicas()
 
-    return Parts(settings, clock, store, runtime, reconciler, services, RoutingTable(load))
+    g = settings.gateway
+    table = RoutingTable(load, ttl_s=g.table_ttl_s,
+                         health=HealthPolicy(g.failures_to_eject, g.ejection_base_s, g.ejection_max_s))
+    gateway = Gateway(table, lambda header: authenticate(store, header), g)
+    services.key_revoked = gateway.keys.forget
+    # Scales only while this process holds the reconciler lease, through its fenced store.
+    autoscaler = Autoscaler(store, settings, clock, runtime.nodes,
+                            leader=lambda: reconciler.store if reconciler.is_leader else None,
+                            wake=reconciler.wake.set)
+    return Parts(settings, clock, store, runtime, reconciler, services, table, gateway, autoscaler)
+
+
+async def flush_signals(parts: Parts, gateway_id: str, stop: asyncio.Event) -> None:
+    """Every ``signals_interval_s``: this gateway's counters and token usage to the store."""
+    gw = parts.gateway
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), parts.settings.gateway.signals_interval_s)
+        now = parts.clock.now()
+        known = [(r.endpoint.id, r.endpoint.name, r.endpoint.owner) for r in gw.table.snapshot.routes.values()]
+        rows, deltas = gw.signals.collect(now, gw.monotonic(), known)
+        try:
+            await asyncio.to_thread(parts.store.write_signals, gateway_id, now, rows, deltas)
+        except Exception:  # the database is away: keep the usage for the next write
+            log.exception("writing gateway signals failed; retrying in %ss", parts.settings.gateway.signals_interval_s)
+            gw.signals.restore(deltas)
 
 
 def metrics_text(parts: Parts) -> str:
@@ -113,16 +159,16 @@ def metrics_text(parts: Parts) -> str:
     for e in endpoints:
         cost = parts.services.billing.endpoint_cost(e, 0)["cost_this_month_cents"]
         lines.append(f'dedicate_endpoint_cost_this_month_cents{{endpoint="{e.id}",owner="{e.owner}"}} {cost}')
-    for metric, attr in (("in_flight", "in_flight"), ("requests_total", "requests"),
-                         ("errors_total", "errors")):
-        lines.append(f"# TYPE dedicate_gateway_replica_{metric} "
-                     f"{'gauge' if metric == 'in_flight' else 'counter'}")
-        for rid, s in sorted(parts.table.stats.items()):
-            lines.append(f'dedicate_gateway_replica_{metric}{{replica="{rid}"}} {getattr(s, attr)}')
     return "\n".join(lines) + "\n"
 
 
-def create_app(parts: Parts) -> FastAPI:
+def gateway_metrics_text(gw: Gateway) -> str:
+    """Read on the event loop, where the counters change."""
+    return prometheus(gw.signals, list(gw.table.states.values()), gw.monotonic(), time.time())
+
+
+def create_app(parts: Parts) -> gateway_app.GatewayFront:
+    """The whole server's ASGI app: the gateway's inference paths in front, the FastAPI app (``.app``) behind."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
@@ -131,18 +177,26 @@ def create_app(parts: Parts) -> FastAPI:
             build = asyncio.create_task(asyncio.to_thread(ensure_builtin, parts.settings.models_dir, spec))
             app.state.model_build = build
         loop_task = asyncio.create_task(parts.reconciler.run(stop))
+        autoscaler = parts.autoscaler
+        autoscale_task = asyncio.create_task(autoscaler.run(stop)) if autoscaler is not None else None
+        gateway_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        signals_task = asyncio.create_task(flush_signals(parts, gateway_id, stop))
         try:
             yield
         finally:
             stop.set()
             parts.reconciler.wake.set()
             await loop_task
+            if autoscaler is not None and autoscale_task is not None:
+                await autoscale_task
+                await autoscaler.aclose()
+            await signals_task
             await parts.reconciler.shutdown()
-            await app.state.gateway.aclose()
+            await parts.gateway.aclose()
 
     app = FastAPI(title="dedicate", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.services = parts.services
-    app.state.gateway = gateway_app.Gateway(parts.table)
+    app.state.gateway = parts.gateway
     api_errors.install(app)
     app.include_router(endpoint_routes.router)
     app.include_router(catalog_routes.router)
@@ -156,10 +210,10 @@ def create_app(parts: Parts) -> FastAPI:
     @app.get("/metrics")
     async def metrics(request: Request) -> PlainTextResponse:
         await admin(request)
-        text = await asyncio.to_thread(metrics_text, parts)
+        text = await asyncio.to_thread(metrics_text, parts) + gateway_metrics_text(parts.gateway)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    return app
+    return gateway_app.GatewayFront(app, parts.gateway)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -189,8 +243,10 @@ def serve(settings: Settings) -> None:
     print(f"dedicate is serving on {url}  (API and OpenAI-compatible gateway at {url}/v1)",
           flush=True)
     app = create_app(parts)
+    gc.collect()
+    gc.freeze()  # start-up objects (framework, ORM) are never scanned again: no long collector pauses
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10,
-                            access_log=False, lifespan="on")
+                            access_log=False, lifespan="on", proxy_headers=False)
     server = uvicorn.Server(config)
     # uvicorn re-raises the stop signal once it has shut down gracefully; these handlers
     # (which it restores first) turn that into a clean exit 0 after our own cleanup.

@@ -35,6 +35,70 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class GatewaySettings:
+    """The ``[gateway]`` table: limits and timeouts of the OpenAI-compatible gateway (docs/gateway.md)."""
+
+    hold_s: float = 30.0  # how long a request waits for a ready replica
+    queue_size: int = 256  # requests waiting per endpoint, beyond which 429
+    retry_after_s: float = 5.0  # Retry-After on "no ready replica" and "queue full"
+    try_timeout_s: float = 120.0  # per try, until the replica's response headers
+    idle_timeout_s: float = 600.0  # silence allowed inside an answer
+    connect_timeout_s: float = 2.0
+    max_tries: int = 3
+    max_body_bytes: int = 4 << 20
+    max_tokens: int = 131072  # cap on max_tokens / max_completion_tokens; 0: none
+    inject_usage: bool = True  # ask streams for usage, and drop that chunk from what the client sees
+    key_rps: float = 0.0  # 0: no limit
+    key_burst: int = 0
+    key_concurrency: int = 0
+    owner_rps: float = 0.0
+    owner_burst: int = 0
+    owner_concurrency: int = 0
+    failures_to_eject: int = 3
+    ejection_base_s: float = 1.0
+    ejection_max_s: float = 30.0
+    key_cache_ttl_s: float = 1.0
+    table_ttl_s: float = 0.5
+    signals_interval_s: float = 2.0
+
+
+def _gateway(raw: dict[str, Any]) -> GatewaySettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("[gateway] must be a table")
+    fields = GatewaySettings.__dataclass_fields__
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"gateway: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        default = getattr(GatewaySettings, name)
+        where = f"gateway.{name}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: must be true or false")
+            values[name] = value
+        elif isinstance(default, int):
+            values[name] = _int(value, where, 1 if name in ("max_tries", "queue_size", "max_body_bytes",
+                                                            "failures_to_eject") else 0)
+        else:
+            number = _float_or_zero(value, where)
+            if name == "key_cache_ttl_s" and number > 1.0:
+                raise ConfigError(f"{where}: at most 1 second, so a revoked key fails within a second")
+            values[name] = number
+    return GatewaySettings(**values)
+
+
+def _float_or_zero(value: object, where: str) -> float:
+    try:
+        x = float(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {value!r} is not a number") from exc
+    if not x >= 0:
+        raise ConfigError(f"{where}: must not be negative, got {x}")
+    return x
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str
     port: int
@@ -48,6 +112,7 @@ class Settings:
     reconcile_interval_s: float = 1.0  # also the probe interval: every pass probes every replica
     extra: dict[str, Any] = field(default_factory=dict)
     declared_nodes: tuple[Node, ...] = ()
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
 
     @property
     def replicas_dir(self) -> Path:
@@ -211,4 +276,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         reconcile_interval_s=_float(timing.get("reconcile_interval_s", 1.0), "timing.reconcile_interval_s"),
         extra=raw,
         declared_nodes=tuple(declared),
+        gateway=_gateway(raw.get("gateway", {})),
     )

@@ -104,6 +104,12 @@ def test_scaled_to_zero_is_started() -> None:
     assert run(S.STARTED, counts(desired=0), min_replicas=0) is S.STARTED
 
 
+def test_a_scale_to_zero_endpoint_stays_started_while_it_scales_from_zero() -> None:
+    assert run(S.STARTED, counts(desired=1, starting=1), min_replicas=0) is S.STARTED
+    assert run(S.STARTED, counts(desired=1, queued=1), min_replicas=0) is S.STARTED, "no capacity: still STARTED"
+    assert run(S.STARTED, counts(desired=1), min_replicas=0, failed=MAX_FAILURES) is S.ERROR
+
+
 # ERROR -----------------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from dedicate.domain.endpoints import (
     validate_display_name,
     validate_inactive_timeout,
     validate_owner,
+    validate_target_concurrency,
 )
 from dedicate.domain.errors import InvalidRequest
 
@@ -38,16 +39,34 @@ def test_max_replicas_at_the_cap_is_accepted() -> None:
     assert validate_autoscaling(1, MAX_REPLICAS).max_replicas == MAX_REPLICAS
 
 
-def test_min_replicas_zero_is_refused_saying_scale_to_zero_is_not_available() -> None:
+def test_min_replicas_zero_is_accepted_for_scale_to_zero() -> None:
+    assert validate_autoscaling(0, 2) == Autoscaling(0, 2)
+
+
+def test_negative_min_replicas_is_refused_naming_zero_as_the_lowest() -> None:
     with pytest.raises(InvalidRequest) as exc:
-        validate_autoscaling(0, 2)
-    assert "scale-to-zero" in exc.value.message
+        validate_autoscaling(-1, 2)
+    assert "at least 0" in exc.value.message and "scale to zero" in exc.value.message
     assert exc.value.param == "autoscaling.min_replicas"
 
 
-def test_negative_min_replicas_is_refused() -> None:
-    with pytest.raises(InvalidRequest, match="at least 1"):
-        validate_autoscaling(-1, 2)
+def test_max_replicas_zero_is_refused_pointing_at_stop() -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        validate_autoscaling(0, 0)
+    assert "STOPPED" in exc.value.message and exc.value.param == "autoscaling.max_replicas"
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.0, "4", True, float("nan"), 10_000])
+def test_bad_target_concurrency_is_refused(value: object) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        validate_target_concurrency(value)
+    assert exc.value.param == "autoscaling.target_concurrency"
+
+
+def test_target_concurrency_null_means_the_default_and_numbers_are_kept() -> None:
+    assert validate_target_concurrency(None) is None
+    assert validate_target_concurrency(3) == 3.0
+    assert validate_target_concurrency(2.5) == 2.5
 
 
 def test_min_above_max_is_refused_with_a_way_out() -> None:
@@ -83,12 +102,12 @@ def test_non_integer_max_replicas_is_refused(bad: object) -> None:
 
 def test_autoscaling_errors_are_not_retryable_400s() -> None:
     with pytest.raises(InvalidRequest) as exc:
-        validate_autoscaling(0, 1)
+        validate_autoscaling(-1, 1)
     assert exc.value.status == 400
     assert exc.value.should_retry is False
 
 
-@given(st.integers(1, MAX_REPLICAS), st.integers(1, MAX_REPLICAS))
+@given(st.integers(0, MAX_REPLICAS), st.integers(1, MAX_REPLICAS))
 def test_any_ordered_pair_within_the_cap_is_accepted(a: int, b: int) -> None:
     lo, hi = sorted((a, b))
     assert validate_autoscaling(lo, hi) == Autoscaling(lo, hi)

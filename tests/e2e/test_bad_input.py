@@ -29,7 +29,7 @@ def envelope(resp: httpx.Response, status: int) -> dict[str, Any]:
     ({"model": "acme/unknown-model"}, "not supported"),
     ({"model": None}, "model is required"),
     ({"autoscaling": {"min_replicas": 2, "max_replicas": 1}}, "must not exceed"),
-    ({"autoscaling": {"min_replicas": 0, "max_replicas": 1}}, "scale-to-zero"),
+    ({"autoscaling": {"min_replicas": -1, "max_replicas": 1}}, "at least 0"),
     ({"autoscaling": {"min_replicas": "one", "max_replicas": 1}}, "whole number"),
     ({"autoscaling": None}, "autoscaling is required"),
     ({"inactive_timeout": -5}, "must not be negative"),

@@ -44,6 +44,10 @@ def test_ninety_seconds_ready_bill_one_and_a_half_minutes_and_starting_is_free(
                                           "hardware": "1x_nvidia_h100_80gb_sxm",
                                           "autoscaling": {"min_replicas": 1, "max_replicas": 1}}).json()
         s.wait_state(ep["id"], {"STARTED"})
+        chat = c.post("/v1/chat/completions", json={"model": ep["name"], "max_tokens": 5,
+                                                     "messages": [{"role": "user", "content": "hello"}]})
+        assert chat.status_code == 200, chat.text
+        sent = chat.json()["usage"]
 
         def probed_at(t: datetime) -> bool:
             live = c.get(f"/v1/endpoints/{ep['id']}/replicas").json()["data"]
@@ -59,9 +63,16 @@ def test_ninety_seconds_ready_bill_one_and_a_half_minutes_and_starting_is_free(
         c.patch(f"/v1/endpoints/{ep['id']}", json={"state": "STOPPED"})
         s.wait_state(ep["id"], {"STOPPED"})
         clock.set(t0 + timedelta(minutes=30))  # time after the stop is never billed
-        usage = c.get("/v1/billing/usage", params={"start": "2026-11-01T00:00:00Z"}).json()
+        deadline = time.monotonic() + 30  # the gateway flushes its token counts every few seconds
+        while True:
+            usage = c.get("/v1/billing/usage", params={"start": "2026-11-01T00:00:00Z"}).json()
+            if (usage["data"] and usage["data"][0]["tokens_out"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         invoice = c.get("/v1/billing/invoices/2026-11")
     (line,) = usage["data"]
+    assert (line["requests"], line["tokens_in"], line["tokens_out"]) == (
+        1, sent["prompt_tokens"], sent["completion_tokens"])
     assert line["replica_seconds"] == "90.000000"
     assert line["cents"] == "8"  # 1.5 minutes × 5.60 cents = 8.4 → 8
     assert invoice.status_code == 200 and json.loads(invoice.content)["total_cents"] == "8"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from dedicate.control.services import EndpointView, HardwareOffer
@@ -28,7 +28,8 @@ def dedicated_endpoint(v: EndpointView, *, dry_run: bool = False) -> dict[str, A
     out.update({
         "display_name": ep.display_name,
         "hardware": ep.hardware,
-        "autoscaling": {"min_replicas": ep.min_replicas, "max_replicas": ep.max_replicas},
+        "autoscaling": autoscaling(ep),
+        "autoscaler": autoscaler(v),
         "inactive_timeout": ep.inactive_timeout,
         "disable_prompt_cache": ep.disable_prompt_cache,
         "disable_speculative_decoding": ep.disable_speculative_decoding,
@@ -50,6 +51,25 @@ def dedicated_endpoint(v: EndpointView, *, dry_run: bool = False) -> dict[str, A
     if dry_run:
         out["dry_run"] = True
     return out
+
+
+def autoscaling(ep: Endpoint) -> dict[str, Any]:
+    """Together's {min_replicas, max_replicas}, and the target concurrency only where the user set one."""
+    out: dict[str, Any] = {"min_replicas": ep.min_replicas, "max_replicas": ep.max_replicas}
+    if ep.target_concurrency is not None:
+        out["target_concurrency"] = ep.target_concurrency
+    return out
+
+
+def autoscaler(v: EndpointView) -> dict[str, Any]:
+    """What the autoscaler aims at and its last decision, with the reason it gave."""
+    last = v.last_scaling
+    return {
+        "target_concurrency": v.target.as_dict() if v.target else None,
+        "last_decision": None if last is None else {
+            "at": iso(datetime.fromtimestamp(last.at, UTC)), "from": last.before, "to": last.after,
+            "reason": last.why},
+    }
 
 
 def hardware(offer: HardwareOffer, updated_at: datetime) -> dict[str, Any]:

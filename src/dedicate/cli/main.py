@@ -97,9 +97,23 @@ def _describe(ep: dict[str, Any]) -> str:
         f"${p.get('dollars_per_hour_at_min')}/h at min, ${p.get('dollars_per_hour_at_max')}/h at max",
         f"idle stop:  {ep.get('inactive_timeout') or 'never'}"
         + (" min" if ep.get("inactive_timeout") else ""),
+        *_autoscaler_lines(ep),
         f"billing:    {ep.get('billing', {}).get('cost_this_month_cents', '0')} cents this month; burning "
         f"{ep.get('billing', {}).get('burn_rate_cents_per_minute', '0')} cents/min now",
     ])
+
+
+def _autoscaler_lines(ep: dict[str, Any]) -> list[str]:
+    a = ep.get("autoscaler") or {}
+    target = a.get("target_concurrency") or {}
+    lines = []
+    if target:
+        how = "set by you" if target.get("source") == "user" else f"default: {target.get('basis')}"
+        lines.append(f"target:     {target.get('value'):g} requests in flight per replica ({how})")
+    last = a.get("last_decision")
+    if last:
+        lines.append(f"scaled:     {last.get('at')}  {last.get('reason')}")
+    return lines
 
 
 def _wait(client: Client, endpoint_id: str, target: set[str], timeout: float, as_json: bool) -> Any:
@@ -154,18 +168,22 @@ json_opt = click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.option("--max-replicas", type=int, default=1, show_default=True)
 @click.option("--display-name")
 @click.option("--inactive-timeout", type=int, help="minutes idle before auto-stop (0 = never)")
+@click.option("--target-concurrency", type=float,
+              help="requests in flight per replica the autoscaler aims at (default: from the hardware and model)")
 @click.option("--no-start", is_flag=True, help="create it stopped")
 @click.option("--wait/--no-wait", default=False, help="wait until it is STARTED")
 @click.option("--timeout", type=float, default=900.0, show_default=True)
 @json_opt
 def create(model: str, hardware: str, min_replicas: int, max_replicas: int, display_name: str | None,
-           inactive_timeout: int | None, no_start: bool, wait: bool, timeout: float,
-           as_json: bool) -> None:
+           inactive_timeout: int | None, target_concurrency: float | None, no_start: bool, wait: bool,
+           timeout: float, as_json: bool) -> None:
     """Create an endpoint for MODEL (shows the price first)."""
     client = Client()
     body: dict[str, Any] = {"model": model, "hardware": hardware,
                             "autoscaling": {"min_replicas": min_replicas, "max_replicas": max_replicas},
                             "state": "STOPPED" if no_start else "STARTED"}
+    if target_concurrency is not None:
+        body["autoscaling"]["target_concurrency"] = target_concurrency
     if display_name is not None:
         body["display_name"] = display_name
     if inactive_timeout is not None:
@@ -206,14 +224,19 @@ def get(endpoint_id: str, as_json: bool) -> None:
 @click.option("--min-replicas", type=int)
 @click.option("--max-replicas", type=int)
 @click.option("--display-name")
-@click.option("--inactive-timeout", type=int)
+@click.option("--inactive-timeout", type=int, help="minutes idle before auto-stop (0 = never)")
+@click.option("--target-concurrency", type=float,
+              help="requests in flight per replica the autoscaler aims at; 0 = back to the default")
 @json_opt
 def update(endpoint_id: str, min_replicas: int | None, max_replicas: int | None,
-           display_name: str | None, inactive_timeout: int | None, as_json: bool) -> None:
-    """Change bounds, display name or idle timeout."""
+           display_name: str | None, inactive_timeout: int | None, target_concurrency: float | None,
+           as_json: bool) -> None:
+    """Change bounds, target concurrency, display name or idle timeout."""
     body: dict[str, Any] = {}
-    auto = {k: v for k, v in (("min_replicas", min_replicas), ("max_replicas", max_replicas))
-            if v is not None}
+    auto: dict[str, Any] = {k: v for k, v in (("min_replicas", min_replicas), ("max_replicas", max_replicas))
+                            if v is not None}
+    if target_concurrency is not None:
+        auto["target_concurrency"] = target_concurrency or None
     if auto:
         body["autoscaling"] = auto
     if display_name is not None:
@@ -221,8 +244,8 @@ def update(endpoint_id: str, min_replicas: int | None, max_replicas: int | None,
     if inactive_timeout is not None:
         body["inactive_timeout"] = inactive_timeout
     if not body:
-        _fail("nothing to update: pass --min-replicas, --max-replicas, --display-name or "
-              "--inactive-timeout")
+        _fail("nothing to update: pass --min-replicas, --max-replicas, --target-concurrency, "
+              "--display-name or --inactive-timeout")
     ep = Client().call("PATCH", f"/v1/endpoints/{endpoint_id}", json=body)
     _out(ep, as_json, _describe(ep))
 
@@ -374,9 +397,10 @@ def billing_usage(start: str | None, end: str | None, as_json: bool) -> None:
     """Replica-minutes and cost per endpoint."""
     params = {k: v for k, v in (("start", start), ("end", end)) if v}
     u = Client().call("GET", "/v1/billing/usage", params=params)
-    rows = [[x["endpoint_name"] or x["endpoint"], x["hardware"], x["replica_minutes"], x["cents"]]
-            for x in u["data"]]
-    text = _table(rows, ["ENDPOINT", "HARDWARE", "REPLICA-MIN", "CENTS"]) + f"\ntotal: {u['total_cents']} cents"
+    rows = [[x["endpoint_name"] or x["endpoint"], x["hardware"] or "-", x["replica_minutes"], x["cents"],
+             str(x["tokens_in"]), str(x["tokens_out"])] for x in u["data"]]
+    header = ["ENDPOINT", "HARDWARE", "REPLICA-MIN", "CENTS", "TOKENS-IN", "TOKENS-OUT"]
+    text = _table(rows, header) + f"\ntotal: {u['total_cents']} cents"
     _out(u, as_json, text)
 
 

@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dedicate.autoscaler.policy import LastDecision, PolicyState, Target
 from dedicate.clock import Clock
 from dedicate.control.auth import Principal
+from dedicate.control.autoscaling import target_for
 from dedicate.control.billing import Billing
 from dedicate.control.capacity import engine_for, node_views
 from dedicate.control.models import model_dir
@@ -27,6 +29,7 @@ from dedicate.domain.endpoints import (
     validate_display_name,
     validate_inactive_timeout,
     validate_owner,
+    validate_target_concurrency,
 )
 from dedicate.domain.errors import (
     Forbidden,
@@ -54,6 +57,8 @@ class EndpointView:
     replicas: list[Replica]
     prediction: PricePrediction
     cost: dict[str, str] | None = None
+    target: Target | None = None  # the autoscaler's target concurrency per replica
+    last_scaling: LastDecision | None = None  # the autoscaler's last decision, with its reason
 
     def count(self, *statuses: ReplicaStatus) -> int:
         return sum(1 for r in self.replicas if r.status in statuses)
@@ -148,8 +153,13 @@ class Services:
         return engine
 
     def _check_capacity(self, spec: ModelSpec, hw: Hardware, min_replicas: int) -> None:
+        """Refuse what this installation could never hold, even empty; a busy pool only queues.
+
+        A scale-to-zero endpoint (``min_replicas`` 0) needs room for the one replica its
+        first request starts.
+        """
         capacity = self.pool_capacity(hw)
-        if capacity >= min_replicas:
+        if capacity >= max(min_replicas, 1):
             return
         views = self._node_views()
         others = [h.id for h in self.catalog.hardware.values()
@@ -233,6 +243,7 @@ class Services:
                 "autoscaling is required: pass {\"min_replicas\": N, \"max_replicas\": M}",
                 param="autoscaling")
         bounds = validate_autoscaling(auto.get("min_replicas"), auto.get("max_replicas"))
+        target = validate_target_concurrency(auto.get("target_concurrency"))
         timeout = validate_inactive_timeout(b.get("inactive_timeout"))
         display = validate_display_name(b.get("display_name"))
         state = b.get("state", "STARTED")
@@ -265,15 +276,16 @@ class Services:
             state=EndpointState.PENDING if run else EndpointState.STOPPED,
             state_changed_at=now, status_message="waiting for placement" if run else "stopped",
             failures_before_ready=0, created_at=now, updated_at=now, deleted_at=None, version=1,
-            min_queued_at=now if run else None,
+            min_queued_at=now if run else None, target_concurrency=target,
         )
         prediction = predict(hw.cents_per_minute, bounds.min_replicas, bounds.max_replicas)
+        view = EndpointView(ep, [], prediction, target=target_for(self.settings, self.nodes(), ep))
         if dry_run:
-            return EndpointView(ep, [], prediction)
+            return view
         self.store.insert_endpoint(ep, ("created", f"created {ep.name} on {hw.id}, "
                                                    f"{bounds.min_replicas}..{bounds.max_replicas} replicas"))
         self.wake()
-        return EndpointView(ep, [], prediction)
+        return view
 
     def _visible(self, principal: Principal, key: str) -> Endpoint:
         ep = self.store.get_endpoint(key)
@@ -286,7 +298,8 @@ class Services:
         replicas = self.store.live_replicas(ep.id)
         ready = sum(1 for r in replicas if r.status is ReplicaStatus.READY)
         return EndpointView(ep, replicas, predict(ep.cents_per_minute, ep.min_replicas, ep.max_replicas),
-                            self.billing.endpoint_cost(ep, ready))
+                            self.billing.endpoint_cost(ep, ready), target=target_for(self.settings, self.nodes(), ep),
+                            last_scaling=PolicyState.from_json(ep.autoscale_state).last)
 
     def get(self, principal: Principal, key: str) -> EndpointView:
         return self.view(self._visible(principal, key))
@@ -313,8 +326,16 @@ class Services:
             if "autoscaling" in b:
                 auto = b["autoscaling"]
                 if not isinstance(auto, dict):
-                    raise InvalidRequest("autoscaling must be an object with min_replicas and/or "
-                                         "max_replicas", param="autoscaling")
+                    raise InvalidRequest("autoscaling must be an object with min_replicas, max_replicas "
+                                         "and/or target_concurrency", param="autoscaling")
+                if "target_concurrency" in auto:
+                    target = validate_target_concurrency(auto["target_concurrency"])
+                    if target != ep.target_concurrency:
+                        changes["target_concurrency"] = target
+                        events.append(f"target concurrency set to {target:g} per replica" if target is not None
+                                      else "target concurrency reset to the default of the hardware and model")
+            if "autoscaling" in b and ({"min_replicas", "max_replicas"} & set(b["autoscaling"])):
+                auto = b["autoscaling"]
                 bounds = validate_autoscaling(auto.get("min_replicas", ep.min_replicas),
                                               auto.get("max_replicas", ep.max_replicas))
                 hw = self.catalog.hardware.get(ep.hardware)

@@ -74,7 +74,8 @@ def next_state(
 ) -> EndpointState:
     """The state an endpoint should show, from what its replicas are doing.
 
-    STARTED is reached once ``min_replicas`` are ready and kept while one is;
+    STARTED is reached once ``min_replicas`` are ready and kept while one is (or, with
+    ``min_replicas`` 0, while it scales from zero: it may run with no replica at all);
     ERROR once replicas failed ``max_failures`` times in a row without ever
     becoming ready, and kept until the user starts or stops it again.
     """
@@ -86,8 +87,8 @@ def next_state(
         return S.ERROR
     if counts.ready >= max(min_replicas, 1):
         return S.STARTED
-    if current is S.STARTED and counts.ready >= 1:
-        return S.STARTED
+    if current is S.STARTED and (counts.ready >= 1 or min_replicas == 0):
+        return S.STARTED  # a scale-to-zero endpoint's minimum is always met, also while it scales up
     if counts.desired == 0:
         return S.STARTED  # scaled to zero: running, costs nothing
     if counts.starting > 0 or counts.ready > 0:
@@ -108,11 +109,17 @@ def validate_autoscaling(min_replicas: object, max_replicas: object) -> Autoscal
                 f"autoscaling.{name} must be a whole number, got {value!r}", param=f"autoscaling.{name}"
             )
     assert isinstance(min_replicas, int) and isinstance(max_replicas, int)
-    if min_replicas < 1:
+    if min_replicas < 0:
         raise InvalidRequest(
-            f"autoscaling.min_replicas must be at least 1 (got {min_replicas}); "
-            "scale-to-zero is not available yet",
+            f"autoscaling.min_replicas must be at least 0 (got {min_replicas}); "
+            "0 lets the endpoint scale to zero replicas when idle",
             param="autoscaling.min_replicas",
+        )
+    if max_replicas < 1:
+        raise InvalidRequest(
+            f"autoscaling.max_replicas must be at least 1 (got {max_replicas}); "
+            "to stop an endpoint, set its state to STOPPED",
+            param="autoscaling.max_replicas",
         )
     if max_replicas > MAX_REPLICAS:
         raise InvalidRequest(
@@ -126,6 +133,27 @@ def validate_autoscaling(min_replicas: object, max_replicas: object) -> Autoscal
             param="autoscaling",
         )
     return Autoscaling(min_replicas, max_replicas)
+
+
+MAX_TARGET_CONCURRENCY = 4096
+
+
+def validate_target_concurrency(value: object) -> float | None:
+    """Requests in flight per replica the autoscaler aims at; None means the default for the hardware."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise InvalidRequest(
+            f"autoscaling.target_concurrency must be a number of requests per replica, or null for "
+            f"the default, got {value!r}", param="autoscaling.target_concurrency",
+        )
+    if not 0 < value <= MAX_TARGET_CONCURRENCY:
+        raise InvalidRequest(
+            f"autoscaling.target_concurrency must be above 0 and at most {MAX_TARGET_CONCURRENCY} "
+            f"(got {value}); use null for the default of the hardware and model",
+            param="autoscaling.target_concurrency",
+        )
+    return float(value)
 
 
 def validate_inactive_timeout(value: object) -> int | None:

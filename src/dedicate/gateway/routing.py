@@ -1,28 +1,71 @@
 """The routing table: endpoint name → its ready replicas, and the choice among them.
 
-The table is a snapshot of the store, refreshed at most every ``ttl_s``
-(level-triggered: several gateway processes each read the same truth).
-In-flight counts live here, per replica, and can never go negative: a slot is
-taken by ``acquire`` and given back by the returned lease, exactly once.
+The table is a snapshot of the store. A request that finds it older than
+``ttl_s`` starts a refresh in the background and goes on with the snapshot it
+has (the store is never read on the request's path); a request for a name
+the snapshot lacks, or one being held for a replica, waits for a fresh read.
+Several gateway processes each read the same truth.
+
+Per replica the table keeps a ``ReplicaState`` (in-flight count, counters,
+health) that outlives snapshots: a replica that leaves the table keeps its
+state until its last request is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from dedicate.domain.records import Endpoint, Replica
 from dedicate.domain.replicas import ReplicaStatus
+from dedicate.gateway.health import HealthPolicy
+from dedicate.gateway.signals import Counters
+
+Loader = Callable[[], tuple[list[Endpoint], list[Replica]]]
 
 
-@dataclass(frozen=True)
+class ReplicaState(Counters):
+    """One replica as this gateway saw it: load, counters and health."""
+
+    __slots__ = ("consecutive_failures", "ejected_until", "ejections", "endpoint_id", "replica_id")
+
+    def __init__(self, replica_id: str, endpoint_id: str) -> None:
+        super().__init__()
+        self.replica_id = replica_id
+        self.endpoint_id = endpoint_id
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+
+
 class Target:
-    replica_id: str
-    url: str
-    token: str
+    """A ready replica to send to, with its request head prepared once per path."""
+
+    __slots__ = ("_heads", "address", "replica_id", "state", "token", "url")
+
+    def __init__(self, replica_id: str, url: str, token: str, state: ReplicaState) -> None:
+        self.replica_id = replica_id
+        self.url = url
+        self.token = token
+        self.state = state
+        parts = urlsplit(url)
+        self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._heads: dict[str, bytes] = {}
+
+    def head(self, path: str) -> bytes:
+        """The request line and headers up to ``content-length: `` (the caller appends the length)."""
+        head = self._heads.get(path)
+        if head is None:
+            host, port = self.address
+            head = (f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\nauthorization: Bearer {self.token}\r\n"
+                    "content-type: application/json\r\naccept-encoding: identity\r\ncontent-length: ").encode()
+            self._heads[path] = head
+        return head
 
 
 @dataclass(frozen=True)
@@ -31,76 +74,123 @@ class Route:
     targets: tuple[Target, ...]
 
 
-@dataclass
-class ReplicaStats:
-    in_flight: int = 0
-    requests: int = 0
-    errors: int = 0
-
-
-@dataclass
 class Snapshot:
-    routes: dict[str, Route] = field(default_factory=dict)
-    taken_at: float = 0.0
+    __slots__ = ("by_id", "routes", "taken_at")
+
+    def __init__(self, routes: dict[str, Route] | None = None, taken_at: float = float("-inf")) -> None:
+        self.routes = routes or {}
+        self.by_id = {r.endpoint.id: r for r in self.routes.values()}
+        self.taken_at = taken_at
 
 
 class RoutingTable:
-    def __init__(self, load: Callable[[], tuple[list[Endpoint], list[Replica]]], ttl_s: float = 0.5,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, load: Loader, ttl_s: float = 0.5, rng: random.Random | None = None,
+                 health: HealthPolicy | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._load = load
-        self._ttl = ttl_s
-        self._snap = Snapshot()
-        self._lock = asyncio.Lock()
-        self.stats: dict[str, ReplicaStats] = {}
+        self.ttl_s = ttl_s
+        self.snapshot = Snapshot()
+        self.states: dict[str, ReplicaState] = {}
+        self.health = health or HealthPolicy()
+        self.monotonic = monotonic  # health's clock (snapshots age in real time)
         self._rng = rng or random.Random()
+        self._refreshing: asyncio.Future[Snapshot] | None = None
 
-    async def refresh(self, force: bool = False) -> Snapshot:
-        if not force and time.monotonic() - self._snap.taken_at < self._ttl:
-            return self._snap
-        async with self._lock:
-            if not force and time.monotonic() - self._snap.taken_at < self._ttl:
-                return self._snap
+    # the snapshot ----------------------------------------------------------------
+
+    def _build(self, endpoints: list[Endpoint], replicas: list[Replica], taken_at: float) -> Snapshot:
+        by_ep: dict[str, list[Target]] = {}
+        old = {t.replica_id: t for r in self.snapshot.routes.values() for t in r.targets}
+        for r in replicas:
+            if r.status is not ReplicaStatus.READY or r.url is None:
+                continue
+            prev = old.get(r.id)
+            if prev is not None and prev.url == r.url and prev.token == r.token:
+                target = prev
+            else:
+                state = self.states.get(r.id)
+                if state is None:
+                    state = self.states[r.id] = ReplicaState(r.id, r.endpoint_id)
+                target = Target(r.id, r.url, r.token, state)
+            by_ep.setdefault(r.endpoint_id, []).append(target)
+        routes = {e.name: Route(e, tuple(by_ep.get(e.id, ()))) for e in endpoints}
+        live = {t.replica_id for ts in by_ep.values() for t in ts}
+        for rid in [rid for rid, s in self.states.items() if rid not in live and s.in_flight == 0]:
+            del self.states[rid]  # gone, and nothing of ours is still running there
+        return Snapshot(routes, taken_at)
+
+    async def refresh(self, max_age_s: float = 0.0) -> Snapshot:
+        """A snapshot no older than ``max_age_s``; concurrent callers share one read of the store."""
+        if time.monotonic() - self.snapshot.taken_at <= max_age_s:
+            return self.snapshot
+        running = self._refreshing
+        if running is None:
+            running = self._refreshing = asyncio.ensure_future(self._read())
+        return await asyncio.shield(running)
+
+    async def _read(self) -> Snapshot:
+        try:
+            started = time.monotonic()
             endpoints, replicas = await asyncio.to_thread(self._load)
-            by_ep: dict[str, list[Target]] = {}
-            for r in replicas:
-                if r.status is ReplicaStatus.READY and r.url is not None:
-                    by_ep.setdefault(r.endpoint_id, []).append(Target(r.id, r.url, r.token))
-            self._snap = Snapshot(
-                {e.name: Route(e, tuple(by_ep.get(e.id, ()))) for e in endpoints},
-                time.monotonic(),
-            )
-            return self._snap
+            self.snapshot = self._build(endpoints, replicas, started)
+            return self.snapshot
+        finally:
+            self._refreshing = None
+
+    def current(self) -> Snapshot:
+        """The snapshot as it is; starts a background refresh when it is older than ``ttl_s``."""
+        snap = self.snapshot
+        if self._refreshing is None and time.monotonic() - snap.taken_at > self.ttl_s:
+            self._refreshing = asyncio.ensure_future(self._read())
+            self._refreshing.add_done_callback(_consume)
+        return snap
 
     async def route(self, name: str) -> Route | None:
-        return (await self.refresh()).routes.get(name)
+        route = self.current().routes.get(name)
+        if route is None:
+            route = (await self.refresh(max_age_s=0.05)).routes.get(name)
+        return route
 
-    def choose(self, targets: tuple[Target, ...], exclude: set[str]) -> Target | None:
-        """Least outstanding requests between two random choices."""
-        pool = [t for t in targets if t.replica_id not in exclude]
-        if not pool:
+    # choosing ------------------------------------------------------------------------
+
+    def choose(self, targets: tuple[Target, ...], exclude: set[str] | None = None) -> Target | None:
+        """Least outstanding requests between two random choices, among replicas not ejected.
+
+        Ejected replicas are skipped unless every candidate is ejected: then all are
+        candidates again, so an endpoint never loses all its replicas to ejection.
+        """
+        pool: tuple[Target, ...] | list[Target] = targets
+        if exclude:
+            pool = [t for t in targets if t.replica_id not in exclude]
+        n = len(pool)
+        if n == 0:
             return None
-        if len(pool) == 1:
+        now = self.monotonic()
+        healthy = [t for t in pool if t.state.ejected_until <= now]
+        if healthy and len(healthy) < n:
+            pool, n = healthy, len(healthy)
+        if n == 1:
             return pool[0]
-        a, b = self._rng.sample(pool, 2)
-        return a if self._in_flight(a) <= self._in_flight(b) else b
+        rand = self._rng.randrange
+        i = rand(n)
+        j = rand(n - 1)
+        if j >= i:
+            j += 1
+        a, b = pool[i], pool[j]
+        return a if a.state.in_flight <= b.state.in_flight else b
 
-    def _in_flight(self, t: Target) -> int:
-        s = self.stats.get(t.replica_id)
-        return 0 if s is None else s.in_flight
+    # health ------------------------------------------------------------------------------
 
-    def acquire(self, t: Target) -> Callable[[bool], None]:
-        s = self.stats.setdefault(t.replica_id, ReplicaStats())
-        s.in_flight += 1
-        s.requests += 1
-        done = False
+    def record_success(self, target: Target) -> None:
+        self.health.on_success(target.state, self.monotonic())
 
-        def release(failed: bool) -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            s.in_flight -= 1
-            if failed:
-                s.errors += 1
+    def record_failure(self, target: Target, route: Route) -> bool:
+        """Count a failure; True if the replica is now ejected (never the endpoint's last healthy one)."""
+        now = self.monotonic()
+        others_healthy = any(t.state.ejected_until <= now for t in route.targets if t is not target)
+        return self.health.on_failure(target.state, now, may_eject=others_healthy)
 
-        return release
+
+def _consume(fut: asyncio.Future[Snapshot]) -> None:
+    """A background refresh that failed is retried by the next request; the error is not lost silently."""
+    if not fut.cancelled() and fut.exception() is not None:
+        logging.getLogger("dedicate.gateway").warning("routing table refresh failed: %s", fut.exception())

@@ -183,6 +183,7 @@ class Store:
                     failures_before_ready=ep.failures_before_ready, created_at=ep.created_at,
                     updated_at=ep.updated_at, deleted_at=None, version=1,
                     min_queued_at=ep.min_queued_at, queued_replicas=0, queue_position=None,
+                    target_concurrency=ep.target_concurrency,
                 ))
                 s.flush()
                 s.add(EventRow(endpoint_id=ep.id, at=ep.created_at, kind=event[0], message=event[1]))

@@ -1,0 +1,272 @@
+"""The autoscaling policy: how many replicas an endpoint should have, and why.
+
+Pure: what the gateway and the engines see in, a decision out; no clock, no
+I/O. Its memory (``PolicyState``) goes in and comes out with every call and is
+persisted by the caller as JSON, so a restart of the control plane loses
+nothing (Ray Serve's lesson).
+
+The rules, for one endpoint:
+
+1. **Demand.** ``load`` = requests in flight at its replicas + requests the
+   gateway holds for it (no replica free yet). The recommendation is
+   ``ceil(load / target_concurrency)``: as many replicas as keep each at or
+   under its target. Where the engines report their own state they can only
+   raise it: requests waiting inside an engine for a generation slot mean
+   the replicas are full whatever the target says (``ready + ceil(waiting /
+   target)``), and a KV cache fuller than ``kv_cache_target`` asks for
+   ``ceil(ready x usage / kv_cache_target)``.
+2. **Up fast.** A recommendation above the current desired count is applied
+   at once (the next pass, a few seconds).
+3. **Down slowly, never flapping.** The desired count never drops below the
+   highest recommendation of the last ``stabilisation_s`` (5 minutes by
+   default): it follows the busiest moment of the window, so a load that
+   oscillates faster than the window is served by one steady count. A
+   desired count set by someone else (a manual scale) counts as a
+   recommendation, so it too is held for one window.
+4. **Zero.** With ``min_replicas`` 0 and no traffic for a whole window the
+   recommendation is 0: the endpoint keeps running with no replica; the
+   first request held by the gateway makes the recommendation 1 again.
+5. **Bounds.** Every answer is clamped to ``[min_replicas, max_replicas]``;
+   bounds changed by the user apply on the next pass.
+
+The window is kept as a monotone queue of (time, recommendation) pairs, each
+older than all after it and strictly larger: its first fresh entry is the
+window's maximum, and it never holds more than ``max_replicas + 1`` entries.
+Times are rounded up to ``bucket_s`` so that the state, and thus the
+database row, changes at most once per bucket while the load is steady.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from dedicate.domain.capacity import usable_bytes
+from dedicate.domain.hardware import Hardware
+from dedicate.domain.models import ModelSpec
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What is known about one endpoint now."""
+
+    desired: int  # the desired replica count as stored now
+    in_flight: int = 0  # requests at its replicas (the gateways' count, summed)
+    held: int = 0  # requests the gateways hold because no replica could take them
+    ready: int = 0
+    starting: int = 0
+    engine_waiting: int | None = None  # requests waiting inside engines for a slot, where reported
+    kv_cache_usage: float | None = None  # the fullest replica's KV cache, 0..1, where reported
+
+    @property
+    def load(self) -> int:
+        return self.in_flight + self.held
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    min_replicas: int
+    max_replicas: int
+    target_concurrency: float
+    stabilisation_s: float = 300.0
+    kv_cache_target: float = 0.8
+    bucket_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class LastDecision:
+    at: float  # unix seconds
+    before: int
+    after: int
+    why: str
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    window: tuple[tuple[float, int], ...] = ()  # (time rounded up to a bucket, recommendation)
+    set_to: int | None = None  # the desired count this policy last decided
+    last: LastDecision | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "v": STATE_VERSION, "window": [[t, r] for t, r in self.window], "set_to": self.set_to,
+            "last": None if self.last is None else
+            {"at": self.last.at, "before": self.last.before, "after": self.last.after, "why": self.last.why},
+        }, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> PolicyState:
+        """The state stored by ``to_json``; an empty or unreadable one starts afresh."""
+        if not text:
+            return cls()
+        try:
+            raw = json.loads(text)
+            if raw.get("v") != STATE_VERSION:
+                return cls()
+            window = tuple((float(t), int(r)) for t, r in raw.get("window", []))
+            last = raw.get("last")
+            return cls(window, None if raw.get("set_to") is None else int(raw["set_to"]),
+                       None if last is None else LastDecision(float(last["at"]), int(last["before"]),
+                                                              int(last["after"]), str(last["why"])))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return cls()
+
+    def last_decision_at(self) -> datetime | None:
+        return None if self.last is None else datetime.fromtimestamp(self.last.at, UTC)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    replicas: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    state: PolicyState
+    explanation: str | None  # "3 → 5: in-flight 14 over target 3 per replica"; None when nothing changed
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def recommend(i: Inputs, c: PolicyConfig) -> Recommendation:
+    """Replicas the load asks for right now, before any window or bound."""
+    target = c.target_concurrency
+    per = f"target {_num(target)} per replica"
+    if i.load <= 0:
+        best = Recommendation(0, f"no request in flight ({per})")
+    else:
+        words = f"in-flight {i.in_flight}" + (f" and {i.held} held by the gateway" if i.held else "")
+        best = Recommendation(math.ceil(i.load / target - 1e-9), f"{words} over {per}")
+    if i.engine_waiting and i.ready > 0 and i.engine_waiting >= i.ready:
+        # At least one waiting per ready replica: the engines are full, not merely unevenly loaded.
+        n = i.ready + math.ceil(i.engine_waiting / target - 1e-9)
+        if n > best.replicas:
+            best = Recommendation(n, f"the engines of {i.ready} ready replica(s) hold {i.engine_waiting} "
+                                     f"request(s) waiting for a generation slot ({per})")
+    if i.kv_cache_usage is not None and i.ready > 0 and i.kv_cache_usage > c.kv_cache_target:
+        n = math.ceil(i.ready * i.kv_cache_usage / c.kv_cache_target - 1e-9)
+        if n > best.replicas:
+            best = Recommendation(n, f"KV cache {i.kv_cache_usage:.0%} full over target "
+                                     f"{c.kv_cache_target:.0%} on {i.ready} ready replica(s)")
+    return best
+
+
+def _push(window: tuple[tuple[float, int], ...], t: float, rec: int, horizon: float) -> tuple[tuple[float, int], ...]:
+    kept = [(at, r) for at, r in window if at >= horizon]
+    while kept and kept[-1][1] <= rec:
+        kept.pop()
+    kept.append((t, rec))
+    return tuple(kept)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def decide(inputs: Inputs, state: PolicyState, now: datetime, config: PolicyConfig) -> Decision:
+    """The desired replica count for now, the state to keep, and why it changed (if it did)."""
+    lo, hi = config.min_replicas, config.max_replicas
+    t = now.timestamp()
+    bucket = math.ceil(t / config.bucket_s) * config.bucket_s if config.bucket_s > 0 else t
+    horizon = t - config.stabilisation_s
+    current = inputs.desired
+    rec = recommend(inputs, config)
+    window = state.window
+    if state.set_to is None or current != state.set_to:
+        # Set by someone else (a manual scale, a restart without state): held for a window like
+        # any recommendation, so it is never dropped at once.
+        window = _push(window, bucket, current, horizon)
+    window = _push(window, bucket, rec.replicas, horizon)
+    held = window[0][1]  # the largest recommendation still inside the window
+
+    if rec.replicas > current:
+        wanted, why = rec.replicas, rec.why
+    elif held < current:
+        wanted = held
+        if held == 0 and lo < current:
+            quiet = f"no traffic for {_minutes(config.stabilisation_s)}"
+            wanted = lo  # the bounds say where silence ends
+            why = f"{quiet}; scaled to zero (the next request starts one)" if lo == 0 else \
+                f"{quiet}; down to min_replicas {lo}"
+        elif held == 0:
+            why = ""
+        else:
+            why = (f"at most {held} needed in the last {_minutes(config.stabilisation_s)} "
+                   f"(now {rec.why})")
+    else:
+        wanted, why = current, ""
+    desired = min(max(wanted, lo), hi)
+    if desired != wanted:
+        capped = wanted > hi
+        bound = f"max_replicas {hi}" if capped else f"min_replicas {lo}"
+        why = f"{why}; held at {bound}" if why else \
+            f"{'capped at' if capped else 'raised to'} {bound} (now {rec.why})"
+
+    new_state = replace(state, window=window, set_to=desired)
+    if desired == current:
+        return Decision(desired, new_state, None)
+    explanation = f"{current} → {desired}: {why}"
+    return Decision(desired, replace(new_state, last=LastDecision(t, current, desired, explanation)), explanation)
+
+
+# ----------------------------------------------------------------------------- default targets
+
+SYNTHETIC_MAX_STREAMS = 16
+TRANSFORMERS_MAX_CONCURRENCY = 1
+TYPICAL_SEQUENCE_TOKENS = 2048  # prompt + reply of a typical chat turn
+KV_ROOM = 2  # each in-flight sequence is given twice its typical length in KV cache
+MAX_ENGINE_SEQUENCES = 256  # vLLM's default max_num_seqs
+
+
+@dataclass(frozen=True)
+class Target:
+    value: float
+    source: str  # "user" or "default"
+    basis: str  # how a default was derived, in words
+
+    def as_dict(self) -> dict[str, object]:
+        return {"value": self.value, "source": self.source, "basis": self.basis}
+
+
+def default_target_concurrency(engine: str | None, hardware: Hardware, model: ModelSpec,
+                               options: Mapping[str, object] | None = None) -> Target:
+    """How many requests one replica should carry at once, from the engine, hardware and model.
+
+    - ``synthetic``: its ``max_streams`` (config ``[engines.synthetic] max_streams``, default 16).
+    - ``transformers``: its ``max_concurrency`` (default 1: it generates one request at a time).
+    - ``vllm`` and anything else: the sequences the KV cache holds with room to spare,
+      ``(usable memory - weights - overhead) / kv bytes per token / (2 x 2048)``,
+      between 1 and 256 (vLLM's ``max_num_seqs``).
+    """
+    opts = options or {}
+    if engine == "synthetic":
+        n = _positive_int(opts.get("max_streams"), SYNTHETIC_MAX_STREAMS)
+        return Target(float(n), "default", f"the synthetic engine runs {n} streams at once")
+    if engine == "transformers":
+        n = _positive_int(opts.get("max_concurrency"), TRANSFORMERS_MAX_CONCURRENCY)
+        return Target(float(n), "default", f"the transformers engine generates {n} request(s) at once")
+    weights = model.weight_bytes
+    overhead = weights // 10 + 1024**3
+    room = usable_bytes(hardware) - weights - overhead
+    tokens = max(0, room) // max(1, model.kv_bytes_per_token())
+    n = max(1, min(MAX_ENGINE_SEQUENCES, tokens // (KV_ROOM * TYPICAL_SEQUENCE_TOKENS)))
+    return Target(float(n), "default",
+                  f"the KV cache of {hardware.id} holds about {tokens:,} tokens of {model.name} beside its "
+                  f"weights: {n} sequences of {TYPICAL_SEQUENCE_TOKENS} tokens with room to spare")
+
+
+def _positive_int(value: object, default: int) -> int:
+    try:
+        n = int(str(value)) if value is not None else default
+    except ValueError:
+        return default
+    return n if n >= 1 else default
