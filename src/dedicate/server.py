@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +27,13 @@ from dedicate.api.routes import billing as billing_routes
 from dedicate.api.routes import catalog as catalog_routes
 from dedicate.api.routes import endpoints as endpoint_routes
 from dedicate.clock import Clock, clock_from_env
-from dedicate.control.auth import Principal, authenticate
+from dedicate.control.auth import authenticate
 from dedicate.control.autoscaling import Autoscaler
 from dedicate.control.models import ensure_builtin
 from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
 from dedicate.domain.models import TINY_CHAT
-from dedicate.domain.records import ApiKey, Endpoint, Replica
+from dedicate.domain.records import Endpoint, Replica
 from dedicate.gateway import app as gateway_app
 from dedicate.gateway.health import HealthPolicy
 from dedicate.gateway.proxy import Gateway
@@ -61,18 +61,6 @@ class Parts:
     table: RoutingTable
     gateway: Gateway
     autoscaler: Autoscaler | None = None
-
-
-class _Services(Services):
-    """The use cases, plus one hook: a key revoked here leaves the gateway's key cache at once."""
-
-    key_revoked: Callable[[str], None] | None = None
-
-    def revoke_key(self, principal: Principal, key_id: str) -> ApiKey:
-        key = super().revoke_key(principal, key_id)
-        if self.key_revoked is not None:
-            self.key_revoked(key_id)
-        return key
 
 
 def instance_id(data_dir: Path) -> str:
@@ -114,7 +102,7 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
         nodes.append(Node("local", "cpu", settings.cpu_slots))
     runtime = LocalRuntime(settings.data_dir, instance_id(settings.data_dir), nodes)
     reconciler = Reconciler(store, runtime, settings, clock)
-    services = _Services(store, settings, clock, runtime.nodes, reconciler.wake.set)
+    services = Services(store, settings, clock, runtime.nodes, reconciler.wake.set)
 
     def load() -> tuple[list[Endpoint], list[Replica]]:
         return store.list_endpoints(), store.live_replicas()

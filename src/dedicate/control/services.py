@@ -87,6 +87,7 @@ class Services:
         self.nodes = nodes
         self.wake = wake
         self.billing = Billing(store, clock)
+        self.key_revoked: Callable[[str], None] | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -500,4 +501,6 @@ class Services:
         if key is None or (key.owner != principal.owner and not principal.is_admin):
             raise NotFound(f"key {key_id!r} not found; list yours with GET /v1/keys")
         self.store.revoke_key(key_id, self.clock.now())
+        if self.key_revoked is not None:
+            self.key_revoked(key_id)  # e.g. the gateway's key cache forgets it at once
         return replace(key, revoked_at=self.clock.now())
