@@ -42,7 +42,7 @@ from dedicate.gateway.signals import prometheus
 from dedicate.runtimes.base import Node
 from dedicate.runtimes.local import LocalRuntime
 from dedicate.runtimes.nvml import discovered_nodes
-from dedicate.settings import Settings
+from dedicate.settings import ConfigError, Settings
 from dedicate.store.db import make_engine, migrate
 from dedicate.store.repos import Store
 
@@ -216,7 +216,10 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    parts = build_parts(settings)
+    try:
+        parts = build_parts(settings)
+    except ValueError as exc:  # a config table read late ([autoscaling], [gpu]) is still a config error
+        raise ConfigError(str(exc)) from exc
     secret = ensure_admin_key(parts.store, settings.data_dir, parts.clock)
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]

@@ -147,10 +147,9 @@ def up() -> None:
     from dedicate.settings import ConfigError, load_settings
 
     try:
-        settings = load_settings()
+        serve(load_settings())
     except ConfigError as exc:
         _fail(f"config: {exc}")
-    serve(settings)
 
 
 @main.group()

@@ -345,7 +345,7 @@ class Reconciler:
         for ep in endpoints:
             hw = catalog.hardware.get(ep.hardware)
             active = [r for r in live if r.endpoint_id == ep.id and r.facts.stop_requested_at is None]
-            if hw is not None:
+            if hw is not None and not hw.is_cpu:  # quotas cap GPUs, not CPU slots
                 usage[ep.owner] = usage.get(ep.owner, 0) + hw.gpu_count * len(active)
             if not self._should_run(ep):
                 self._backoff.pop(ep.id, None)  # stopped or in ERROR: a start begins afresh, at once
@@ -362,7 +362,7 @@ class Reconciler:
             demands.append(Demand(
                 endpoint_id=ep.id, owner=ep.owner, pool=hw.gpu_type, gpus=hw.gpu_count,
                 min_replicas=ep.min_replicas, desired=ep.desired_replicas, active=len(active),
-                min_queued_at=ep.min_queued_at, created_at=ep.created_at,
+                min_queued_at=ep.min_queued_at, created_at=ep.created_at, quota_applies=not hw.is_cpu,
                 surplus=tuple(SurplusReplica(r.id, r.node or "", tuple(int(x) for x in r.slots.split(",") if x))
                               for r in surplus),
             ))
@@ -460,7 +460,8 @@ class Reconciler:
             argv = engine_argv(EngineLaunch(
                 engine=r.engine, model_dir=path, served_model_name=ep.name, replica_id=r.id,
                 instance=self.runtime.instance, port_file=replica_dir / "port",
-                options=options if isinstance(options, dict) else {}))
+                options=options if isinstance(options, dict) else {}, model_name=model.name,
+                gpu_count=len([x for x in r.slots.split(",") if x]) or 1))
             node = next((n for n in self.runtime.nodes() if n.name == r.node), None)
             env = {"DEDICATE_REPLICA_TOKEN": r.token, "OMP_NUM_THREADS": "1",
                    "TOKENIZERS_PARALLELISM": "false"}
@@ -547,7 +548,14 @@ class Reconciler:
     # shutdown --------------------------------------------------------------------
 
     async def shutdown(self) -> None:
-        """Stop every replica of this instance, closing its billing facts; intents stay."""
+        """Stop every replica of this instance, closing its billing facts; intents stay.
+
+        Only the lease holder does this: a standby server that shuts down leaves the
+        replicas to the holder.
+        """
+        if not self.is_leader:
+            await self._http.aclose()
+            return
         now = self.clock.now()
         live = await asyncio.to_thread(self.store.live_replicas)
         stops = []

@@ -25,6 +25,8 @@ class EngineLaunch:
     instance: str
     port_file: Path
     options: Mapping[str, object] = field(default_factory=dict)  # engine settings from the config
+    model_name: str = ""  # the catalog name, for engines that fetch weights themselves
+    gpu_count: int = 1
 
 
 SYNTHETIC_OPTIONS = {
@@ -39,12 +41,23 @@ SYNTHETIC_OPTIONS = {
 def engine_argv(launch: EngineLaunch, python: str = sys.executable) -> list[str]:
     labels = ["--replica-id", launch.replica_id, "--instance", launch.instance]
     if launch.engine == "transformers":
+        concurrency = ["--max-concurrency", str(launch.options["max_concurrency"])] \
+            if "max_concurrency" in launch.options else []
         return [
             python, "-m", "dedicate.engines.transformers_server",
             "--model-dir", str(launch.model_dir),
             "--served-model-name", launch.served_model_name,
             "--host", "127.0.0.1", "--port", "0", "--port-file", str(launch.port_file),
-            *labels,
+            *concurrency, *labels,
+        ]
+    if launch.engine == "vllm":
+        model = str(launch.model_dir) if launch.model_dir is not None else launch.model_name
+        options = [f"--option={k}={v}" for k, v in sorted(launch.options.items())]
+        return [
+            python, "-m", "dedicate.engines.vllm", "--model", model,
+            "--served-model-name", launch.served_model_name, "--host", "127.0.0.1",
+            "--port-file", str(launch.port_file), "--gpu-count", str(launch.gpu_count),
+            *options, *labels,
         ]
     if launch.engine == "synthetic":
         extra: list[str] = []

@@ -48,6 +48,7 @@ class Demand:
     min_queued_at: datetime | None
     created_at: datetime
     surplus: tuple[SurplusReplica, ...] = ()  # its replicas above its minimum, least valuable first
+    quota_applies: bool = True  # GPU quotas do not cap CPU slots
 
     @property
     def missing_min(self) -> int:
@@ -129,7 +130,8 @@ def plan(index: FleetIndex, demands: Sequence[Demand], quotas: Mapping[str, int]
             in_queue = d.min_queued_at is not None
             if blocked:
                 result.queued[d.endpoint_id] = d.missing_min
-                result.positions[d.endpoint_id] = position - len(replacing) + 1 if in_queue else 0
+                if in_queue:  # replacements are not in the queue: they come before it
+                    result.positions[d.endpoint_id] = position - len(replacing) + 1
                 continue
             placed = _place_all(index, pool, d.gpus, d.missing_min)
             if not isinstance(placed, NoPlacement):
@@ -156,7 +158,7 @@ def plan(index: FleetIndex, demands: Sequence[Demand], quotas: Mapping[str, int]
                 continue
             got: list[Placement] = []
             for _ in range(want):
-                cap = quotas.get(d.owner)
+                cap = quotas.get(d.owner) if d.quota_applies else None
                 if cap is not None and used.get(d.owner, 0) + d.gpus > cap:
                     result.reasons[d.endpoint_id] = f"owner {d.owner}'s GPU quota of {cap} is reached"
                     break
