@@ -202,3 +202,24 @@ def test_racing_patches_on_one_endpoint_all_apply_and_none_is_lost(tmp_path: Pat
     final = f.store.get_endpoint(e)
     assert final is not None and final.display_name in {f"name-{n}" for n in range(4)}
     assert final.version == 5, "every patch applied once, on top of the one before it"
+
+
+def test_starting_and_raising_bounds_in_one_patch_respects_the_quota_and_the_bounds(tmp_path: Path) -> None:
+    f = Fleet(tmp_path, [h100_node()])
+    f.svc.set_quota(ADMIN, "alice", {"gpus": 2})
+    e = f.create(ALICE, 1, 1)
+    f.svc.update(ALICE, e, {"state": "STOPPED"})
+    with pytest.raises(QuotaExceeded):
+        f.svc.update(ALICE, e, {"state": "STARTED", "autoscaling": {"min_replicas": 6, "max_replicas": 6}})
+    got = f.svc.update(ALICE, e, {"state": "STARTED", "autoscaling": {"min_replicas": 2, "max_replicas": 2}})
+    assert (got.endpoint.min_replicas, got.endpoint.desired_replicas, got.endpoint.max_replicas) == (2, 2, 2)
+    f.settle()
+    assert f.ep(e)["running"] == 2 and f.ep(e)["state"] == "STARTED"
+
+
+def test_a_nan_budget_is_a_clear_400_not_a_500(tmp_path: Path) -> None:
+    from dedicate.domain.errors import InvalidRequest
+
+    f = Fleet(tmp_path, [h100_node()])
+    with pytest.raises(InvalidRequest, match="finite, non-negative"):
+        f.svc.billing.set_budget(ALICE, {"monthly_cents": "NaN"})

@@ -110,3 +110,17 @@ def test_the_index_and_the_full_scan_agree_on_feasibility() -> None:
         if not isinstance(a, NoPlacement) and not isinstance(b, NoPlacement):
             free = {n.name: len(n.free_slots) for n in nodes}
             assert free[a.node] == free[b.node], "both choose a node with the fewest free slots that fit"
+
+
+def test_only_the_surplus_that_is_needed_yields_even_across_shapes() -> None:
+    one_gpu = demand("small", min_r=1, desired=2, active=2, queued_at=None,
+                     surplus=(SurplusReplica("a2", "a", (3,)),))
+    two_gpu = Demand("big", "o", "h100-80gb", 2, 1, 2, 2, None, T0, (SurplusReplica("b1", "a", (0, 1)),))
+    p = plan(fleet(("a", 4, 0)), [one_gpu, two_gpu, demand("head", gpus=2, queued_at=1)])
+    assert [r for r, _ in p.drains] == ["b1"], "a2 alone frees one slot, b1 alone frees two: b1 is enough"
+
+
+def test_a_minimum_no_node_could_hold_does_not_block_the_pool() -> None:
+    p = plan(fleet(("a", 4, 4)), [demand("huge", gpus=8, queued_at=0), demand("next", gpus=1, queued_at=1)])
+    assert list(p.placements) == ["next"]
+    assert "no node has 8" in p.reasons["huge"]

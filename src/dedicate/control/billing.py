@@ -111,8 +111,9 @@ class Billing:
             except InvalidOperation as exc:
                 raise InvalidRequest("monthly_cents must be a number of cents, or null for none",
                                      param="monthly_cents") from exc
-            if cents < 0 or not cents.is_finite():
-                raise InvalidRequest("monthly_cents must not be negative", param="monthly_cents")
+            if not cents.is_finite() or cents < 0:
+                raise InvalidRequest("monthly_cents must be a finite, non-negative number of cents",
+                                     param="monthly_cents")
         stop = body.get("stop_at_limit", False)
         if not isinstance(stop, bool):
             raise InvalidRequest("stop_at_limit must be true or false", param="stop_at_limit")

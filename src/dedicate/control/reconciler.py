@@ -124,7 +124,13 @@ class Reconciler:
         processes = await asyncio.to_thread(self.runtime.running)
 
         await self._stop_orphans(processes, {r.id for r in live})
-        await asyncio.gather(*(self._observe(r, processes, by_id.get(r.endpoint_id)) for r in live))
+        results = await asyncio.gather(*(self._observe(r, processes, by_id.get(r.endpoint_id)) for r in live),
+                                       return_exceptions=True)
+        for r, res in zip(live, results, strict=True):  # one bad replica never stops the pass
+            if isinstance(res, StaleLease):
+                raise res
+            if isinstance(res, Exception):
+                log.error("observing replica %s failed: %r", r.id, res)
 
         endpoints = await asyncio.to_thread(self.store.list_endpoints, include_deleted=True)
         live_ids = {r.endpoint_id for r in await asyncio.to_thread(self.store.live_replicas)}
@@ -304,6 +310,11 @@ class Reconciler:
         self._stopping.add(r.id)
         try:
             code = await asyncio.to_thread(self.runtime.stop, handle, STOP_GRACE_S)
+            if code is None and (await asyncio.to_thread(self.runtime.poll, handle)).running:
+                # It outlived SIGKILL (e.g. stuck in the kernel): it keeps its slots and stays
+                # STOPPING, and the next pass tries again. Never record a stop that did not happen.
+                log.error("replica %s (pid %s) did not stop; will retry", r.id, handle.pid)
+                return
             fresh = await asyncio.to_thread(self.store.get_replica, r.id)
             if fresh is not None and fresh.facts.stopped_at is None:
                 now = self.clock.now()
@@ -331,7 +342,7 @@ class Reconciler:
         live = await asyncio.to_thread(self.store.live_replicas)
         for ep in endpoints:
             active = [r for r in live if r.endpoint_id == ep.id and r.facts.stop_requested_at is None]
-            desired = ep.desired_replicas if self._should_run(ep) else 0
+            desired = min(max(ep.desired_replicas, ep.min_replicas), ep.max_replicas) if self._should_run(ep) else 0
             if len(active) > desired:
                 await self._request_stops(ep, active, len(active) - desired, now)
         live = await asyncio.to_thread(self.store.live_replicas)
@@ -361,7 +372,8 @@ class Reconciler:
             surplus = ordered[: max(0, len(active) - ep.min_replicas)]
             demands.append(Demand(
                 endpoint_id=ep.id, owner=ep.owner, pool=hw.gpu_type, gpus=hw.gpu_count,
-                min_replicas=ep.min_replicas, desired=ep.desired_replicas, active=len(active),
+                min_replicas=ep.min_replicas, active=len(active),
+                desired=min(max(ep.desired_replicas, ep.min_replicas), ep.max_replicas),
                 min_queued_at=ep.min_queued_at, created_at=ep.created_at, quota_applies=not hw.is_cpu,
                 surplus=tuple(SurplusReplica(r.id, r.node or "", tuple(int(x) for x in r.slots.split(",") if x))
                               for r in surplus),
@@ -450,10 +462,10 @@ class Reconciler:
                 log.exception("updating endpoint %s failed", ep.id)
     async def _launch(self, ep: Endpoint, r: Replica) -> None:
         now = self.clock.now()
-        model = self.settings.catalog.models[ep.model]
         replica_dir = self.settings.replicas_dir / r.id
         log_path = replica_dir / "engine.log"
         try:
+            model = self.settings.catalog.models[ep.model]
             path = None if r.engine == "synthetic" else \
                 await asyncio.to_thread(ensure_builtin, self.settings.models_dir, model)
             options = self.settings.extra.get("engines", {}).get(r.engine, {})

@@ -335,27 +335,32 @@ class Services:
                         changes["target_concurrency"] = target
                         events.append(f"target concurrency set to {target:g} per replica" if target is not None
                                       else "target concurrency reset to the default of the hardware and model")
+            new_min, new_max = ep.min_replicas, ep.max_replicas
+            hw = self.catalog.hardware.get(ep.hardware)
             if "autoscaling" in b and ({"min_replicas", "max_replicas"} & set(b["autoscaling"])):
                 auto = b["autoscaling"]
                 bounds = validate_autoscaling(auto.get("min_replicas", ep.min_replicas),
                                               auto.get("max_replicas", ep.max_replicas))
-                hw = self.catalog.hardware.get(ep.hardware)
+                new_min, new_max = bounds.min_replicas, bounds.max_replicas
                 if hw is not None:
-                    self._check_capacity(self.catalog.get_model(ep.model), hw, bounds.min_replicas)
-                    if ep.intent is Intent.RUN:
-                        self._check_quota(ep.owner, hw, bounds.min_replicas, excluding=ep.id)
-                changes.update(min_replicas=bounds.min_replicas, max_replicas=bounds.max_replicas,
-                               desired_replicas=min(max(ep.desired_replicas, bounds.min_replicas),
-                                                    bounds.max_replicas))
-                if bounds.min_replicas > ep.min_replicas and ep.min_queued_at is None:
+                    self._check_capacity(self.catalog.get_model(ep.model), hw, new_min)
+                changes.update(min_replicas=new_min, max_replicas=new_max)
+                if new_min > ep.min_replicas:
                     changes["min_queued_at"] = self.clock.now()  # the extra minimum joins the queue's back
-                events.append(f"autoscaling set to {bounds.min_replicas}..{bounds.max_replicas}")
+                events.append(f"autoscaling set to {new_min}..{new_max}")
             if "inactive_timeout" in b:
                 changes["inactive_timeout"] = validate_inactive_timeout(b["inactive_timeout"])
             if "display_name" in b:
                 changes["display_name"] = validate_display_name(b["display_name"]) or ep.name
             if "state" in b:
-                changes.update(self._state_change(ep, b["state"], events))
+                changes.update(self._state_change(ep, b["state"], events, new_min))
+            # The quota is checked against what the endpoint will be: its new minimum, if it will run.
+            runs = changes.get("intent", ep.intent) is Intent.RUN
+            if runs and hw is not None and ({"min_replicas", "intent"} & set(changes)):
+                self._check_quota(ep.owner, hw, new_min, excluding=ep.id)
+            if {"min_replicas", "max_replicas", "desired_replicas"} & set(changes):
+                desired = changes.get("desired_replicas", ep.desired_replicas)
+                changes["desired_replicas"] = min(max(desired, new_min), new_max)
             now = self.clock.now()
             event = ("updated", "; ".join(events)) if events else None
             if not changes or self.store.update_endpoint(ep, now, event, **changes):
@@ -363,7 +368,7 @@ class Services:
                 return self.get(principal, key)
         raise InvalidRequest("the endpoint changed while updating it; try again")
 
-    def _state_change(self, ep: Endpoint, state: object, events: list[str]) -> dict[str, Any]:
+    def _state_change(self, ep: Endpoint, state: object, events: list[str], min_replicas: int) -> dict[str, Any]:
         now = self.clock.now()
         if state == "STOPPED":
             if ep.intent is Intent.STOP:
@@ -377,13 +382,10 @@ class Services:
             if ep.intent is Intent.RUN and ep.state is not EndpointState.ERROR:
                 return {}
             events.append("start requested")
-            hw = self.catalog.hardware.get(ep.hardware)
-            if hw is not None:
-                self._check_quota(ep.owner, hw, ep.min_replicas, excluding=ep.id)
             target = EndpointState.PENDING
             check_transition(ep.state, target)
             return {"intent": Intent.RUN, "state": target, "state_changed_at": now,
-                    "failures_before_ready": 0, "desired_replicas": ep.min_replicas,
+                    "failures_before_ready": 0, "desired_replicas": min_replicas,
                     "status_message": "waiting for placement", "min_queued_at": now}
         raise InvalidRequest("state can be set to STARTED or STOPPED", param="state")
 
@@ -404,7 +406,8 @@ class Services:
             if self.store.update_endpoint(ep, self.clock.now(), event, desired_replicas=target):
                 self.wake()
                 fresh = self.store.get_endpoint(endpoint_id)
-                assert fresh is not None
+                if fresh is None:
+                    raise NotFound(f"endpoint {endpoint_id!r} was deleted", code="endpoint_not_found")
                 return fresh
         raise InvalidRequest("the endpoint changed while scaling it; try again")
 

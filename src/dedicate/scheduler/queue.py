@@ -90,22 +90,32 @@ def _yield_for(index: FleetIndex, head: Demand, others: Sequence[Demand], draini
     ``releasing`` are replicas already asked to stop that still hold their slots: they free
     them soon, so they count as free here (an empty list: the head just waits for them).
     """
-    trial = index.copy()
+    base = index.copy()
     for r in releasing:
         if index.pool.get(r.node) == head.pool:
-            trial.give_back(r.node, r.slots)
-    chosen: list[SurplusReplica] = []
+            base.give_back(r.node, r.slots)
+
+    def fits_without(drained: Sequence[SurplusReplica]) -> bool:
+        trial = base.copy()
+        for s in drained:
+            trial.give_back(s.node, s.slots)
+        return not isinstance(_place_all(trial, head.pool, head.gpus, head.missing_min), NoPlacement)
+
     candidates = [s for d in others if d.endpoint_id != head.endpoint_id for s in d.surplus
                   if s.replica_id not in draining]
+    chosen: list[SurplusReplica] = []
     for s in candidates:
-        if not isinstance(_place_all(trial.copy(), head.pool, head.gpus, head.missing_min), NoPlacement):
-            return chosen
-        trial.give_back(s.node, s.slots)
+        if fits_without(chosen):
+            break
         chosen.append(s)
-    if chosen and not isinstance(_place_all(trial.copy(), head.pool, head.gpus, head.missing_min),
-                                 NoPlacement):
-        return chosen
-    return None
+    if not chosen or not fits_without(chosen):
+        return None
+    # Keep only what is needed: try sparing each chosen replica, the most valuable first.
+    for s in reversed(list(chosen)):
+        rest = [c for c in chosen if c is not s]
+        if rest and fits_without(rest):
+            chosen = rest
+    return chosen
 
 
 def plan(index: FleetIndex, demands: Sequence[Demand], quotas: Mapping[str, int] | None = None,
@@ -136,9 +146,11 @@ def plan(index: FleetIndex, demands: Sequence[Demand], quotas: Mapping[str, int]
             placed = _place_all(index, pool, d.gpus, d.missing_min)
             if not isinstance(placed, NoPlacement):
                 result.placements[d.endpoint_id] = placed
-                used[d.owner] = used.get(d.owner, 0) + d.gpus * len(placed)
+                if d.quota_applies:
+                    used[d.owner] = used.get(d.owner, 0) + d.gpus * len(placed)
                 continue
-            blocked = True
+            # A minimum that no node could ever hold (a node shrank since) must not block the pool.
+            blocked = placed.exists
             result.queued[d.endpoint_id] = d.missing_min
             if in_queue:
                 result.positions[d.endpoint_id] = position - len(replacing) + 1
@@ -167,7 +179,8 @@ def plan(index: FleetIndex, demands: Sequence[Demand], quotas: Mapping[str, int]
                     result.reasons[d.endpoint_id] = p.reason
                     break
                 got.append(p)
-                used[d.owner] = used.get(d.owner, 0) + d.gpus
+                if d.quota_applies:
+                    used[d.owner] = used.get(d.owner, 0) + d.gpus
             if got:
                 result.placements.setdefault(d.endpoint_id, []).extend(got)
             if len(got) < want:
