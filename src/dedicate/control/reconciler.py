@@ -74,7 +74,8 @@ class Reconciler:
                  probe: Probe | None = None) -> None:
         self.base_store = store
         self.store = store  # replaced by a fenced view once the lease is held
-        self.holder = f"{runtime.instance}:{os.getpid()}"
+        # instance:pid:nonce — unique even for two processes with the same pid (containers).
+        self.holder = f"{runtime.instance}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._token: int | None = None
         self.is_leader = False
         self._plan = Plan()
@@ -172,8 +173,12 @@ class Reconciler:
         return True
 
     def _holder_dead(self, holder: str) -> bool:
-        instance, _, pid = holder.rpartition(":")
-        if instance != self.runtime.instance or not pid.isdigit():
+        """Whether the lease holder is an earlier process of this instance on this machine, now gone."""
+        parts = holder.split(":")
+        if len(parts) != 3:
+            return False
+        instance, pid, _ = parts
+        if instance != self.runtime.instance or not pid.isdigit() or int(pid) == os.getpid():
             return False
         try:
             os.kill(int(pid), 0)

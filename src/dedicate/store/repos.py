@@ -113,9 +113,13 @@ class Store:
         if self._fence is None:
             return
         name, token = self._fence
-        current = s.scalar(select(LeaseRow.token).where(LeaseRow.name == name).with_for_update())
-        if current != token:
-            raise StaleLease(f"lease {name} moved on (token {current}, ours {token})")
+        # A write, not a read: it starts the transaction and takes the lease row's lock on every
+        # backend (SQLite begins its transaction only at the first write), so the lease cannot
+        # change hands between this check and the writes that follow it.
+        res = s.execute(update(LeaseRow).where(LeaseRow.name == name, LeaseRow.token == token)
+                        .values(token=LeaseRow.token))
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            raise StaleLease(f"lease {name} moved on from token {token}")
 
     # owners and keys -------------------------------------------------------
 
