@@ -211,3 +211,16 @@ def test_invoice_bytes_are_canonical() -> None:
     iv = Interval("r", "e", "o", "h", PRICE, T0, T0 + timedelta(seconds=90))
     assert invoice_bytes(invoice("o", "2026-01", [iv], {"e": "o/x"})) == \
         invoice_bytes(invoice("o", "2026-01", [iv], {"e": "o/x"}))
+
+
+def test_time_between_a_failed_probe_and_the_next_good_one_is_not_billed(tmp_path: Path, db_url: str) -> None:
+    f = Billed(tmp_path, db_url)
+    e = f.create(ALICE, 1, 1)
+    f.run(11)  # placed at +1, good probes from +2 to +11: 9 s
+    f.healthy = False
+    f.run(1)  # one failed probe (below the replacement threshold)
+    f.healthy = True
+    f.run(10)  # good probes from +13 to +22: 9 s
+    spans = sorted((iv.started_at, iv.last_seen_at) for iv in f.store.intervals(endpoint_id=e))
+    assert [(b - a).total_seconds() for a, b in spans] == [9.0, 9.0]
+    assert f.exact(e) == charge_exact(PRICE, 18)

@@ -283,6 +283,8 @@ class Reconciler:
             await self._check_start_timeout(r, handle, now)
             return
         failures = r.facts.probe_failures + 1
+        # Seen not ready: its billing interval ends at its last good probe; the next good one opens anew.
+        await asyncio.to_thread(self.store.close_intervals, r.id, "probe failed")
         if failures >= self.settings.probe_failure_threshold:
             await asyncio.to_thread(
                 self.store.update_replica, r, now,
