@@ -1,7 +1,7 @@
 """What the gateway benchmarks share: processes pinned to cores, free ports, waiting, tools from apt and pip.
 
 Not a benchmark itself: the scripts that import it each end with one line holding a JSON object of their
-figures.
+figures (a json line).
 """
 
 from __future__ import annotations
