@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from dedicate.control.autoscaling import EngineSample, parse_engine_metrics
 from dedicate.engines import vllm
 from dedicate.engines.base import EngineLaunch, engine_argv
 
@@ -78,6 +79,7 @@ def test_the_launcher_refuses_to_start_without_a_token(tmp_path: Path, monkeypat
     assert not (tmp_path / "p").exists()
 
 
-def test_vllm_metrics_give_running_waiting_and_kv_cache_use() -> None:
-    assert vllm.parse_metrics(METRICS) == {"running": 7.0, "waiting": 3.0, "kv_cache_usage": 0.42}
-    assert vllm.parse_metrics("") == {}
+def test_vllm_metrics_give_the_autoscaler_waiting_requests_and_kv_cache_use() -> None:
+    sample = parse_engine_metrics(METRICS)
+    assert (sample.waiting, sample.kv_cache_usage) == (3, 0.42)
+    assert parse_engine_metrics("") == EngineSample(None, None)

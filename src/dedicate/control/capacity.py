@@ -36,7 +36,7 @@ def engine_for(catalog: Catalog, model: ModelSpec, hw: Hardware, nodes: Sequence
     is used. Nodes of one GPU type are expected to agree.
     """
     overrides = {n.engine for n in nodes if n.gpu_type == hw.gpu_type and n.engine}
-    for engine in sorted(overrides) or [hw.engine]:
+    for engine in sorted(overrides):
         if engine in model.engines and engine in catalog.engines:
             return engine
-    return None
+    return None if overrides else catalog.engine_for(model, hw)

@@ -212,10 +212,9 @@ class Services:
         if owner != principal.owner and not principal.is_admin:
             raise NotFound(f"owner {owner!r} not found")
         in_use = 0
-        ids = {e.id for e in self.store.list_endpoints(owner)}
+        shapes = {e.id: self.catalog.hardware.get(e.hardware) for e in self.store.list_endpoints(owner)}
         for r in self.store.live_replicas():
-            ep = self.store.get_endpoint(r.endpoint_id) if r.endpoint_id in ids else None
-            hw = self.catalog.hardware.get(ep.hardware) if ep else None
+            hw = shapes.get(r.endpoint_id)
             if hw is not None and not hw.is_cpu and r.facts.stop_requested_at is None:
                 in_use += hw.gpu_count
         return {"object": "owner", "owner": owner, "gpu_quota": self.store.owner_quota(owner),

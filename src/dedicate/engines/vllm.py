@@ -6,15 +6,14 @@ a free port on 127.0.0.1, writes it to the port file (as dedicate's own engines
 do), and replaces itself with vLLM's OpenAI-compatible server on that port,
 with the replica token as its API key. vLLM answers ``/health`` without a key
 and ``/v1/*`` only with it, which is the protocol dedicate expects of every
-engine; its ``/metrics`` carry ``vllm:num_requests_running``,
-``vllm:num_requests_waiting`` and ``vllm:gpu_cache_usage_perc``.
+engine; the autoscaler reads its ``vllm:num_requests_waiting`` and
+``vllm:gpu_cache_usage_perc`` metrics (``control.autoscaling.parse_engine_metrics``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -48,21 +47,6 @@ def vllm_argv(*, python: str, model: str, served_model_name: str, host: str, por
             else:
                 argv += [flag, options[key]]
     return argv
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """The load signals from vLLM's Prometheus text: running, waiting, KV-cache use (0..1)."""
-    wanted = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting",
-              "vllm:gpu_cache_usage_perc": "kv_cache_usage", "vllm:kv_cache_usage_perc": "kv_cache_usage"}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+([0-9.eE+-]+|NaN)", line)
-        if m and m.group(1) in wanted and m.group(3) != "NaN":
-            key = wanted[m.group(1)]
-            out[key] = out.get(key, 0.0) + float(m.group(3))
-    return out
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
