@@ -87,12 +87,12 @@ class Fleet:
         asyncio.run(run())
 
     def load(self, endpoint_id: str, in_flight: int, queued: int = 0, gateway: str = "gw-1",
-             last_request_at: datetime | None = None) -> None:
+             last_request_at: datetime | None = None, peak: int = 0) -> None:
         """What a gateway process writes every 2 s."""
         now = self.clock.now()
         last = last_request_at if last_request_at is not None else (now if in_flight or queued else None)
         self.store.write_signals(gateway, now, [EndpointSignals(endpoint_id, in_flight, queued, 0, 0, 0, 0,
-                                                                last, now)])
+                                                                last, now, peak_load=peak)])
 
     def scale(self, auto: Autoscaler | None = None) -> None:
         asyncio.run((auto or self.auto).pass_once())
@@ -135,6 +135,17 @@ def test_gateway_load_scales_up_at_the_next_pass_with_the_reason_as_an_event(tmp
     last = got["view"].last_scaling
     assert last is not None and (last.before, last.after) == (1, 4), "the API shows the last decision"
     assert got["view"].target.value == 2 and got["view"].target.source == "user"
+
+
+def test_a_burst_the_gateway_saw_between_two_writes_scales_up_though_it_is_over(tmp_path: Path) -> None:
+    f = Fleet(tmp_path)
+    e = f.create(ALICE, 1, 8, autoscaling={"target_concurrency": 2})
+    f.settle()
+    f.load(e, 1, peak=7)
+    f.scale()
+    assert f.ep(e)["desired"] == 4
+    assert f.events(e, "scaled") == ["1 → 4: up to 7 in flight at once since the last report "
+                                     "(in-flight 1 now) over target 2 per replica"]
 
 
 def test_the_signals_of_every_gateway_process_are_summed_and_stale_ones_ignored(tmp_path: Path) -> None:

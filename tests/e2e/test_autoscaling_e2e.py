@@ -12,9 +12,11 @@ These tests depend on the gateway writing its per-endpoint signals (in flight an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -99,6 +101,21 @@ class Clocked:
             time.sleep(0.1)
         raise AssertionError(f"endpoint never {what}: {json.dumps(last)}\n{self.server.log_tail()}")
 
+    def quiet(self, endpoint_id: str, timeout: float = 30.0) -> None:
+        """Wait until the gateway has reported the endpoint with nothing in flight or held, and no
+        busier moment since its previous report. Before the test moves the clock: a report of the
+        load that just ended, written after the jump, would count as load at the new time."""
+        db = self.server.data_dir / "dedicate.db"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+                rows = conn.execute("SELECT in_flight, queued, peak_load FROM endpoint_signals WHERE endpoint_id = ?",
+                                    (endpoint_id,)).fetchall()
+            if rows and all(r == (0, 0, 0) for r in rows):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the gateway never reported {endpoint_id} quiet\n{self.server.log_tail()}")
+
     def events(self, endpoint_id: str, kind: str | None = None) -> list[str]:
         with self.client() as c:
             data = c.get(f"/v1/endpoints/{endpoint_id}/events").json()["data"]
@@ -172,6 +189,7 @@ def test_load_scales_up_with_the_reason_then_down_after_the_window(clocked: Cloc
     assert got["autoscaling"]["target_concurrency"] == 2
     assert got["autoscaler"]["target_concurrency"]["source"] == "user"
 
+    s.quiet(ep["id"])
     s.advance(120)
     time.sleep(2)
     assert s.get(ep["id"])["replicas"]["desired"] == 3, "held within the 5 minute window"
@@ -213,6 +231,7 @@ def test_scale_to_zero_and_back_on_a_request_the_gateway_holds(clocked: Clocked)
     assert s.events(ep["id"], "scaled")[0].startswith("0 → 1: in-flight 0 and 1 held by the gateway")
     assert s.kinds(ep["id"]).count("state") == 1, "PENDING → STARTED once, then STARTED all along"
 
+    s.quiet(ep["id"])
     s.advance(301)
     got = s.wait(ep["id"], lambda e: e["replicas"]["desired"] == 0 and e["replicas"]["ready"] == 0
                  and e["replicas"]["stopping"] == 0, "scaled back to zero")

@@ -76,6 +76,7 @@ def test_counts_per_replica_and_endpoint_with_tokens_from_json_and_streams(tmp_p
             seen = store.signals(now)[ep.id]
             assert (seen.requests_total, seen.tokens_in_total, seen.tokens_out_total, seen.in_flight,
                     seen.queued) == (5, 31, 17, 0, 0)
+            assert seen.peak_load == 1, "the requests ran one at a time"
             assert seen.last_request_at == now - timedelta(seconds=2)
             assert store.get_endpoint(ep.id).last_request_at == now - timedelta(seconds=2)  # type: ignore[union-attr]
             assert store.token_usage("alice", "2026-01-01", "2026-01-31") == {ep.id: (5, 31, 17)}
@@ -88,6 +89,23 @@ def test_counts_per_replica_and_endpoint_with_tokens_from_json_and_streams(tmp_p
                    in text
             assert "# TYPE dedicate_gateway_endpoint_queued gauge" in text
     run(scenario())
+
+
+def test_a_burst_between_two_writes_is_reported_as_the_peak_then_forgotten() -> None:
+    s = Signals()
+    ep = s.endpoint("e1", "alice/chat", "alice")
+    for _ in range(3):
+        ep.admitted()
+    ep.held()
+    ep.held()
+    ep.queued -= 2  # the held ones found a replica and went in flight, and all but one finished
+    ep.admitted()
+    ep.admitted()
+    ep.in_flight -= 4
+    rows, _ = s.collect(T0, 0.0)
+    assert (rows[0].in_flight, rows[0].queued, rows[0].peak_load) == (1, 0, 5)
+    rows, _ = s.collect(T0, 0.0)
+    assert rows[0].peak_load == 1, "the next write starts from what is in flight when the last was written"
 
 
 def test_failed_usage_writes_are_kept_for_the_next_write() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Conflict
-from dedicate.domain.records import Endpoint, Replica
+from dedicate.domain.records import Endpoint, EndpointSignals, Replica
 from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus
 from dedicate.store.db import make_engine, migrate
 from dedicate.store.repos import Store
@@ -140,3 +140,19 @@ def test_naive_datetimes_are_refused(store: Store) -> None:
         store.insert_endpoint(endpoint().__class__(**{**endpoint().__dict__,
                                                       "created_at": datetime(2026, 1, 1)}),
                               ("created", "x"))
+
+
+def test_gateway_signals_are_summed_over_fresh_gateways_with_their_busiest_moments(store: Store) -> None:
+    ep = endpoint()
+    store.insert_endpoint(ep, ("created", "test"))
+    now = ep.created_at + timedelta(minutes=1)
+
+    def row(in_flight: int, queued: int, peak: int) -> EndpointSignals:
+        return EndpointSignals(ep.id, in_flight, queued, 10, 1, 100, 50, None, now, peak_load=peak)
+
+    store.write_signals("gw-1", now, [row(2, 1, 9)])
+    store.write_signals("gw-2", now, [row(4, 0, 0)])  # a peak lower than now counts as now
+    store.write_signals("gw-old", now - timedelta(minutes=5), [row(50, 50, 100)])
+    seen = store.signals(now, fresh_s=15)[ep.id]
+    assert (seen.in_flight, seen.queued, seen.requests_total, seen.errors_total) == (6, 1, 20, 2)
+    assert seen.peak_load == 9 + 4 and seen.load == 13

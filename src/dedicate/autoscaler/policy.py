@@ -8,7 +8,9 @@ nothing (Ray Serve's lesson).
 The rules, for one endpoint:
 
 1. **Demand.** ``load`` = requests in flight at its replicas + requests the
-   gateway holds for it (no replica free yet). The recommendation is
+   gateway holds for it (no replica free yet), at the busiest moment since the
+   gateways' previous report (they count it between reports, so a burst that
+   comes and goes between two samples is not missed). The recommendation is
    ``ceil(load / target_concurrency)``: as many replicas as keep each at or
    under its target. Where the engines report their own state they can only
    raise it: requests waiting inside an engine for a generation slot mean
@@ -62,10 +64,12 @@ class Inputs:
     starting: int = 0
     engine_waiting: int | None = None  # requests waiting inside engines for a slot, where reported
     kv_cache_usage: float | None = None  # the fullest replica's KV cache, 0..1, where reported
+    peak_load: int = 0  # the most in flight + held at once since the gateways' previous report
 
     @property
     def load(self) -> int:
-        return self.in_flight + self.held
+        """The busiest moment the gateways saw since their previous report, never less than now."""
+        return max(self.in_flight + self.held, self.peak_load)
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,8 @@ def recommend(i: Inputs, c: PolicyConfig) -> Recommendation:
         best = Recommendation(0, f"no request in flight ({per})")
     else:
         words = f"in-flight {i.in_flight}" + (f" and {i.held} held by the gateway" if i.held else "")
+        if i.load > i.in_flight + i.held:
+            words = f"up to {i.load} in flight at once since the last report ({words} now)"
         best = Recommendation(math.ceil(i.load / target - 1e-9), f"{words} over {per}")
     if i.engine_waiting and i.ready > 0 and i.engine_waiting >= i.ready:
         # At least one waiting per ready replica: the engines are full, not merely unevenly loaded.

@@ -232,7 +232,7 @@ class Autoscaler:
         inputs = Inputs(
             desired=ep.desired_replicas, in_flight=sig.in_flight if sig else 0, held=sig.queued if sig else 0,
             ready=len(ready), starting=starting, engine_waiting=sum(waiting) if waiting else None,
-            kv_cache_usage=max(kv) if kv else None)
+            kv_cache_usage=max(kv) if kv else None, peak_load=sig.peak_load if sig else 0)
         target = target_for(self.settings, nodes, ep)
         config = PolicyConfig(ep.min_replicas, ep.max_replicas, target.value,
                               stabilisation_s=self.config.stabilisation_s,

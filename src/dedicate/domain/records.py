@@ -82,6 +82,14 @@ class EndpointSignals:
     tokens_out_total: int
     last_request_at: datetime | None
     updated_at: datetime
+    # The most requests in flight and held at once since the previous write: the busiest
+    # moment between two samples, which the instantaneous counts above can miss.
+    peak_load: int = 0
+
+    @property
+    def load(self) -> int:
+        """The busiest moment since the previous write, never less than now."""
+        return max(self.peak_load, self.in_flight + self.queued)
 
 
 @dataclass(frozen=True)

@@ -268,7 +268,7 @@ class _Exchange:
         ep.last_request = gw.monotonic()
         if not route.targets:
             route = await self._hold(route, loop.time() + gw.config.hold_s)
-        ep.in_flight += 1
+        ep.admitted()
         self.releases.append(self._endpoint_release(ep))
         await self._forward(route, raw, drop_usage)
 
@@ -288,7 +288,7 @@ class _Exchange:
             raise RateLimited(f"endpoint {name} already has {gw.config.queue_size} requests waiting for a replica; "
                               "retry shortly", retry_after_s=gw.config.retry_after_s)
         self.start_watch()
-        ep.queued += 1
+        ep.held()
         loop = asyncio.get_running_loop()
         try:
             while True:

@@ -3,7 +3,10 @@
 Counters live in memory and are touched only from the event loop. Every ~2 s
 the server writes one row per endpoint with ``Store.write_signals`` (each
 gateway process its own rows; readers sum them), together with the token
-usage added since the last write, per endpoint and UTC day. ``/metrics``
+usage added since the last write, per endpoint and UTC day. Besides the counts
+at the moment of writing, a row carries the most requests in flight and held
+at once since the previous write (``peak_load``): a burst that comes and goes
+between two writes is still seen by the autoscaler. ``/metrics``
 renders the same counters in Prometheus' text format.
 
 Token counts come from the replica's own ``usage`` object: the last
@@ -53,7 +56,7 @@ class Counters:
 
 
 class EndpointCounters(Counters):
-    __slots__ = ("endpoint_id", "name", "owner", "queued")
+    __slots__ = ("endpoint_id", "name", "owner", "peak", "queued")
 
     def __init__(self, endpoint_id: str, name: str, owner: str) -> None:
         super().__init__()
@@ -61,6 +64,17 @@ class EndpointCounters(Counters):
         self.name = name
         self.owner = owner
         self.queued = 0
+        self.peak = 0  # the most in flight + queued at once since the last collect
+
+    def admitted(self) -> None:
+        """One more request in flight."""
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight + self.queued)
+
+    def held(self) -> None:
+        """One more request waiting for a ready replica."""
+        self.queued += 1
+        self.peak = max(self.peak, self.in_flight + self.queued)
 
 
 class Signals:
@@ -102,7 +116,8 @@ class Signals:
         for c in self.endpoints.values():
             last = None if c.last_request is None else now - timedelta(seconds=max(0.0, mono_now - c.last_request))
             rows.append(EndpointSignals(c.endpoint_id, c.in_flight, c.queued, c.requests, c.errors, c.tokens_in,
-                                        c.tokens_out, last, now))
+                                        c.tokens_out, last, now, peak_load=max(c.peak, c.in_flight + c.queued)))
+            c.peak = c.in_flight + c.queued
         day = now.strftime("%Y-%m-%d")
         deltas = [(eid, owner, day, u[0], u[1], u[2]) for (eid, owner), u in self._usage.items()]
         self._usage = {}

@@ -366,7 +366,7 @@ class Store:
                 values = {"in_flight": sig.in_flight, "queued": sig.queued, "requests_total": sig.requests_total,
                           "errors_total": sig.errors_total, "tokens_in_total": sig.tokens_in_total,
                           "tokens_out_total": sig.tokens_out_total, "last_request_at": sig.last_request_at,
-                          "updated_at": now}
+                          "updated_at": now, "peak_load": sig.peak_load}
                 if row is None:
                     s.add(SignalRow(endpoint_id=sig.endpoint_id, gateway=gateway, **values))
                 else:
@@ -406,6 +406,8 @@ class Store:
                     r.tokens_in_total + (prev.tokens_in_total if prev else 0),
                     r.tokens_out_total + (prev.tokens_out_total if prev else 0),
                     last, max(r.updated_at, prev.updated_at) if prev else r.updated_at,
+                    # Gateways' peaks need not coincide: their sum can only overstate the busiest moment.
+                    max(r.peak_load, r.in_flight + r.queued) + (prev.load if prev else 0),
                 )
         return out
 

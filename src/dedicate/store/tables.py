@@ -201,6 +201,7 @@ class SignalRow(Base):
     tokens_out_total: Mapped[int] = mapped_column(Integer)
     last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    peak_load: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class TokenUsageRow(Base):
