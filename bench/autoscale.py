@@ -14,7 +14,8 @@ rest wait in the replica's FIFO queue; the first token comes ``--ttft-ms`` after
 gets a slot, then ``--tokens-per-s`` tokens a second; a new replica is ready
 ``--startup-s`` after the reconciler launches it. The gateway is modelled too: it sends each
 request to the less busy of two random ready replicas (a seeded generator), holds requests
-while no replica is ready, and writes its in-flight and held counts every ``--signal-s``.
+while no replica is ready, and writes its in-flight and held counts, with the most of them at
+once since its previous write, every ``--signal-s`` (the Ray-like policy reads the counts only).
 An hour of trace replays in a few seconds and the same input gives the same figures.
 
 The policies, on the same replay:
@@ -100,6 +101,29 @@ def trace_slice(requests: Sequence[Request], start_s: float, length_s: float) ->
             for r in requests if start_s <= r.at < start_s + length_s]
 
 
+def day_trace(requests: Sequence[Request], copies: int, trough: float, seed: int) -> list[Request]:
+    """The trace repeated ``copies`` times back to back, thinned to follow a daily curve.
+
+    A request at time ``t`` of the whole is kept with probability ``trough + (1 - trough) x
+    (1 - cos(2 pi t / length)) / 2``: the night's traffic is ``trough`` of the trace's, midday's all
+    of it. Within each copy the trace's own bursts stay as they were. Seeded: the same arguments
+    give the same requests.
+    """
+    if not requests or copies <= 0:
+        return []
+    span = requests[-1].at
+    length = span * copies
+    rng = random.Random(seed)
+    out = []
+    for c in range(copies):
+        for r in requests:
+            at = c * span + r.at
+            keep = trough + (1 - trough) * (1 - math.cos(2 * math.pi * at / length)) / 2
+            if rng.random() < keep:
+                out.append(Request(at, r.prompt_tokens, r.output_tokens))
+    return out
+
+
 # the model -------------------------------------------------------------------------------------
 
 
@@ -152,6 +176,7 @@ class Observation:
     starting: int
     engine_waiting: int
     desired: int
+    peak_load: int = 0  # the most in flight + held at once since the previous sample
 
 
 class Controller:
@@ -185,7 +210,7 @@ class DedicateController(Controller):
 
     def decide(self, o: Observation) -> int:
         inputs = Inputs(desired=o.desired, in_flight=o.in_flight, held=o.held, ready=o.ready,
-                        starting=o.starting, engine_waiting=o.engine_waiting)
+                        starting=o.starting, engine_waiting=o.engine_waiting, peak_load=o.peak_load)
         d = decide(inputs, PolicyState.from_json(self.state_json), EPOCH + timedelta(seconds=o.at), self.config)
         self.state_json = d.state.to_json()
         if d.explanation:
@@ -310,6 +335,8 @@ class Replay:
         self.sample = Observation(0.0, 0, 0, 0, 0, 0, self.desired)
         self.scale_events = 0
         self.peak = 0
+        self.load = 0  # requests in flight or held, as the gateway counts them
+        self.peak_load = 0  # the most at once since the last sample
         self.nodes = [NodeView(f"node-{i:02d}", POOL, fleet.gpus_per_node, tuple(range(fleet.gpus_per_node)))
                       for i in range(fleet.nodes)]
         self.created = EPOCH
@@ -332,12 +359,15 @@ class Replay:
                 continue
             if kind == ARRIVE:
                 assert isinstance(data, int)
+                self.load += 1
+                self.peak_load = max(self.peak_load, self.load)
                 self.dispatch(at, data)
             elif kind == FIRST_TOKEN:
                 assert isinstance(data, int)
                 self.first_token[data] = at
             elif kind == FINISH:
                 assert isinstance(data, SimReplica)
+                self.load -= 1
                 self.finish(at, data)
             elif kind == READY:
                 assert isinstance(data, SimReplica)
@@ -399,13 +429,14 @@ class Replay:
         self.sample = Observation(
             at, in_flight=sum(r.in_flight for r in self.replicas if not r.gone), held=len(self.held),
             ready=sum(1 for r in live if r.ready), starting=sum(1 for r in live if not r.ready),
-            engine_waiting=sum(len(r.waiting) for r in live), desired=self.desired)
+            engine_waiting=sum(len(r.waiting) for r in live), desired=self.desired, peak_load=self.peak_load)
+        self.peak_load = self.load
 
     # the control plane
 
     def tick(self, at: float) -> None:
         o = self.sample
-        o = Observation(at, o.in_flight, o.held, o.ready, o.starting, o.engine_waiting, self.desired)
+        o = Observation(at, o.in_flight, o.held, o.ready, o.starting, o.engine_waiting, self.desired, o.peak_load)
         desired = min(max(self.controller.decide(o), self.min), self.max)
         if desired != self.desired:
             self.scale_events += 1
@@ -568,6 +599,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--limit-s", type=float, default=None, help="replay only the trace's first seconds")
     p.add_argument("--events", action="store_true", help="print dedicate's scaling decisions")
+    p.add_argument("--day-copies", type=int, default=24,
+                   help="also replay a day: the trace this many times over, on a daily curve (0: skip)")
+    p.add_argument("--day-trough", type=float, default=0.2, help="the night's share of the trace's traffic")
     p.add_argument("--real", action="store_true", help="also replay a compressed slice against a real server")
     p.add_argument("--slice-start-s", type=float, default=900.0)
     p.add_argument("--slice-s", type=float, default=600.0)
@@ -588,20 +622,68 @@ def setup_from(a: argparse.Namespace, k: float = 1.0) -> Setup:
         seed=a.seed)
 
 
-def oracle_replica_seconds(requests: Sequence[Request], model: ReplicaModel, start: float = 0.0) -> float:
-    """A clairvoyant fleet: at every instant exactly enough replicas for what is in flight, no start-up delay.
-
-    No policy can spend less without making some request wait for a slot (with perfect routing).
-    """
+def need_steps(requests: Sequence[Request], model: ReplicaModel) -> list[tuple[float, int]]:
+    """Replicas needed so that no request ever waits (perfect routing), as (from time, count) steps."""
     events = sorted([(r.at, 1) for r in requests] + [(r.at + model.service_s(r), -1) for r in requests])
-    end = requests[-1].at if requests else 0.0
-    total, now, last = 0.0, 0, start
+    steps: list[tuple[float, int]] = [(0.0, 0)]
+    now = 0
     for t, d in events:
-        t = min(max(t, start), end)
-        total += math.ceil(now / model.max_streams) * (t - last)
-        last = t
         now += d
+        n = math.ceil(now / model.max_streams)
+        if n == steps[-1][1]:
+            continue
+        if steps[-1][0] == t:
+            steps[-1] = (t, n)
+        else:
+            steps.append((t, n))
+    return steps
+
+
+def bound_replica_seconds(requests: Sequence[Request], model: ReplicaModel, window_s: float = 0.0,
+                          start: float = 0.0) -> float:
+    """Replica-seconds of a fleet that lets no request wait and never drops below the most it
+    needed in the last ``window_s``, with no start-up delay and perfect routing.
+
+    ``window_s = 0`` is a clairvoyant fleet that has exactly what is in flight at every instant:
+    no policy spends less without making some request wait. ``window_s`` = the stabilisation
+    window is the least any policy can spend that obeys the same "never below the busiest moment
+    of the last window" rule and lets no request wait, however well it predicts.
+    """
+    end = requests[-1].at if requests else 0.0
+    steps = need_steps(requests, model)
+    # The trailing maximum changes only where a step begins or a step's end leaves the window.
+    ends = [steps[i + 1][0] if i + 1 < len(steps) else math.inf for i in range(len(steps))]
+    points = sorted({t for t, _ in steps} | {e + window_s for e in ends if e != math.inf})
+    total = 0.0
+    live: deque[int] = deque()  # indices of steps in the window, levels strictly falling
+    nxt = 0
+    for k, p in enumerate(points):
+        while nxt < len(steps) and steps[nxt][0] <= p:
+            while live and steps[live[-1]][1] <= steps[nxt][1]:
+                live.pop()
+            live.append(nxt)
+            nxt += 1
+        while live and ends[live[0]] <= p - window_s:
+            live.popleft()
+        level = steps[live[0]][1] if live else 0
+        a, b = max(p, start), min(points[k + 1] if k + 1 < len(points) else end, end)
+        if b > a:
+            total += level * (b - a)
     return total
+
+
+def print_bounds(setup: Setup, requests: Sequence[Request], figures: dict[str, Any]) -> dict[str, float]:
+    """What no policy can beat on this trace, to read the saving against."""
+    fixed = float(figures["fixed_peak"]["replica_minutes"])
+    oracle = bound_replica_seconds(requests, setup.model, 0.0, setup.warmup_s) / 60
+    steady = bound_replica_seconds(requests, setup.model, setup.stabilisation_s, setup.warmup_s) / 60
+    if fixed:
+        print(f"  lower bound, clairvoyant: exactly what is in flight at every instant, no start-up delay: "
+              f"{oracle:.1f} replica-minutes ({1 - oracle / fixed:.0%} below the fixed fleet)")
+        print(f"  lower bound, no request waiting and never below the busiest moment of the last "
+              f"{setup.stabilisation_s:g} s (the stabilisation rule), no start-up delay: {steady:.1f} "
+              f"replica-minutes ({1 - steady / fixed:.0%} below the fixed fleet)")
+    return {"clairvoyant": round(oracle, 1), "stabilised": round(steady, 1)}
 
 
 def describe(a: argparse.Namespace, setup: Setup, requests: Sequence[Request], what: str) -> None:
@@ -614,6 +696,31 @@ def describe(a: argparse.Namespace, setup: Setup, requests: Sequence[Request], w
           f"stabilisation {setup.stabilisation_s:g} s; SLO: first token within {setup.slo_s * 1000:g} ms")
 
 
+def smaller_fixed_fleet(setup: Setup, requests: Sequence[Request], fixed: int) -> None:
+    """The next smaller fixed fleet: what the peak fleet's last replica buys."""
+    if fixed <= 1:
+        return
+    c = FixedController(fixed - 1)
+    r = Replay(requests, setup.model, setup.timing, setup.fleet, c, min_replicas=setup.min_replicas,
+               max_replicas=setup.max_replicas, seed=setup.seed, warmup_s=setup.warmup_s, slo_s=setup.slo_s).run()
+    f = r.figures()
+    print(f"  for comparison, a fixed fleet of {fixed - 1} (one fewer): {f['replica_minutes']} replica-minutes, "
+          f"p99 {f['ttft_p99_ms']} ms, {f['slo_violations']} over the SLO")
+
+
+def replay_and_report(a: argparse.Namespace, setup: Setup, requests: Sequence[Request],
+                      title: str) -> tuple[dict[str, Any], list[Result]]:
+    results = replay_all(setup, requests)
+    figures: dict[str, Any] = print_table(results, title)
+    bounds = print_bounds(setup, requests, figures)
+    fixed = next(r for r in results if r.name == "fixed_peak").peak_replicas
+    smaller_fixed_fleet(setup, requests, fixed)
+    for line in verdict(figures):
+        print(line)
+    figures["bounds"] = bounds
+    return figures, results
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     requests = load_trace(a.trace)
@@ -621,19 +728,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         requests = [r for r in requests if r.at < a.limit_s]
     setup = setup_from(a)
     describe(a, setup, requests, f"trace {a.trace.name}")
-    results = replay_all(setup, requests)
-    figures: dict[str, Any] = print_table(results, "virtual replay of the whole trace:")
-    oracle = oracle_replica_seconds(requests, setup.model, setup.warmup_s) / 60
-    fixed = float(figures["fixed_peak"]["replica_minutes"])
-    print(f"  lower bound: a clairvoyant fleet with no start-up delay and no stabilisation needs "
-          f"{oracle:.1f} replica-minutes ({1 - oracle / fixed:.0%} below the fixed fleet)" if fixed else "")
-    for line in verdict(figures):
-        print(line)
+    figures, results = replay_and_report(a, setup, requests, "virtual replay of the whole trace:")
     if a.events:
         for r in results:
             if r.events:
                 print(f"{r.name}'s decisions:")
                 print("\n".join(f"  {e}" for e in r.events))
+    if a.day_copies > 0:
+        day = day_trace(requests, a.day_copies, a.day_trough, a.seed)
+        print()
+        describe(a, setup, day, f"a day: the trace {a.day_copies} times over, thinned to a daily curve "
+                                f"({a.day_trough:.0%} of its traffic at night, all of it at midday)")
+        figures["day"], _ = replay_and_report(a, setup, day, "virtual replay of the day:")
     if a.real:
         from autoscale_real import run_real  # only --real needs a server and its processes
 

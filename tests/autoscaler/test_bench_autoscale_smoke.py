@@ -50,9 +50,12 @@ def test_a_replay_prints_the_figures_of_each_policy_and_repeats_exactly(
     again = capsys.readouterr().out
     assert first == again, "the same input gives the same figures"
     figures = json.loads(first.strip().splitlines()[-1])
-    assert set(figures) == {"dedicate", "fixed_peak", "ray_like"}
-    for f in figures.values():
-        assert set(f) == {"replica_minutes", "ttft_p50_ms", "ttft_p99_ms", "slo_violations"}
+    assert set(figures) == {"dedicate", "fixed_peak", "ray_like", "bounds", "day"}
+    for scenario in (figures, figures["day"]):
+        for name in ("dedicate", "fixed_peak", "ray_like"):
+            assert set(scenario[name]) == {"replica_minutes", "ttft_p50_ms", "ttft_p99_ms", "slo_violations"}
+        bounds = scenario["bounds"]
+        assert bounds["clairvoyant"] <= bounds["stabilised"] <= scenario["fixed_peak"]["replica_minutes"]
     assert figures["dedicate"]["replica_minutes"] < figures["fixed_peak"]["replica_minutes"], \
         "the burst's replicas are given back in the silence after it"
     assert "→" in first, "dedicate's decisions are printed with --events"
@@ -65,3 +68,26 @@ def test_the_azure_trace_loads_when_it_is_there() -> None:
     requests = bench.load_trace(bench.DEFAULT_TRACE)
     assert len(requests) == 19366 and requests[0].at == 0.0
     assert all(a.at <= b.at for a, b in itertools.pairwise(requests))
+
+
+def test_the_bounds_hold_exactly_what_is_in_flight_or_the_busiest_moment_of_the_window() -> None:
+    bench = load_bench()
+    one_stream = bench.ReplicaModel(ttft_s=0.0, tokens_per_s=1.0, max_streams=1)
+    # In flight: 1 on [0, 5), 2 on [5, 10), 1 on [10, 15), none until the last request at 100.
+    requests = [bench.Request(0.0, 1, 10), bench.Request(5.0, 1, 10), bench.Request(100.0, 1, 1)]
+    assert bench.bound_replica_seconds(requests, one_stream) == 5 + 2 * 5 + 5
+    # Held for 30 s after each moment: 1 on [0, 5), 2 on [5, 40), 1 on [40, 45).
+    assert bench.bound_replica_seconds(requests, one_stream, window_s=30.0) == 5 + 2 * 35 + 5
+    assert bench.bound_replica_seconds(requests, one_stream, window_s=30.0, start=20.0) == 2 * 20 + 5
+
+
+def test_a_day_repeats_the_trace_thinner_at_night_and_the_same_each_time() -> None:
+    bench = load_bench()
+    hour = [bench.Request(i * 0.5, 100, 10) for i in range(7200)]  # one every half second for an hour
+    day = bench.day_trace(hour, copies=24, trough=0.2, seed=3)
+    assert day == bench.day_trace(hour, copies=24, trough=0.2, seed=3)
+    span = hour[-1].at
+    night = sum(1 for r in day if r.at < span)
+    midday = sum(1 for r in day if 11 * span <= r.at < 12 * span)
+    assert 0.15 * len(hour) < night < 0.3 * len(hour) and midday > 0.95 * len(hour)
+    assert all(a.at <= b.at for a, b in itertools.pairwise(day))
