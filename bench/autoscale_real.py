@@ -197,8 +197,9 @@ def run_policy(policy: str, a: argparse.Namespace, setup: Setup, fixed: int, req
             wall_end = wall_start + requests[-1].at
             events = [e["message"] for e in c.get(f"/v1/endpoints/{endpoint_id}/events").json()["data"]
                       if e["kind"] == "scaled"]
+            peak = max([fixed] + [int(m.split(" → ", 1)[1].split(":", 1)[0]) for m in events if " → " in m])
             result = Result(policy, billed_seconds(c, endpoint_id, wall_start, wall_end), ttfts, setup.slo_s,
-                            len(events), 0, events)
+                            len(events), peak, events)
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -80,7 +80,7 @@ def test_requests_held_by_the_gateway_count_as_load_and_are_named() -> None:
 def test_a_burst_between_two_reports_counts_through_its_peak() -> None:
     d = decide(Inputs(desired=2, in_flight=3, ready=2, peak_load=12), PolicyState(), T0, config(target=4))
     assert d.desired == 3
-    assert d.explanation == "2 → 3: up to 12 in flight at once since the last report (in-flight 3 now) " \
+    assert d.explanation == "2 → 3: in-flight 3, 12 at the busiest since the last report, " \
                             "over target 4 per replica"
     assert recommend(Inputs(desired=2, in_flight=5, held=2, peak_load=3), config(target=4)).replicas == 2, \
         "a peak below what is in flight now is stale"

@@ -144,8 +144,8 @@ def test_a_burst_the_gateway_saw_between_two_writes_scales_up_though_it_is_over(
     f.load(e, 1, peak=7)
     f.scale()
     assert f.ep(e)["desired"] == 4
-    assert f.events(e, "scaled") == ["1 → 4: up to 7 in flight at once since the last report "
-                                     "(in-flight 1 now) over target 2 per replica"]
+    assert f.events(e, "scaled") == ["1 → 4: in-flight 1, 7 at the busiest since the last report, "
+                                     "over target 2 per replica"]
 
 
 def test_the_signals_of_every_gateway_process_are_summed_and_stale_ones_ignored(tmp_path: Path) -> None:

@@ -183,7 +183,8 @@ def test_load_scales_up_with_the_reason_then_down_after_the_window(clocked: Cloc
         got = s.wait(ep["id"], ready(3, desired=3), "scaled to 3 replicas under 6 requests in flight")
     assert load.results == [200] * 6
     scaled = s.events(ep["id"], "scaled")
-    assert scaled and all(re.fullmatch(r"\d → \d: in-flight \d+( and \d+ held by the gateway)? over target 2 "
+    assert scaled and all(re.fullmatch(r"\d → \d: in-flight \d+( and \d+ held by the gateway)?"
+                                       r"(, \d+ at the busiest since the last report,)? over target 2 "
                                        r"per replica", m) for m in scaled), scaled
     assert got["autoscaler"]["last_decision"]["to"] == 3
     assert got["autoscaling"]["target_concurrency"] == 2

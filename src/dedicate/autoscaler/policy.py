@@ -150,7 +150,7 @@ def recommend(i: Inputs, c: PolicyConfig) -> Recommendation:
     else:
         words = f"in-flight {i.in_flight}" + (f" and {i.held} held by the gateway" if i.held else "")
         if i.load > i.in_flight + i.held:
-            words = f"up to {i.load} in flight at once since the last report ({words} now)"
+            words = f"{words}, {i.load} at the busiest since the last report,"
         best = Recommendation(math.ceil(i.load / target - 1e-9), f"{words} over {per}")
     if i.engine_waiting and i.ready > 0 and i.engine_waiting >= i.ready:
         # At least one waiting per ready replica: the engines are full, not merely unevenly loaded.
