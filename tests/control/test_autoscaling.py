@@ -302,6 +302,7 @@ def test_min_zero_runs_started_with_no_replica_and_scales_from_zero_on_a_held_re
     f.settle()
     got = f.ep(e)
     assert (got["state"], got["desired"], got["running"]) == ("STARTED", 0, 0), "running, costing nothing"
+    assert got["message"] == "scaled to zero: no replica runs and nothing is billed; the next request starts one"
     f.run_for(2, {e: (0, 1)})  # the gateway holds the first request
     got = f.ep(e)
     assert got["desired"] == 1 and got["running"] == 1 and got["state"] == "STARTED"

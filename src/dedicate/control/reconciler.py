@@ -553,6 +553,8 @@ class Reconciler:
         why = self._unplaceable.get(ep.id, "waiting for capacity")
         if position is not None and position > 0:
             return f"queued: position {position} for {c.queued} replica(s) of {shape}; {why}"
+        if c.desired == 0 and c.live == 0 and not c.queued:
+            return "scaled to zero: no replica runs and nothing is billed; the next request starts one"
         parts = [f"{c.ready} of {c.desired} replicas ready"]
         if c.starting:
             parts.append(f"{c.starting} starting")
