@@ -218,7 +218,7 @@ def serve(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         parts = build_parts(settings)
-    except ValueError as exc:  # a config table read late ([autoscaling], [gpu]) is still a config error
+    except ValueError as exc:  # [gpu], read by the runtime's GPU discovery, is still a config error
         raise ConfigError(str(exc)) from exc
     secret = ensure_admin_key(parts.store, settings.data_dir, parts.clock)
     sock = bind(settings.host, settings.port)

@@ -26,13 +26,7 @@ def error_response(status: int, message: str, *, type_: str, code: str | None,
 
 
 def from_exception(exc: DedicateError) -> JSONResponse:
-    headers = {}
-    if exc.should_retry is False:
-        headers["x-should-retry"] = "false"
-    if exc.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, int(exc.retry_after_s + 0.999)))
-    return error_response(exc.status, exc.message, type_=exc.type, code=exc.code,
-                          param=exc.param, headers=headers)
+    return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.hint_headers())
 
 
 def install(app: FastAPI) -> None:

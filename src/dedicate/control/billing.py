@@ -63,18 +63,17 @@ class Billing:
         lines = usage(self.store.intervals(owner=who, start=lo, end=hi), lo, hi)
         # Tokens are counted per UTC day by the gateways: whole days that touch the period.
         tokens = self.store.token_usage(who, f"{lo:%Y-%m-%d}", f"{hi:%Y-%m-%d}")
-        data = [{"object": "usage", "endpoint": line.endpoint_id, "endpoint_name": names.get(line.endpoint_id),
-                 "hardware": line.hardware, "replica_seconds": fmt_fraction(line.replica_seconds),
-                 "replica_minutes": fmt_fraction(line.replica_minutes), "cents": str(line.cents),
-                 "requests": tokens.get(line.endpoint_id, (0, 0, 0))[0],
-                 "tokens_in": tokens.get(line.endpoint_id, (0, 0, 0))[1],
-                 "tokens_out": tokens.get(line.endpoint_id, (0, 0, 0))[2]}
-                for line in lines]
+
+        def row(eid: str, hardware: str | None, seconds: str, minutes: str, cents: str) -> dict[str, Any]:
+            requests, tokens_in, tokens_out = tokens.get(eid, (0, 0, 0))
+            return {"object": "usage", "endpoint": eid, "endpoint_name": names.get(eid), "hardware": hardware,
+                    "replica_seconds": seconds, "replica_minutes": minutes, "cents": cents,
+                    "requests": requests, "tokens_in": tokens_in, "tokens_out": tokens_out}
+
+        data = [row(line.endpoint_id, line.hardware, fmt_fraction(line.replica_seconds),
+                    fmt_fraction(line.replica_minutes), str(line.cents)) for line in lines]
         billed = {line.endpoint_id for line in lines}
-        data += [{"object": "usage", "endpoint": eid, "endpoint_name": names.get(eid), "hardware": None,
-                  "replica_seconds": "0.000000", "replica_minutes": "0.000000", "cents": "0",
-                  "requests": r, "tokens_in": ti, "tokens_out": to}
-                 for eid, (r, ti, to) in sorted(tokens.items()) if eid not in billed]
+        data += [row(eid, None, "0.000000", "0.000000", "0") for eid in sorted(tokens) if eid not in billed]
         return {"object": "list", "owner": who, "start": lo.isoformat(), "end": hi.isoformat(), "data": data,
                 "total_cents": str(sum((line.cents for line in lines), Decimal(0)))}
 

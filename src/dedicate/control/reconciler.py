@@ -349,7 +349,7 @@ class Reconciler:
         live = await asyncio.to_thread(self.store.live_replicas)
         for ep in endpoints:
             active = [r for r in live if r.endpoint_id == ep.id and r.facts.stop_requested_at is None]
-            desired = min(max(ep.desired_replicas, ep.min_replicas), ep.max_replicas) if self._should_run(ep) else 0
+            desired = ep.within_bounds(ep.desired_replicas) if self._should_run(ep) else 0
             if len(active) > desired:
                 await self._request_stops(ep, active, len(active) - desired, now)
         live = await asyncio.to_thread(self.store.live_replicas)
@@ -380,7 +380,7 @@ class Reconciler:
             demands.append(Demand(
                 endpoint_id=ep.id, owner=ep.owner, pool=hw.gpu_type, gpus=hw.gpu_count,
                 min_replicas=ep.min_replicas, active=len(active),
-                desired=min(max(ep.desired_replicas, ep.min_replicas), ep.max_replicas),
+                desired=ep.within_bounds(ep.desired_replicas),
                 min_queued_at=ep.min_queued_at, created_at=ep.created_at, quota_applies=not hw.is_cpu,
                 surplus=tuple(SurplusReplica(r.id, r.node or "", tuple(int(x) for x in r.slots.split(",") if x))
                               for r in surplus),

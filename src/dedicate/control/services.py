@@ -398,7 +398,7 @@ class Services:
             ep = self.store.get_endpoint(endpoint_id)
             if ep is None:
                 raise NotFound(f"endpoint {endpoint_id!r} not found", code="endpoint_not_found")
-            target = min(max(replicas, ep.min_replicas), ep.max_replicas)
+            target = ep.within_bounds(replicas)
             if target == ep.desired_replicas:
                 return ep
             event = ("scaled", f"desired replicas {ep.desired_replicas} → {target}: {reason}")

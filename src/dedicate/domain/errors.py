@@ -2,7 +2,8 @@
 
 Every error a user can cause is a :class:`DedicateError` subclass with an HTTP
 status, a machine code and a message that says what to do next. Faces map
-them at one boundary (``api/errors.py``); nothing below the faces knows HTTP.
+them at one boundary (``api/errors.py``, and the gateway's own ASGI front) with
+``envelope`` and ``hint_headers``, so both answer alike.
 
     DedicateError
     ├── InvalidRequest          400  invalid_request_error
@@ -42,6 +43,19 @@ class DedicateError(Exception):
         if code is not None:
             self.code = code
         self.retry_after_s = retry_after_s
+
+    def envelope(self) -> dict[str, dict[str, str | None]]:
+        """The body every face answers with (the OpenAI and Together shape)."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def hint_headers(self) -> dict[str, str]:
+        """``x-should-retry: false`` where retrying cannot help; ``retry-after`` (whole seconds) where it can."""
+        headers = {}
+        if self.should_retry is False:
+            headers["x-should-retry"] = "false"
+        if self.retry_after_s is not None:
+            headers["retry-after"] = str(max(1, int(self.retry_after_s + 0.999)))
+        return headers
 
 
 class InvalidRequest(DedicateError):

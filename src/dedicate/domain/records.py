@@ -42,6 +42,10 @@ class Endpoint:
     autoscale_state: str | None = None
     last_request_at: datetime | None = None
 
+    def within_bounds(self, replicas: int) -> int:
+        """``replicas`` clamped to [min_replicas, max_replicas]."""
+        return min(max(replicas, self.min_replicas), self.max_replicas)
+
 
 @dataclass(frozen=True)
 class Replica:

@@ -57,15 +57,9 @@ class PayloadTooLarge(InvalidRequest):
 
 
 def error_body(exc: DedicateError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The error envelope the management API also answers with (``api/errors.py``)."""
-    headers = list(JSON_HEADERS)
-    if exc.should_retry is False:
-        headers.append((b"x-should-retry", b"false"))
-    if exc.retry_after_s is not None:
-        headers.append((b"retry-after", str(max(1, int(exc.retry_after_s + 0.999))).encode()))
-    body = json.dumps({"error": {"message": exc.message, "type": exc.type, "param": exc.param,
-                                 "code": exc.code}}).encode()
-    return exc.status, headers, body
+    """The error envelope and hints the management API also answers with (``api/errors.py``)."""
+    headers = JSON_HEADERS + [(k.encode(), v.encode()) for k, v in exc.hint_headers().items()]
+    return exc.status, headers, json.dumps(exc.envelope()).encode()
 
 
 def _not_found(name: str) -> NotFound:

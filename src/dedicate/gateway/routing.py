@@ -75,11 +75,10 @@ class Route:
 
 
 class Snapshot:
-    __slots__ = ("by_id", "routes", "taken_at")
+    __slots__ = ("routes", "taken_at")
 
     def __init__(self, routes: dict[str, Route] | None = None, taken_at: float = float("-inf")) -> None:
         self.routes = routes or {}
-        self.by_id = {r.endpoint.id: r for r in self.routes.values()}
         self.taken_at = taken_at
 
 
