@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import tomllib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dedicate.domain.catalog import (
     DEFAULT_CPU_CENTS_PER_MINUTE,
@@ -62,30 +63,55 @@ class GatewaySettings:
     signals_interval_s: float = 2.0
 
 
-def _gateway(raw: dict[str, Any]) -> GatewaySettings:
+@dataclass(frozen=True)
+class AutoscalingSettings:
+    """The ``[autoscaling]`` table (docs/autoscaling.md)."""
+
+    interval_s: float = 2.0  # one pass
+    stabilisation_s: float = 300.0  # scale-down stabilisation window
+    kv_cache_target: float = 0.8
+    signal_fresh_s: float = 15.0  # gateway signal rows older than this are ignored
+    scrape_engines: bool = True  # read the engines' /metrics for queue and KV-cache figures
+
+    @property
+    def bucket_s(self) -> float:
+        return min(10.0, self.stabilisation_s / 30)
+
+
+T = TypeVar("T")
+
+
+def _table(name: str, raw: object, cls: type[T], *, at_least_one: Collection[str] = (),
+           positive: Collection[str] = (), at_most: Mapping[str, tuple[float, str]] | None = None) -> T:
+    """A config table read into a frozen dataclass of defaults: each value checked by its default's type.
+
+    Unknown names are refused (a typo must not be silently ignored). Whole numbers are at least 0, or
+    1 for ``at_least_one``; other numbers at least 0, or above 0 for ``positive``; ``at_most`` caps a
+    number, with the reason to say.
+    """
     if not isinstance(raw, dict):
-        raise ConfigError("[gateway] must be a table")
-    fields = GatewaySettings.__dataclass_fields__
-    unknown = sorted(set(raw) - set(fields))
+        raise ConfigError(f"[{name}] must be a table")
+    known = set(getattr(cls, "__dataclass_fields__", {}))
+    unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"gateway: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        raise ConfigError(f"{name}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    caps = at_most or {}
     values: dict[str, Any] = {}
-    for name, value in raw.items():
-        default = getattr(GatewaySettings, name)
-        where = f"gateway.{name}"
+    for key, value in raw.items():
+        default = getattr(cls, key)
+        where = f"{name}.{key}"
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: must be true or false")
-            values[name] = value
+            values[key] = value
         elif isinstance(default, int):
-            values[name] = _int(value, where, 1 if name in ("max_tries", "queue_size", "max_body_bytes",
-                                                            "failures_to_eject") else 0)
+            values[key] = _int(value, where, 1 if key in at_least_one else 0)
         else:
-            number = _float_or_zero(value, where)
-            if name == "key_cache_ttl_s" and number > 1.0:
-                raise ConfigError(f"{where}: at most 1 second, so a revoked key fails within a second")
-            values[name] = number
-    return GatewaySettings(**values)
+            number = _float(value, where) if key in positive else _float_or_zero(value, where)
+            if key in caps and number > caps[key][0]:
+                raise ConfigError(f"{where}: at most {caps[key][0]:g}{caps[key][1]}, got {number:g}")
+            values[key] = number
+    return cls(**values)
 
 
 def _float_or_zero(value: object, where: str) -> float:
@@ -113,6 +139,7 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
     declared_nodes: tuple[Node, ...] = ()
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
 
     @property
     def replicas_dir(self) -> Path:
@@ -276,5 +303,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         reconcile_interval_s=_float(timing.get("reconcile_interval_s", 1.0), "timing.reconcile_interval_s"),
         extra=raw,
         declared_nodes=tuple(declared),
-        gateway=_gateway(raw.get("gateway", {})),
+        gateway=_table("gateway", raw.get("gateway", {}), GatewaySettings,
+                       at_least_one=("max_tries", "queue_size", "max_body_bytes", "failures_to_eject"),
+                       at_most={"key_cache_ttl_s": (1.0, " second, so a revoked key fails within a second")}),
+        autoscaling=_table("autoscaling", raw.get("autoscaling", {}), AutoscalingSettings,
+                           positive=("interval_s", "stabilisation_s", "kv_cache_target", "signal_fresh_s"),
+                           at_most={"kv_cache_target": (1.0, " (a share of the KV cache)")}),
     )

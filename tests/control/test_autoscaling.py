@@ -37,8 +37,7 @@ WINDOW_S = 300
 class Fleet:
     """One node of H100 slots (declared, as in the capacity tests), a reconciler and an autoscaler."""
 
-    def __init__(self, tmp_path: Path, gpus: int = 8, extra: dict[str, Any] | None = None,
-                 db_url: str | None = None) -> None:
+    def __init__(self, tmp_path: Path, gpus: int = 8, db_url: str | None = None) -> None:
         base = load_settings({"DEDICATE_DATA_DIR": str(tmp_path)})
         model = ModelSpec(TINY_CHAT, "tiny", 0.0005, 2048, "float32", 2, 2, 16, ("transformers",),
                           source=str(tmp_path / "weights"))
@@ -46,7 +45,7 @@ class Fleet:
                   for n in (1, 2, 4, 8)]
         catalog = Catalog.build([*shapes, cpu_hardware(12, Decimal("0.05"), "transformers")], [model],
                                 ["transformers"])
-        self.settings = replace(base, catalog=catalog, extra={**base.extra, **(extra or {})})
+        self.settings = replace(base, catalog=catalog)
         engine = make_engine(db_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
         migrate(engine)
         self.store = Store(engine)
@@ -407,10 +406,17 @@ def test_only_the_lease_holder_scales_and_a_stale_one_cannot_write(tmp_path: Pat
 
 
 def test_autoscaling_settings_are_checked(tmp_path: Path) -> None:
-    from dedicate.control.autoscaling import autoscaling_settings
-
-    f = Fleet(tmp_path, extra={"autoscaling": {"stabilisation_s": 60, "interval_s": 1}})
-    assert autoscaling_settings(f.settings).stabilisation_s == 60
-    for bad in ({"stabilisation_s": 0}, {"kv_cache_target": 2}, {"interval_s": "soon"}, {"scrape_engines": 1}):
+    cfg = tmp_path / "c.toml"
+    env = {"DEDICATE_CONFIG": str(cfg), "DEDICATE_DATA_DIR": str(tmp_path)}
+    cfg.write_text("[autoscaling]\nstabilisation_s = 60\ninterval_s = 1\n")
+    settings = load_settings(env)
+    assert settings.autoscaling.stabilisation_s == 60
+    f = Fleet(tmp_path)
+    auto = Autoscaler(f.store, replace(f.settings, autoscaling=settings.autoscaling), f.clock, f.runtime.nodes,
+                      leader=lambda: None, wake=lambda: None)
+    assert auto.config.stabilisation_s == 60, "the autoscaler runs on the table it was given"
+    for bad in ('stabilisation_s = 0', 'kv_cache_target = 2', 'interval_s = "soon"', 'scrape_engines = 1',
+                'stabilisaton_s = 60'):
+        cfg.write_text(f"[autoscaling]\n{bad}\n")
         with pytest.raises(ConfigError):
-            autoscaling_settings(replace(f.settings, extra={"autoscaling": bad}))
+            load_settings(env)

@@ -27,7 +27,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import httpx
 
@@ -39,48 +38,10 @@ from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.records import Endpoint, EndpointSignals, Replica
 from dedicate.domain.replicas import ReplicaStatus
 from dedicate.runtimes.base import Node
-from dedicate.settings import ConfigError, Settings
+from dedicate.settings import Settings
 from dedicate.store.repos import StaleLease, Store
 
 log = logging.getLogger("dedicate.autoscaler")
-
-
-@dataclass(frozen=True)
-class AutoscalingSettings:
-    """``[autoscaling]`` in the config file."""
-
-    interval_s: float = 2.0  # one pass
-    stabilisation_s: float = 300.0  # scale-down stabilisation window
-    kv_cache_target: float = 0.8
-    signal_fresh_s: float = 15.0  # gateway signal rows older than this are ignored
-    scrape_engines: bool = True  # read the engines' /metrics for queue and KV-cache figures
-
-    @property
-    def bucket_s(self) -> float:
-        return min(10.0, self.stabilisation_s / 30)
-
-
-def autoscaling_settings(settings: Settings) -> AutoscalingSettings:
-    raw = settings.extra.get("autoscaling", {})
-    if not isinstance(raw, dict):
-        raise ConfigError("[autoscaling] must be a table")
-    defaults = AutoscalingSettings()
-    values: dict[str, Any] = {}
-    for name in ("interval_s", "stabilisation_s", "kv_cache_target", "signal_fresh_s"):
-        if name in raw:
-            try:
-                x = float(raw[name])
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"autoscaling.{name}: {raw[name]!r} is not a number") from exc
-            if x <= 0 or (name == "kv_cache_target" and x > 1):
-                raise ConfigError(f"autoscaling.{name}: must be positive"
-                                  + (" and at most 1" if name == "kv_cache_target" else "") + f", got {x}")
-            values[name] = x
-    if "scrape_engines" in raw:
-        if not isinstance(raw["scrape_engines"], bool):
-            raise ConfigError("autoscaling.scrape_engines: must be true or false")
-        values["scrape_engines"] = raw["scrape_engines"]
-    return AutoscalingSettings(**{**defaults.__dict__, **values})
 
 
 def target_for(settings: Settings, nodes: Sequence[Node], ep: Endpoint) -> Target:
@@ -142,7 +103,7 @@ class Autoscaler:
         """``leader`` gives the fenced store while this process holds the reconciler lease, else None."""
         self.store = store
         self.settings = settings
-        self.config = autoscaling_settings(settings)
+        self.config = settings.autoscaling
         self.clock = clock
         self.nodes = nodes
         self.leader = leader
