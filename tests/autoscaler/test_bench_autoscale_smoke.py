@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "autoscale.py"
-
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_autoscale", BENCH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+from tests.bench_files import load_bench
 
 
 def write_trace(path: Path) -> Path:
@@ -41,7 +26,7 @@ def write_trace(path: Path) -> Path:
 
 def test_a_replay_prints_the_figures_of_each_policy_and_repeats_exactly(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bench = load_bench()
+    bench = load_bench("autoscale")
     trace = write_trace(tmp_path / "trace.csv")
     args = ["--trace", str(trace), "--startup-s", "10", "--events"]
     bench.main(args)
@@ -62,7 +47,7 @@ def test_a_replay_prints_the_figures_of_each_policy_and_repeats_exactly(
 
 
 def test_the_azure_trace_loads_when_it_is_there() -> None:
-    bench = load_bench()
+    bench = load_bench("autoscale")
     if not bench.DEFAULT_TRACE.exists():
         pytest.skip("the shared trace is not present")
     requests = bench.load_trace(bench.DEFAULT_TRACE)
@@ -71,7 +56,7 @@ def test_the_azure_trace_loads_when_it_is_there() -> None:
 
 
 def test_the_bounds_hold_exactly_what_is_in_flight_or_the_busiest_moment_of_the_window() -> None:
-    bench = load_bench()
+    bench = load_bench("autoscale")
     one_stream = bench.ReplicaModel(ttft_s=0.0, tokens_per_s=1.0, max_streams=1)
     # In flight: 1 on [0, 5), 2 on [5, 10), 1 on [10, 15), none until the last request at 100.
     requests = [bench.Request(0.0, 1, 10), bench.Request(5.0, 1, 10), bench.Request(100.0, 1, 1)]
@@ -82,7 +67,7 @@ def test_the_bounds_hold_exactly_what_is_in_flight_or_the_busiest_moment_of_the_
 
 
 def test_a_day_repeats_the_trace_thinner_at_night_and_the_same_each_time() -> None:
-    bench = load_bench()
+    bench = load_bench("autoscale")
     hour = [bench.Request(i * 0.5, 100, 10) for i in range(7200)]  # one every half second for an hour
     day = bench.day_trace(hour, copies=24, trough=0.2, seed=3)
     assert day == bench.day_trace(hour, copies=24, trough=0.2, seed=3)

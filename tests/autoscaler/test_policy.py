@@ -32,14 +32,17 @@ class Run:
     state_json: str | None = None
     t: float = 0.0
     capacity: int = 10**6  # replicas that can run at once; the rest stay queued
+    persist: bool = True  # through JSON on every pass, as the control loop does; else kept in memory
+    state: PolicyState = field(default_factory=PolicyState)
     history: list[tuple[float, int]] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)
 
     def step(self, in_flight: int, held: int = 0, **extra: object) -> int:
         ready = min(self.desired, self.capacity)
         inputs = Inputs(desired=self.desired, in_flight=in_flight, held=held, ready=ready, **extra)  # type: ignore[arg-type]
-        d = decide(inputs, PolicyState.from_json(self.state_json), T0 + timedelta(seconds=self.t), self.cfg)
-        self.state_json = d.state.to_json()  # persisted and read back, as the control loop does
+        state = PolicyState.from_json(self.state_json) if self.persist else self.state
+        d = decide(inputs, state, T0 + timedelta(seconds=self.t), self.cfg)
+        self.state, self.state_json = d.state, d.state.to_json()
         if d.explanation is not None:
             assert d.desired != self.desired
             self.events.append((self.t, d.explanation))
@@ -270,7 +273,7 @@ def test_a_nearly_full_kv_cache_asks_for_more_replicas() -> None:
 
 
 def test_a_restart_in_the_middle_of_a_window_forgets_nothing() -> None:
-    continuous = Run(config(target=10), desired=1)
+    continuous = Run(config(target=10), desired=1, persist=False)  # never stored: its memory is the truth
     continuous.run(30, lambda t: 70)
     continuous.run(200, lambda t: 10)
     restarted = Run(config(target=10), desired=continuous.desired, state_json=continuous.state_json,

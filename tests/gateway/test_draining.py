@@ -52,13 +52,20 @@ def test_scaling_down_from_four_to_two_under_load_loses_no_request() -> None:
                 assert all(e.metrics.requests_total > 0 for e in engines), "all four served before the scale-down"
                 # the reconciler's scale-down: the replicas are marked stopping, then told to drain (SIGTERM)
                 world.replicas = world.replicas[:2] + [stopping(r) for r in world.replicas[2:]]
+
+                def routed_to_the_two_left() -> bool:
+                    route = gw.table.snapshot.routes[ep.name]
+                    return ({t.replica_id for t in route.targets} == {"r-0", "r-1"}
+                            and not {"r-2", "r-3"} & set(gw.table.states))  # none of ours still running there
+
+                await eventually(routed_to_the_two_left)
+                served_before = [e.metrics.requests_total for e in engines[2:]]
                 for e in engines[2:]:
                     e.drain(grace_s=30)
                 await eventually(lambda: all(e.admission.running == 0 and e.admission.waiting == 0
                                              for e in engines[2:]))
                 for stack in servers[2:]:
                     await stack.aclose()  # the processes exit: from now on, connections are refused
-                served_before = [e.metrics.requests_total for e in engines[2:]]
                 at_scale_down = len(outcomes)
                 await eventually(lambda: len(outcomes) >= at_scale_down + 150)
                 stop.set()
@@ -66,7 +73,8 @@ def test_scaling_down_from_four_to_two_under_load_loses_no_request() -> None:
             bad = [o for o in outcomes if o != "ok"]
             assert bad == [], bad[:5]
             assert sum(e.metrics.requests_total for e in engines) == len(outcomes), "each request served once"
-            assert [e.metrics.requests_total for e in engines[2:]] == served_before, "no work after the drain"
+            assert [e.metrics.requests_total for e in engines[2:]] == served_before, \
+                "no work once the gateway dropped them"
             assert all(s.in_flight == 0 for s in gw.table.states.values())
             counters = gw.signals.endpoints[ep.id]
             assert (counters.requests, counters.errors, counters.in_flight) == (len(outcomes), 0, 0)

@@ -43,7 +43,7 @@ def test_scaled_to_zero_holds_and_counts_as_queued_then_503_with_retry_after() -
     async def scenario() -> None:
         ep = make_endpoint(desired=0)
         world = World([ep], [])
-        cfg = GatewaySettings(hold_s=0.5, retry_after_s=7)
+        cfg = GatewaySettings(hold_s=3, retry_after_s=7)  # long enough to be seen held
         async with gateway(world, cfg) as (gw, c):
             task = asyncio.ensure_future(c.post("/v1/chat/completions", json=chat()))
             await eventually(lambda: ep.id in gw.signals.endpoints and gw.signals.endpoints[ep.id].queued == 1)
@@ -77,15 +77,16 @@ def test_a_full_queue_answers_429_with_retry_after() -> None:
 def test_a_stopped_endpoint_answers_endpoint_stopped_at_once() -> None:
     async def scenario() -> None:
         r = FakeReplica("a")
-        for intent, state in ((Intent.STOP, EndpointState.STOPPED), (Intent.STOP, EndpointState.STOPPING),
-                              (Intent.STOP, EndpointState.STARTED)):
-            ep = make_endpoint(intent=intent, state=state)
-            world = World([ep], [make_replica("r-a", ep, "http://127.0.0.1:1")])
-            async with replicas(r), gateway(world, GatewaySettings(hold_s=60)) as (_gw, c):
-                resp = await c.post("/v1/chat/completions", json=chat())
-                assert resp.status_code == 400
-                err = resp.json()["error"]
-                assert err["code"] == "endpoint_stopped" and "start it" in err["message"]
-                assert resp.headers["x-should-retry"] == "false"
+        async with replicas(r):  # a live replica the gateway could reach, and must not
+            for intent, state in ((Intent.STOP, EndpointState.STOPPED), (Intent.STOP, EndpointState.STOPPING),
+                                  (Intent.STOP, EndpointState.STARTED)):
+                ep = make_endpoint(intent=intent, state=state)
+                world = World([ep], [make_replica("r-a", ep, r.url)])
+                async with gateway(world, GatewaySettings(hold_s=60)) as (_gw, c):
+                    resp = await c.post("/v1/chat/completions", json=chat())
+                    assert resp.status_code == 400
+                    err = resp.json()["error"]
+                    assert err["code"] == "endpoint_stopped" and "start it" in err["message"]
+                    assert resp.headers["x-should-retry"] == "false"
         assert r.calls == 0
     run(scenario())

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "scheduler.py"
-
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_scheduler", BENCH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+from tests.bench_files import load_bench
 
 
 def test_benchmark_on_a_tiny_fleet_prints_its_figures_and_both_implementations_place_the_same(
         capsys: pytest.CaptureFixture[str]) -> None:
-    bench = load_bench()
+    bench = load_bench("scheduler")
     bench.main(["--nodes", "50", "--replicas", "200", "--naive-subset", "200", "--plan-demands", "100",
                 "--seed", "3"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
