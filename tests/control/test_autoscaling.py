@@ -6,61 +6,34 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dedicate.clock import ManualClock
 from dedicate.control.auth import Principal
 from dedicate.control.autoscaling import Autoscaler, EngineSample, parse_engine_metrics
 from dedicate.control.reconciler import Reconciler
-from dedicate.control.services import Services
-from dedicate.domain.catalog import Catalog, cpu_hardware, hardware_from_config
 from dedicate.domain.errors import InvalidRequest
-from dedicate.domain.models import TINY_CHAT, ModelSpec
+from dedicate.domain.models import TINY_CHAT
 from dedicate.domain.records import EndpointSignals, Replica
-from dedicate.runtimes.base import Node
-from dedicate.runtimes.fake import FakeRuntime
 from dedicate.settings import ConfigError, load_settings
-from dedicate.store.db import make_engine, migrate
-from dedicate.store.repos import StaleLease, Store
+from dedicate.store.repos import StaleLease
+from tests.control.test_capacity import ADMIN, ALICE, BOB, h100_node
+from tests.control.test_capacity import Fleet as CapacityFleet
 
-ALICE = Principal("alice", False, "k1")
-BOB = Principal("bob", False, "k2")
-ADMIN = Principal("admin", True, "k0")
 WINDOW_S = 300
 
 
-class Fleet:
-    """One node of H100 slots (declared, as in the capacity tests), a reconciler and an autoscaler."""
+class Fleet(CapacityFleet):
+    """The capacity tests' fleet on one node of H100 slots, with an autoscaler whose engines report
+    what ``engines`` says."""
 
     def __init__(self, tmp_path: Path, gpus: int = 8, db_url: str | None = None) -> None:
-        base = load_settings({"DEDICATE_DATA_DIR": str(tmp_path)})
-        model = ModelSpec(TINY_CHAT, "tiny", 0.0005, 2048, "float32", 2, 2, 16, ("transformers",),
-                          source=str(tmp_path / "weights"))
-        shapes = [hardware_from_config(f"{n}x_nvidia_h100_80gb_sxm", Decimal("5.6") * n, "transformers", 12)
-                  for n in (1, 2, 4, 8)]
-        catalog = Catalog.build([*shapes, cpu_hardware(12, Decimal("0.05"), "transformers")], [model],
-                                ["transformers"])
-        self.settings = replace(base, catalog=catalog)
-        engine = make_engine(db_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
-        migrate(engine)
-        self.store = Store(engine)
-        self.clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
-        self.runtime = FakeRuntime([Node("node-a", "h100-80gb", gpus, declared=True, engine="transformers")])
-        self.rec = self.reconciler()
-        self.svc = Services(self.store, self.settings, self.clock, self.runtime.nodes, lambda: None)
+        super().__init__(tmp_path, [h100_node(gpus=gpus)], db_url=db_url)
         self.engines: dict[str, EngineSample] = {}  # what each replica's /metrics says, by replica id
         self.auto = self.autoscaler()
-
-    def reconciler(self) -> Reconciler:
-        async def probe(port: int) -> bool:
-            return True
-
-        return Reconciler(self.store, self.runtime, self.settings, self.clock, probe=probe)
 
     def autoscaler(self, rec: Reconciler | None = None) -> Autoscaler:
         r = rec or self.rec
@@ -71,19 +44,11 @@ class Fleet:
         return Autoscaler(self.store, self.settings, self.clock, self.runtime.nodes,
                           leader=lambda: r.store if r.is_leader else None, wake=lambda: None, scrape=scrape)
 
-    def create(self, who: Principal, min_r: int, max_r: int, **extra: Any) -> str:
+    def create(self, who: Principal, min_r: int, max_r: int, **extra: Any) -> str:  # type: ignore[override]
+        """One 1-GPU endpoint between the bounds (the capacity fleet's ``create`` takes a GPU count)."""
         auto = {"min_replicas": min_r, "max_replicas": max_r, **extra.pop("autoscaling", {})}
         return self.svc.create(who, {"model": TINY_CHAT, "hardware": "1x_nvidia_h100_80gb_sxm",
                                      "autoscaling": auto, **extra}, dry_run=False).endpoint.id
-
-    def settle(self, passes: int = 4) -> None:
-        async def run() -> None:
-            for _ in range(passes):
-                self.clock.advance(1)
-                await self.rec.pass_once()
-                await self.rec.settle()
-
-        asyncio.run(run())
 
     def load(self, endpoint_id: str, in_flight: int, queued: int = 0, gateway: str = "gw-1",
              last_request_at: datetime | None = None, peak: int = 0) -> None:
