@@ -92,29 +92,40 @@ class Clocked:
 
     def wait(self, endpoint_id: str, pred: Callable[[dict[str, Any]], bool], what: str,
              timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            last = self.get(endpoint_id)
-            if pred(last):
-                return last
-            time.sleep(0.1)
-        raise AssertionError(f"endpoint never {what}: {json.dumps(last)}\n{self.server.log_tail()}")
+        return self.server.wait_for(endpoint_id, pred, what, timeout=timeout)
 
-    def quiet(self, endpoint_id: str, timeout: float = 30.0) -> None:
+    def rows(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """Read the server's own database (what it persisted, not what its API shows)."""
+        with contextlib.closing(sqlite3.connect(self.server.data_dir / "dedicate.db", timeout=5)) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def until(self, check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never {what}\n{self.server.log_tail()}")
+            time.sleep(0.1)
+
+    def quiet(self, endpoint_id: str) -> None:
         """Wait until the gateway has reported the endpoint with nothing in flight or held, and no
         busier moment since its previous report. Before the test moves the clock: a report of the
         load that just ended, written after the jump, would count as load at the new time."""
-        db = self.server.data_dir / "dedicate.db"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
-                rows = conn.execute("SELECT in_flight, queued, peak_load FROM endpoint_signals WHERE endpoint_id = ?",
-                                    (endpoint_id,)).fetchall()
-            if rows and all(r == (0, 0, 0) for r in rows):
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"the gateway never reported {endpoint_id} quiet\n{self.server.log_tail()}")
+        def reported_quiet() -> bool:
+            rows = self.rows("SELECT in_flight, queued, peak_load FROM endpoint_signals WHERE endpoint_id = ?",
+                             endpoint_id)
+            return bool(rows) and all(r == (0, 0, 0) for r in rows)
+
+        self.until(reported_quiet, f"reported {endpoint_id} quiet")
+
+    def autoscaled_now(self, endpoint_id: str) -> None:
+        """Wait for an autoscaling pass at the clock's present time (its stored window has an entry
+        that late): what the endpoint shows after it is the policy's answer to now."""
+        def seen() -> bool:
+            (state,) = self.rows("SELECT autoscale_state FROM endpoints WHERE id = ?", endpoint_id)[0]
+            window = json.loads(state or "{}").get("window", [])
+            return any(t >= self.now.timestamp() for t, _ in window)
+
+        self.until(seen, f"an autoscaling pass of {endpoint_id} at {self.now}")
 
     def events(self, endpoint_id: str, kind: str | None = None) -> list[str]:
         with self.client() as c:
@@ -192,7 +203,7 @@ def test_load_scales_up_with_the_reason_then_down_after_the_window(clocked: Cloc
 
     s.quiet(ep["id"])
     s.advance(120)
-    time.sleep(2)
+    s.autoscaled_now(ep["id"])
     assert s.get(ep["id"])["replicas"]["desired"] == 3, "held within the 5 minute window"
     s.advance(200)
     s.wait(ep["id"], ready(1, desired=1), "back to one replica after the window")
@@ -249,7 +260,9 @@ def test_idle_shutdown_survives_a_restart_and_start_brings_it_back(clocked: Cloc
         assert c.post("/v1/chat/completions", json={"model": ep["name"], "max_tokens": 2, "messages": [
             {"role": "user", "content": "hi"}]}).status_code == 200
     last_request = s.now
-    time.sleep(1.5)  # the gateway writes its signals, and with them the endpoint's last request time
+    # The gateway writes its signals, and with them the endpoint's last request time.
+    s.until(lambda: s.rows("SELECT last_request_at FROM endpoints WHERE id = ?", ep["id"])[0][0] is not None,
+            "the last request persisted")
 
     s.server.kill()  # a crash: the gateway's memory is gone; the database remembers, the replica runs on
     s.server.start()
