@@ -1,4 +1,5 @@
-"""What the gateway benchmarks share: processes pinned to cores, free ports, waiting, tools from apt and pip.
+"""What the benchmarks share: the request trace, percentiles, processes pinned to cores, free ports,
+waiting, tools from apt and pip.
 
 Not a benchmark itself: the scripts that import it each end with one line holding a JSON object of their
 figures (a json line).
@@ -7,6 +8,8 @@ figures (a json line).
 from __future__ import annotations
 
 import contextlib
+import csv
+import math
 import os
 import shutil
 import socket
@@ -14,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +30,47 @@ from dedicate.domain.replicas import ReplicaFacts
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / ".bench"  # git-ignored: peer virtual environments, logs, temporary configs
+DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
+
+
+# the trace -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    at: float  # seconds from the trace's first request
+    prompt_tokens: int
+    output_tokens: int
+
+
+def load_trace(path: Path = DEFAULT_TRACE) -> list[Request]:
+    """TIMESTAMP,ContextTokens,GeneratedTokens rows, as seconds from the first request (sorted first)."""
+    rows: list[tuple[datetime, int, int]] = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            stamp = row["TIMESTAMP"].strip()
+            head, _, frac = stamp.partition(".")
+            at = datetime.fromisoformat(head + (f".{frac[:6]}" if frac else ""))
+            rows.append((at, int(row["ContextTokens"]), max(1, int(row["GeneratedTokens"]))))
+    if not rows:
+        raise SystemExit(f"{path}: no requests")
+    rows.sort(key=lambda r: r[0])
+    t0 = rows[0][0]
+    return [Request((at - t0).total_seconds(), p, o) for at, p, o in rows]
+
+
+def trace_slice(requests: Sequence[Request], start_s: float, length_s: float) -> list[Request]:
+    """The requests of trace time [start, start + length), re-timed to start at 0."""
+    return [Request(r.at - start_s, r.prompt_tokens, r.output_tokens)
+            for r in requests if start_s <= r.at < start_s + length_s]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values; NaN for none."""
+    if not sorted_values:
+        return float("nan")
+    k = max(0, math.ceil(q / 100 * len(sorted_values)) - 1)
+    return sorted_values[k]
 
 
 def free_port() -> int:
@@ -84,7 +129,7 @@ def ensure_venv(name: str, requirement: str, probe: str) -> tuple[Path | None, s
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
-              ok: Sequence[int] = (200,), headers: dict[str, str] | None = None) -> str:
+              ok: Sequence[int] = (200,)) -> str:
     """Poll ``url`` until it answers one of ``ok``; "" when it did, else why not."""
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -92,7 +137,7 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = N
         if proc is not None and proc.poll() is not None:
             return f"exited with {proc.returncode}"
         with contextlib.suppress(httpx.HTTPError):
-            r = httpx.get(url, timeout=2, headers=headers)
+            r = httpx.get(url, timeout=2)
             if r.status_code in ok:
                 return ""
             last = f"HTTP {r.status_code}"
@@ -129,23 +174,19 @@ def tail(path: Path, n: int = 15) -> str:
         return ""
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return sorted_values[k]
-
-
-def bench_endpoint(name: str, owner: str, endpoint_id: str | None = None) -> Endpoint:
+def bench_endpoint(name: str, owner: str) -> Endpoint:
     """A running endpoint record, as the control plane would have written it."""
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     return Endpoint(
-        id=endpoint_id or f"endpoint-{abs(hash(name)) % 10**8:08d}", name=name, owner=owner,
+        id=f"endpoint-{name.replace('/', '-')}", name=name, owner=owner,
         model="dedicate/tiny-chat", hardware="1x_cpu", display_name=name, min_replicas=1, max_replicas=64,
         desired_replicas=1, inactive_timeout=None, disable_prompt_cache=False, disable_speculative_decoding=False,
         availability_zone=None, cents_per_minute=Decimal(0), intent=Intent.RUN, state=EndpointState.STARTED,
         state_changed_at=t0, status_message="", failures_before_ready=0, created_at=t0, updated_at=t0,
         deleted_at=None, version=1)
+
+
+REPLICA_TOKEN = "bench-replica-token"
 
 
 def bench_replica(replica_id: str, endpoint: Endpoint, port: int) -> Replica:
@@ -154,11 +195,8 @@ def bench_replica(replica_id: str, endpoint: Endpoint, port: int) -> Replica:
     facts = ReplicaFacts(placed_at=t0, launched_at=t0, first_ready_at=t0, last_probe_ok_at=t0, probe_failures=0,
                          exit_code=None, stop_requested_at=None, stopped_at=None)
     return Replica(id=replica_id, endpoint_id=endpoint.id, engine="bench", node="local", slots="0",
-                   token="bench-replica-token", port=port, pid=None, process_started=None, log_path=None,
+                   token=REPLICA_TOKEN, port=port, pid=None, process_started=None, log_path=None,
                    created_at=t0, facts=facts, stop_reason=None, version=1)
-
-
-REPLICA_TOKEN = "bench-replica-token"
 
 
 def serve_gateway(port: int, data_dir: Path, model: str, backend_ports: Sequence[int]) -> None:

@@ -31,74 +31,52 @@ Figures: replica-minutes (the bill: each replica from its first ready moment to 
 request, as the billing ledger counts it), time to first token (p50, p99) and requests whose
 time to first token exceeded the SLO. The first ``--warmup-s`` of the trace is replayed but
 not counted, so every policy starts measured from its own steady state. Every policy starts
-with ``min_replicas`` ready (the fixed fleet with its whole size).
+with the fixed fleet's size ready, and takes over from there. Two floors are printed beside
+them: a clairvoyant fleet with exactly what is in flight at every instant, and one that obeys
+the stabilisation rule; both let no request wait and start replicas instantly. A second
+scenario, a day built from the trace (``--day-copies``, ``--day-trough``), follows.
 
 **The real replay** (``--real``) takes a slice of the trace, compresses time by
-``--compress`` (arrivals, token rates, start-up delay and the policy's window all run that
-much faster), and sends it through a real ``dedicate up`` server's gateway to real
-synthetic-engine replicas on a declared logical node, in real time. It prints the same
+``--compress`` (arrivals, token rates, start-up delay, the policy's window and its
+passes, the gateway's signal writes and the reconciler's passes all run that much faster),
+and sends it through a real ``dedicate up`` server's gateway to real synthetic-engine replicas
+on a declared logical node, in real time. It prints the same
 figures for the slice (converted back to trace time) next to the virtual replay of the same
 slice with the same compressed parameters, and their difference.
 
 The last line printed is one JSON object: per policy, ``replica_minutes``, ``ttft_p50_ms``,
-``ttft_p99_ms`` and ``slo_violations``.
+``ttft_p99_ms`` and ``slo_violations``; ``bounds`` (the two floors), ``day`` (the same for the
+day) and, with ``--real``, ``slice``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import heapq
 import json
 import math
 import random
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_TRACE, Request, load_trace, percentile
+
 from dedicate.autoscaler.policy import Inputs, PolicyConfig, PolicyState, decide
 from dedicate.scheduler.placement import FleetIndex, NodeView
 from dedicate.scheduler.queue import Demand, SurplusReplica, plan
+from dedicate.settings import AutoscalingSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 POOL = "h100-80gb"
 
 
 # the trace -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Request:
-    at: float  # seconds from the trace's first request
-    prompt_tokens: int
-    output_tokens: int
-
-
-def load_trace(path: Path) -> list[Request]:
-    """TIMESTAMP,ContextTokens,GeneratedTokens rows, as seconds from the first request."""
-    rows: list[tuple[datetime, int, int]] = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            stamp = row["TIMESTAMP"].strip()
-            head, _, frac = stamp.partition(".")
-            at = datetime.fromisoformat(head + (f".{frac[:6]}" if frac else ""))
-            rows.append((at, int(row["ContextTokens"]), max(1, int(row["GeneratedTokens"]))))
-    if not rows:
-        raise SystemExit(f"{path}: no requests")
-    rows.sort(key=lambda r: r[0])
-    t0 = rows[0][0]
-    return [Request((at - t0).total_seconds(), p, o) for at, p, o in rows]
-
-
-def trace_slice(requests: Sequence[Request], start_s: float, length_s: float) -> list[Request]:
-    return [Request(r.at - start_s, r.prompt_tokens, r.output_tokens)
-            for r in requests if start_s <= r.at < start_s + length_s]
 
 
 def day_trace(requests: Sequence[Request], copies: int, trough: float, seed: int) -> list[Request]:
@@ -154,14 +132,22 @@ class Fleet:
     gpus_per_replica: int = 1
 
 
+def in_flight_steps(requests: Sequence[Request], model: ReplicaModel) -> list[tuple[float, int]]:
+    """(time, requests in flight just after it) at each arrival and finish, if none ever waited.
+
+    A finish and an arrival at the same instant: the finish first.
+    """
+    events = sorted([(r.at, 1) for r in requests] + [(r.at + model.service_s(r), -1) for r in requests])
+    out, now = [], 0
+    for t, d in events:
+        now += d
+        out.append((t, now))
+    return out
+
+
 def peak_concurrency(requests: Sequence[Request], model: ReplicaModel) -> int:
     """The most requests in flight at once if none ever waited."""
-    events = sorted([(r.at, 1) for r in requests] + [(r.at + model.service_s(r), -1) for r in requests])
-    now = peak = 0
-    for _, d in events:
-        now += d
-        peak = max(peak, now)
-    return peak
+    return max((n for _, n in in_flight_steps(requests, model)), default=0)
 
 
 # the policies ----------------------------------------------------------------------------------
@@ -181,7 +167,7 @@ class Observation:
 
 class Controller:
     name = "controller"
-    initial = 1
+    initial = 1  # replicas ready when the replay starts (``controllers`` sets the fixed fleet's size)
 
     def decide(self, o: Observation) -> int:
         raise NotImplementedError
@@ -205,7 +191,6 @@ class DedicateController(Controller):
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
         self.state_json: str | None = None
-        self.initial = max(1, config.min_replicas)
         self.events: list[str] = []
 
     def decide(self, o: Observation) -> int:
@@ -236,7 +221,6 @@ class RayLikeController(Controller):
         self.target, self.up, self.down, self.look_back = target, upscale_delay_s, downscale_delay_s, look_back_s
         self.samples: deque[tuple[float, int]] = deque()
         self.counter = 0
-        self.initial = max(1, min_replicas)
 
     def decide(self, o: Observation) -> int:
         self.samples.append((o.at, o.in_flight + o.held))
@@ -296,18 +280,13 @@ class Result:
 
     def figures(self) -> dict[str, float | int]:
         xs = sorted(self.ttfts)
+
+        def ms(q: float) -> float:
+            return round(percentile(xs, q) * 1000, 1) if xs else 0.0
+
         return {"replica_minutes": round(self.replica_seconds / 60, 1),
-                "ttft_p50_ms": round(percentile(xs, 50) * 1000, 1),
-                "ttft_p99_ms": round(percentile(xs, 99) * 1000, 1),
+                "ttft_p50_ms": ms(50), "ttft_p99_ms": ms(99),
                 "slo_violations": sum(1 for x in xs if x > self.slo_s)}
-
-
-def percentile(sorted_xs: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    if not sorted_xs:
-        return 0.0
-    k = max(0, math.ceil(p / 100 * len(sorted_xs)) - 1)
-    return sorted_xs[k]
 
 
 ARRIVE, FIRST_TOKEN, FINISH, READY, SAMPLE, TICK = range(6)
@@ -339,7 +318,6 @@ class Replay:
         self.peak_load = 0  # the most at once since the last sample
         self.nodes = [NodeView(f"node-{i:02d}", POOL, fleet.gpus_per_node, tuple(range(fleet.gpus_per_node)))
                       for i in range(fleet.nodes)]
-        self.created = EPOCH
 
     # events
 
@@ -352,7 +330,7 @@ class Replay:
             self.push(r.at, ARRIVE, i)
         self.push(0.0, SAMPLE, None)
         self.push(self.timing.interval_s / 2, TICK, None)
-        self.reconcile(0.0, launch_delay=0.0, initial=True)
+        self.reconcile(0.0, initial=True)
         while self.heap:
             at, _, kind, data = heapq.heappop(self.heap)
             if kind in (SAMPLE, TICK) and at > self.end:
@@ -441,13 +419,14 @@ class Replay:
         if desired != self.desired:
             self.scale_events += 1
             self.desired = desired
-        self.reconcile(at, launch_delay=self.timing.reconcile_s)
+        self.reconcile(at)
 
-    def reconcile(self, at: float, launch_delay: float, initial: bool = False) -> None:
+    def reconcile(self, at: float, initial: bool = False) -> None:
+        """The reconciler's pass: stop the surplus (starting and newest first), or place what is missing."""
         active = [r for r in self.replicas if r.stop_requested_at is None]
+        ordered = sorted(active, key=lambda r: (r.ready, -r.created_at, r.id))  # least valuable first
         if len(active) > self.desired:
-            order = sorted(active, key=lambda r: (r.ready, -r.created_at, r.id))
-            for r in order[: len(active) - self.desired]:
+            for r in ordered[: len(active) - self.desired]:
                 self.stop(at, r)
             return
         used: dict[str, set[int]] = {}
@@ -457,15 +436,14 @@ class Replay:
         index = FleetIndex.build([NodeView(n.name, n.gpu_type, n.total,
                                            tuple(s for s in range(n.total) if s not in used.get(n.name, set())))
                                   for n in self.nodes])
-        ordered = sorted(active, key=lambda r: (r.ready, -r.created_at, r.id))
         surplus = ordered[: max(0, len(active) - self.min)]
         demand = Demand("endpoint", "owner", POOL, self.fleet.gpus_per_replica, self.min, self.desired,
-                        len(active), None, self.created,
+                        len(active), None, EPOCH,
                         tuple(SurplusReplica(r.id, r.node, r.slots) for r in surplus))
         decided = plan(index, [demand])
         for p in decided.placements.get("endpoint", []):
             r = SimReplica(f"r{len(self.replicas):05d}", at, p.node, p.slots,
-                           ready_at=at + (0.0 if initial else launch_delay + self.model.startup_s))
+                           ready_at=at + (0.0 if initial else self.timing.reconcile_s + self.model.startup_s))
             self.replicas.append(r)
             if initial:
                 r.ready = True
@@ -487,9 +465,7 @@ class Replay:
         start, end = self.warmup, self.end
         billed = 0.0
         for r in self.replicas:
-            if not r.ready and r.ready_at > (r.stop_requested_at or math.inf):
-                continue
-            a = max(r.ready_at, start)
+            a = max(r.ready_at, start)  # stopped before it was ready: b < a, nothing billed
             b = min(r.stop_requested_at if r.stop_requested_at is not None else end, end)
             billed += max(0.0, b - a)
         ttfts = [self.first_token[i] - r.at for i, r in enumerate(self.requests)
@@ -519,7 +495,8 @@ def controllers(setup: Setup, requests: Sequence[Request]) -> list[Controller]:
     peak = peak_concurrency(requests, setup.model)
     fixed = min(setup.max_replicas, max(setup.min_replicas, math.ceil(peak / setup.model.max_streams)))
     config = PolicyConfig(setup.min_replicas, setup.max_replicas, setup.target,
-                          stabilisation_s=setup.stabilisation_s)
+                          stabilisation_s=setup.stabilisation_s,
+                          bucket_s=AutoscalingSettings(stabilisation_s=setup.stabilisation_s).bucket_s)
     ray_scale = setup.stabilisation_s / 300.0  # compressed replays compress Ray's delays alike
     out: list[Controller] = [
         DedicateController(config), FixedController(fixed),
@@ -531,9 +508,11 @@ def controllers(setup: Setup, requests: Sequence[Request]) -> list[Controller]:
     return out
 
 
-def replay_all(setup: Setup, requests: Sequence[Request]) -> list[Result]:
+def replay_all(setup: Setup, requests: Sequence[Request], only: Collection[str] | None = None) -> list[Result]:
     out = []
     for c in controllers(setup, requests):
+        if only is not None and c.name not in only:
+            continue
         replay = Replay(requests, setup.model, setup.timing, setup.fleet, c, min_replicas=setup.min_replicas,
                         max_replicas=setup.max_replicas, seed=setup.seed, warmup_s=setup.warmup_s,
                         slo_s=setup.slo_s)
@@ -614,7 +593,7 @@ def setup_from(a: argparse.Namespace, k: float = 1.0) -> Setup:
     return Setup(
         model=ReplicaModel(ttft_s=a.ttft_ms / 1000 / k, tokens_per_s=a.tokens_per_s * k,
                            max_streams=a.max_streams, startup_s=a.startup_s / k),
-        timing=Timing(interval_s=a.interval_s, signal_s=a.signal_s, reconcile_s=a.reconcile_s),
+        timing=Timing(interval_s=a.interval_s / k, signal_s=a.signal_s / k, reconcile_s=a.reconcile_s / k),
         fleet=Fleet(a.nodes, a.gpus_per_node),
         min_replicas=a.min_replicas, max_replicas=a.max_replicas,
         target=float(a.target if a.target is not None else a.max_streams),
@@ -624,11 +603,8 @@ def setup_from(a: argparse.Namespace, k: float = 1.0) -> Setup:
 
 def need_steps(requests: Sequence[Request], model: ReplicaModel) -> list[tuple[float, int]]:
     """Replicas needed so that no request ever waits (perfect routing), as (from time, count) steps."""
-    events = sorted([(r.at, 1) for r in requests] + [(r.at + model.service_s(r), -1) for r in requests])
     steps: list[tuple[float, int]] = [(0.0, 0)]
-    now = 0
-    for t, d in events:
-        now += d
+    for t, now in in_flight_steps(requests, model):
         n = math.ceil(now / model.max_streams)
         if n == steps[-1][1]:
             continue
@@ -663,7 +639,7 @@ def bound_replica_seconds(requests: Sequence[Request], model: ReplicaModel, wind
                 live.pop()
             live.append(nxt)
             nxt += 1
-        while live and ends[live[0]] <= p - window_s:
+        while live and ends[live[0]] + window_s <= p:  # the same sum as the point's: no rounding gap
             live.popleft()
         level = steps[live[0]][1] if live else 0
         a, b = max(p, start), min(points[k + 1] if k + 1 < len(points) else end, end)
@@ -673,16 +649,17 @@ def bound_replica_seconds(requests: Sequence[Request], model: ReplicaModel, wind
 
 
 def print_bounds(setup: Setup, requests: Sequence[Request], figures: dict[str, Any]) -> dict[str, float]:
-    """What no policy can beat on this trace, to read the saving against."""
+    """Two floors to read the saving against (both for a fleet that lets no request wait)."""
     fixed = float(figures["fixed_peak"]["replica_minutes"])
     oracle = bound_replica_seconds(requests, setup.model, 0.0, setup.warmup_s) / 60
     steady = bound_replica_seconds(requests, setup.model, setup.stabilisation_s, setup.warmup_s) / 60
     if fixed:
         print(f"  lower bound, clairvoyant: exactly what is in flight at every instant, no start-up delay: "
               f"{oracle:.1f} replica-minutes ({1 - oracle / fixed:.0%} below the fixed fleet)")
-        print(f"  lower bound, no request waiting and never below the busiest moment of the last "
-              f"{setup.stabilisation_s:g} s (the stabilisation rule), no start-up delay: {steady:.1f} "
-              f"replica-minutes ({1 - steady / fixed:.0%} below the fixed fleet)")
+        print(f"  lower bound under the stabilisation rule: never below the busiest moment of the last "
+              f"{setup.stabilisation_s:g} s, no request waiting, no start-up delay: {steady:.1f} "
+              f"replica-minutes ({1 - steady / fixed:.0%} below the fixed fleet); a policy under the rule "
+              f"goes below it only by letting requests wait")
     return {"clairvoyant": round(oracle, 1), "stabilised": round(steady, 1)}
 
 
@@ -708,8 +685,7 @@ def smaller_fixed_fleet(setup: Setup, requests: Sequence[Request], fixed: int) -
           f"p99 {f['ttft_p99_ms']} ms, {f['slo_violations']} over the SLO")
 
 
-def replay_and_report(a: argparse.Namespace, setup: Setup, requests: Sequence[Request],
-                      title: str) -> tuple[dict[str, Any], list[Result]]:
+def replay_and_report(setup: Setup, requests: Sequence[Request], title: str) -> tuple[dict[str, Any], list[Result]]:
     results = replay_all(setup, requests)
     figures: dict[str, Any] = print_table(results, title)
     bounds = print_bounds(setup, requests, figures)
@@ -728,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         requests = [r for r in requests if r.at < a.limit_s]
     setup = setup_from(a)
     describe(a, setup, requests, f"trace {a.trace.name}")
-    figures, results = replay_and_report(a, setup, requests, "virtual replay of the whole trace:")
+    figures, results = replay_and_report(setup, requests, "virtual replay of the whole trace:")
     if a.events:
         for r in results:
             if r.events:
@@ -739,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print()
         describe(a, setup, day, f"a day: the trace {a.day_copies} times over, thinned to a daily curve "
                                 f"({a.day_trough:.0%} of its traffic at night, all of it at midday)")
-        figures["day"], _ = replay_and_report(a, setup, day, "virtual replay of the day:")
+        figures["day"], _ = replay_and_report(setup, day, "virtual replay of the day:")
     if a.real:
         from autoscale_real import run_real  # only --real needs a server and its processes
 

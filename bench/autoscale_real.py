@@ -12,41 +12,32 @@ peak fleet); both start with the fixed fleet's size ready, as in the virtual rep
 the same compressed requests. A request's time to first token is measured by the client, from the
 moment it is sent to its first streamed content chunk.
 
-Replica-minutes come from the replicas' recorded facts (first ready to stop request), clipped to
-the slice. All figures are converted back to trace time (multiplied by ``--compress``).
+Replica-minutes are what the billing ledger charges the endpoint for the slice
+(``GET /v1/billing/usage`` over its wall-clock span, after the warm-up). All figures are converted
+back to trace time (multiplied by ``--compress``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from autoscale import (
-    ROOT,
-    Request,
-    Result,
-    Setup,
-    peak_concurrency,
-    print_table,
-    replay_all,
-    setup_from,
-    trace_slice,
-)
+from _common import ROOT, Request, trace_slice
+from autoscale import Result, Setup, print_table, replay_all, setup_from
+
+sys.path.insert(0, str(ROOT))
+from tests.e2e.harness import Server  # the e2e tests' server process, with its full teardown
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 HARDWARE = "1x_nvidia_h100_80gb_sxm"
@@ -83,51 +74,10 @@ queue_size = 100000
 """
 
 
-class Server:
-    def __init__(self, root: Path, text: str) -> None:
-        self.root = root
-        (root / "config.toml").write_text(text)
-        env = {**os.environ, "DEDICATE_DATA_DIR": str(root), "DEDICATE_PORT": "0",
-               "DEDICATE_CONFIG": str(root / "config.toml")}
-        env.pop("DEDICATE_TEST_CLOCK_FILE", None)
-        self.log = open(root / "server.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "dedicate.cli.main", "up"], env=env, cwd=ROOT,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not (root / "port").exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start:\n{self.tail()}")
-            time.sleep(0.1)
-        self.url = f"http://127.0.0.1:{int((root / 'port').read_text())}"
-        self.key = (root / "admin.key").read_text().strip()
-
-    def tail(self, n: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join((self.root / "server.log").read_text().splitlines()[-n:])
-        return ""
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
-
-
-def wait_ready(c: httpx.Client, endpoint_id: str, n: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = c.get(f"/v1/endpoints/{endpoint_id}").json()["replicas"]
-        if r["ready"] == n and r["starting"] == 0:
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"endpoint {endpoint_id} never had {n} ready replicas")
-
-
-async def replay(url: str, key: str, name: str, requests: Sequence[Request]) -> tuple[list[float], float, int]:
-    """Send the slice to one endpoint: first-token times, the wall-clock start, failures."""
+async def replay(url: str, key: str, name: str, requests: Sequence[Request], warmup_s: float = 0.0
+                 ) -> tuple[list[float], float, int]:
+    """Send the slice to one endpoint: first-token times (of requests after the warm-up), the wall-clock
+    start, failures."""
     ttfts: list[float] = []
     failures = 0
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=500)
@@ -151,7 +101,8 @@ async def replay(url: str, key: str, name: str, requests: Sequence[Request]) -> 
                     if resp.status_code != 200 or first is None:
                         failures += 1
                         return
-                    ttfts.append(first - sent)
+                    if r.at >= warmup_s:
+                        ttfts.append(first - sent)
             except httpx.HTTPError:
                 failures += 1
 
@@ -160,50 +111,61 @@ async def replay(url: str, key: str, name: str, requests: Sequence[Request]) -> 
     return ttfts, wall_start, failures
 
 
-def _t(s: str | None) -> float | None:
-    return None if s is None else datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
 
 
 def billed_seconds(c: httpx.Client, endpoint_id: str, start: float, end: float) -> float:
-    total = 0.0
+    """What the ledger bills the endpoint for [start, end): its own clipping of the ready intervals."""
+    usage = c.get("/v1/billing/usage", params={"start": iso(start), "end": iso(end)})
+    usage.raise_for_status()
+    return sum(float(u["replica_seconds"]) for u in usage.json()["data"] if u["endpoint"] == endpoint_id)
+
+
+def peak_active(c: httpx.Client, endpoint_id: str, start: float) -> int:
+    """The most replicas placed and not yet asked to stop at once, from ``start`` on (as the virtual replay counts)."""
+    spans = []
     for r in c.get(f"/v1/endpoints/{endpoint_id}/replicas", params={"all": "true"}).json()["data"]:
-        ready = _t(r["first_ready_at"])
-        if ready is None:
-            continue
-        until = _t(r["stop_requested_at"]) or _t(r["last_probe_ok_at"]) or end
-        total += max(0.0, min(until, end) - max(ready, start))
-    return total
+        placed = datetime.fromisoformat(r["placed_at"].replace("Z", "+00:00")).timestamp()
+        stop = r["stop_requested_at"]
+        spans.append((placed, math.inf if stop is None else
+                      datetime.fromisoformat(stop.replace("Z", "+00:00")).timestamp()))
+    moments = [start] + [a for a, _ in spans if a > start]
+    return max((sum(1 for a, b in spans if a <= t < b) for t in moments), default=0)
 
 
 def run_policy(policy: str, a: argparse.Namespace, setup: Setup, fixed: int, requests: Sequence[Request]
-               ) -> tuple[Result, list[str], int]:
+               ) -> tuple[Result, int]:
     """One policy's endpoint on a fresh server: warmed to the fixed fleet's size, then the slice."""
     root = Path(tempfile.mkdtemp(prefix="dedicate-autoscale-"))
-    server = Server(root, config(setup, fixed))
+    server = Server(root, config=config(setup, fixed))
     try:
-        with httpx.Client(base_url=server.url, timeout=60, headers={"authorization": f"Bearer {server.key}"}) as c:
+        server.start()
+        with server.client() as c:
             ep = c.post("/v1/endpoints", json={"model": MODEL, "hardware": HARDWARE, "display_name": policy,
                                                "autoscaling": {"min_replicas": fixed, "max_replicas": fixed}})
             if ep.status_code != 200:
                 raise SystemExit(f"creating the {policy} endpoint failed: {ep.text}")
             endpoint_id, name = ep.json()["id"], ep.json()["name"]
-            wait_ready(c, endpoint_id, fixed)
+            server.wait_for(endpoint_id, lambda e: e["replicas"]["ready"] == fixed and e["replicas"]["starting"] == 0,
+                            f"had {fixed} ready replicas", timeout=120)
             if policy == "dedicate":
                 auto: dict[str, Any] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas}
                 if a.target is not None:
                     auto["target_concurrency"] = a.target
                 c.patch(f"/v1/endpoints/{endpoint_id}", json={"autoscaling": auto}).raise_for_status()
-            ttfts, wall_start, failures = asyncio.run(replay(server.url, server.key, name, requests))
-            wall_end = wall_start + requests[-1].at
+            ttfts, wall_start, failures = asyncio.run(replay(server.url, server.admin_key, name, requests,
+                                                             setup.warmup_s))
+            counted_from, wall_end = wall_start + setup.warmup_s, wall_start + requests[-1].at
             events = [e["message"] for e in c.get(f"/v1/endpoints/{endpoint_id}/events").json()["data"]
                       if e["kind"] == "scaled"]
-            peak = max([fixed] + [int(m.split(" → ", 1)[1].split(":", 1)[0]) for m in events if " → " in m])
-            result = Result(policy, billed_seconds(c, endpoint_id, wall_start, wall_end), ttfts, setup.slo_s,
-                            len(events), peak, events)
+            result = Result(policy, billed_seconds(c, endpoint_id, counted_from, wall_end), ttfts, setup.slo_s,
+                            len(events), peak_active(c, endpoint_id, wall_start), events)
     finally:
-        server.stop()
+        server.terminate()
+        server.cleanup()  # also any replica process group the server left behind
         shutil.rmtree(root, ignore_errors=True)
-    return result, events, failures
+    return result, failures
 
 
 def run_real(a: argparse.Namespace, requests: Sequence[Request]) -> dict[str, Any]:
@@ -218,12 +180,11 @@ def run_real(a: argparse.Namespace, requests: Sequence[Request]) -> dict[str, An
     compressed = [Request(r.at / k, r.prompt_tokens, max(1, math.ceil(r.output_tokens / k))) for r in piece]
     print(f"\nreal replay: trace seconds {a.slice_start_s:g}..{a.slice_start_s + a.slice_s:g} "
           f"({len(piece)} requests), {k:g} times faster, through a real server to synthetic replicas")
-    virtual = [r for r in replay_all(setup, compressed) if r.name in POLICIES]
-    fixed = next(iter(r.peak_replicas for r in virtual if r.name == "fixed_peak"))
-    assert fixed >= 1 and peak_concurrency(compressed, setup.model) > 0
+    virtual = replay_all(setup, compressed, only=POLICIES)
+    fixed = next(r.peak_replicas for r in virtual if r.name == "fixed_peak")
     real, failures = [], 0
     for policy in POLICIES:
-        result, _, failed = run_policy(policy, a, setup, fixed, compressed)
+        result, failed = run_policy(policy, a, setup, fixed, compressed)
         real.append(result)
         failures += failed
     v = print_table(virtual, "  the slice, virtual (in trace time):", scale=k)

@@ -27,6 +27,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import percentile
 
 from dedicate.scheduler.placement import FleetIndex, NodeView, NoPlacement, Placement, place
 from dedicate.scheduler.queue import Demand, plan
@@ -211,11 +215,7 @@ def time_plan(nodes: Sequence[NodeView], demands: Sequence[Demand]) -> tuple[flo
 
 def percentile_ms(latencies_ns: Sequence[int], q: float) -> float:
     """Nearest-rank percentile, in milliseconds."""
-    if not latencies_ns:
-        return 0.0
-    ordered = sorted(latencies_ns)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[k] / 1e6
+    return percentile(sorted(latencies_ns), q) / 1e6 if latencies_ns else 0.0
 
 
 def rate(latencies_ns: Sequence[int]) -> float:

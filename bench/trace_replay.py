@@ -16,58 +16,47 @@ The replicas are synthetic engines (``--max-streams`` at once, ``--tokens-per-s`
 per stream, ``--ttft``) on one core with the load generator; the gateway runs
 alone on the other. Printed: time to first token and end-to-end latency
 percentiles, and errors by kind. The last line is one JSON object with the
-figures. The autoscaling benchmark reuses ``load_trace`` and ``replay``.
+figures. The trace is read by ``_common.load_trace``, as in the autoscaling benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
+import re
 import sys
 import tempfile
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH_DIR, ROOT, cores, percentile, start_gateway, start_synthetic
+from _common import (
+    BENCH_DIR,
+    DEFAULT_TRACE,
+    Request,
+    cores,
+    load_trace,
+    percentile,
+    start_gateway,
+    start_synthetic,
+    trace_slice,
+)
 
 from dedicate.gateway.upstream import Pool, UpstreamError
 
 MODEL = "bench/trace"
-TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
+# A content fragment with text in it (the first chunk of a stream carries the role and empty content).
+TOKEN = re.compile(rb'"content":\s*"(?!")')
 
 
-@dataclass(frozen=True)
-class Arrival:
-    at_s: float  # seconds after the first row of the trace
-    prompt_tokens: int
-    output_tokens: int
-
-
-def load_trace(path: Path = TRACE) -> list[Arrival]:
-    rows: list[Arrival] = []
-    first: datetime | None = None
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            stamp = datetime.fromisoformat(row["TIMESTAMP"][:26])  # 7 fractional digits: keep 6
-            first = first or stamp
-            rows.append(Arrival((stamp - first).total_seconds(), int(row["ContextTokens"]),
-                                int(row["GeneratedTokens"])))
-    rows.sort(key=lambda a: a.at_s)
-    return rows
-
-
-def select(rows: list[Arrival], start_s: float, speedup: float, duration_s: float) -> list[Arrival]:
+def select(rows: list[Request], start_s: float, speedup: float, duration_s: float) -> list[Request]:
     """The rows of trace time [start, start + duration × speedup), re-timed to start at 0 and compressed."""
-    end = start_s + duration_s * speedup
-    return [Arrival((a.at_s - start_s) / speedup, a.prompt_tokens, a.output_tokens)
-            for a in rows if start_s <= a.at_s < end]
+    return [Request(r.at / speedup, r.prompt_tokens, r.output_tokens)
+            for r in trace_slice(rows, start_s, duration_s * speedup)]
 
 
 @dataclass
@@ -78,7 +67,7 @@ class Outcome:
     tokens: int
 
 
-async def replay(port: int, key: str, arrivals: list[Arrival], max_tokens: int, timeout_s: float = 300.0,
+async def replay(port: int, key: str, arrivals: list[Request], max_tokens: int, timeout_s: float = 300.0,
                  model: str = MODEL) -> list[Outcome]:
     """Send each arrival at its time (open loop); streamed, timing the first token and the end."""
     loop = asyncio.get_running_loop()
@@ -88,8 +77,8 @@ async def replay(port: int, key: str, arrivals: list[Arrival], max_tokens: int, 
     start = loop.time() + 0.5
     outcomes: list[Outcome] = []
 
-    async def one(a: Arrival) -> None:
-        await asyncio.sleep(max(0.0, start + a.at_s - loop.time()))
+    async def one(a: Request) -> None:
+        await asyncio.sleep(max(0.0, start + a.at - loop.time()))
         body = json.dumps({"model": model, "stream": True, "max_tokens": max(1, min(a.output_tokens, max_tokens)),
                            "messages": [{"role": "user", "content": "x" * (4 * max(1, a.prompt_tokens - 4))}]})
         data = head + str(len(body)).encode() + b"\r\n\r\n" + body.encode()
@@ -110,7 +99,7 @@ async def replay(port: int, key: str, arrivals: list[Arrival], max_tokens: int, 
             while chunk := await resp.read(timeout_s):
                 if ttft is None and b'"content"' in chunk:
                     ttft = loop.time() - t0
-                tokens += chunk.count(b'"content"')
+                tokens += len(TOKEN.findall(chunk))
                 tail = (tail + chunk)[-256:]
             resp.close()
         except UpstreamError as exc:
@@ -139,7 +128,7 @@ def summarize(outcomes: list[Outcome]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trace", type=Path, default=TRACE)
+    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     parser.add_argument("--speedup", type=float, default=4.0, help="time compression factor")
     parser.add_argument("--duration", type=float, default=60.0, help="wall seconds of compressed trace to replay")
     parser.add_argument("--start", type=float, default=0.0, help="trace second to start from")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import random
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,25 @@ def test_a_day_repeats_the_trace_thinner_at_night_and_the_same_each_time() -> No
     midday = sum(1 for r in day if 11 * span <= r.at < 12 * span)
     assert 0.15 * len(hour) < night < 0.3 * len(hour) and midday > 0.95 * len(hour)
     assert all(a.at <= b.at for a, b in itertools.pairwise(day))
+
+
+def test_the_bounds_agree_with_a_brute_force_sum_on_random_fractional_traces() -> None:
+    bench = load_bench("autoscale")
+    rng = random.Random(11)
+    for _ in range(200):
+        model = bench.ReplicaModel(ttft_s=0.1, tokens_per_s=25.0, max_streams=rng.choice((1, 2, 4)))
+        requests = sorted((bench.Request(round(rng.uniform(0, 100), 3), 1, rng.randint(1, 200))
+                           for _ in range(rng.randint(1, 8))), key=lambda r: r.at)
+        window, start = rng.choice((0.0, 17.0, 30.3)), rng.choice((0.0, 50.0))
+        steps = bench.need_steps(requests, model)
+        ends = [steps[i + 1][0] if i + 1 < len(steps) else math.inf for i in range(len(steps))]
+        end = requests[-1].at
+        cuts = sorted({start, end, *(t for t, _ in steps), *(e + window for e in ends if e != math.inf)})
+        cuts = [c for c in cuts if start <= c <= end]
+        brute = 0.0
+        for a, b in itertools.pairwise(cuts):
+            mid = (a + b) / 2  # the level is constant between two cuts: the most needed over [mid - window, mid]
+            brute += (b - a) * max((n for (t, n), e in zip(steps, ends, strict=True)
+                                    if t <= mid < e + window), default=0)
+        got = bench.bound_replica_seconds(requests, model, window_s=window, start=start)
+        assert math.isclose(got, brute, rel_tol=1e-9, abs_tol=1e-6), (requests, model, window, start)
