@@ -324,26 +324,18 @@ class _Exchange:
                 resp = await gw.pool.request(target.address, target.head(self.path) + length + raw,
                                              cfg.try_timeout_s)
             except UpstreamError as exc:
-                st.in_flight -= 1
-                st.errors += 1
-                table.record_failure(target, route)
+                self._failed(target, route)
                 last_error = f"replica {target.replica_id}: {exc}"
-                tried = tried or set()
-                tried.add(target.replica_id)
-                route = table.snapshot.routes.get(route.endpoint.name) or route
+                tried, route = self._next_try(tried, target, route)
                 continue
             except BaseException:
                 st.in_flight -= 1
                 raise
             if resp.status >= 500 and attempt < cfg.max_tries:
-                tried = tried or set()
-                tried.add(target.replica_id)
-                route = table.snapshot.routes.get(route.endpoint.name) or route
+                tried, route = self._next_try(tried, target, route)
                 if any(t.replica_id not in tried for t in route.targets):
                     resp.close()
-                    st.in_flight -= 1
-                    st.errors += 1
-                    table.record_failure(target, route)
+                    self._failed(target, route)
                     last_error = f"replica {target.replica_id} answered {resp.status}"
                     continue
             await self._stream_back(target, route, resp, drop_usage)
@@ -351,6 +343,16 @@ class _Exchange:
         ep.errors += 1
         raise Unavailable(f"endpoint {route.endpoint.name}: no replica could take the request ({last_error}); "
                           "retry shortly", retry_after_s=1)
+
+    def _failed(self, target: Target, route: Route) -> None:
+        """A try that ended before any byte reached the client: its slot back, a failure counted."""
+        target.state.in_flight -= 1
+        target.state.errors += 1
+        self.gw.table.record_failure(target, route)
+
+    def _next_try(self, tried: set[str] | None, target: Target, route: Route) -> tuple[set[str], Route]:
+        """``target`` added to the replicas tried, and the endpoint's route as the table has it now."""
+        return (tried or set()) | {target.replica_id}, self.gw.table.snapshot.routes.get(route.endpoint.name) or route
 
     async def _stream_back(self, target: Target, route: Route, resp: Response, drop_usage: bool) -> None:
         gw, ep, st = self.gw, self.ep, target.state
