@@ -94,6 +94,7 @@ class FakeReplica:
         self.events = events
         self.calls = 0
         self.bodies: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []  # per call: the authorization header it got
         self.in_progress = 0
         self.gate: asyncio.Queue[None] | None = None  # with sse: one item releases one chunk
         self.sent: list[int] = []  # per call: chunks sent so far
@@ -114,6 +115,7 @@ class FakeReplica:
             if not message.get("more_body"):
                 break
         self.calls += 1
+        self.authorizations.append(next((v.decode() for k, v in scope["headers"] if k == b"authorization"), None))
         body = json.loads(raw) if raw else {}
         self.bodies.append(body)
         self.in_progress += 1

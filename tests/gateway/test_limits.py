@@ -42,6 +42,26 @@ def test_a_key_over_its_rate_gets_429_with_retry_after_until_its_bucket_refills(
     run(scenario())
 
 
+def test_an_owner_over_its_rate_gets_429_over_all_its_keys_and_a_refusal_costs_no_key_token() -> None:
+    async def scenario() -> None:
+        r = FakeReplica("a")
+        clock = FakeClock()
+        cfg = GatewaySettings(key_rps=0.1, key_burst=1, owner_rps=1, owner_burst=2)  # keys refill slowly
+        async with replicas(r), gateway(_world(r), cfg, clock) as (_gw, c):
+            k2 = {"authorization": "Bearer k-alice2"}
+            assert (await c.post("/v1/chat/completions", json=chat())).status_code == 200
+            assert (await c.post("/v1/chat/completions", json=chat(), headers=k2)).status_code == 200
+            third = await c.post("/v1/chat/completions", json=chat(), headers={"authorization": "Bearer k-alice3"})
+            assert third.status_code == 429 and "owner alice" in third.json()["error"]["message"]
+            assert third.headers["retry-after"] == "1"
+            clock.advance(1.0)
+            # k-alice3 was refused by the owner's bucket: its own still holds its token.
+            assert (await c.post("/v1/chat/completions", json=chat(),
+                                 headers={"authorization": "Bearer k-alice3"})).status_code == 200
+            assert r.calls == 3
+    run(scenario())
+
+
 def test_key_concurrency_and_the_owner_ceiling_over_all_its_keys() -> None:
     async def scenario() -> None:
         r = FakeReplica("a", mode="sse", events=1)

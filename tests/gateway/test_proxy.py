@@ -34,6 +34,16 @@ def _in_flight(gw: object) -> dict[str, int]:
     return {rid: s.in_flight for rid, s in gw.table.states.items()}  # type: ignore[attr-defined]
 
 
+def test_a_replica_gets_its_own_token_never_the_clients_api_key() -> None:
+    async def scenario() -> None:
+        r = FakeReplica("a")
+        async with replicas(r), gateway(_world(r)) as (_gw, c):
+            assert (await c.post("/v1/chat/completions", json=chat())).status_code == 200
+            assert (await c.post("/v1/chat/completions", json=chat(stream=True))).status_code == 200
+        assert r.authorizations == ["Bearer rtok", "Bearer rtok"], "the client's key (k-alice) stays at the gateway"
+    run(scenario())
+
+
 def test_least_outstanding_sends_everything_to_the_idle_replica_while_the_other_is_busy() -> None:
     async def scenario() -> None:
         busy, idle = FakeReplica("busy", mode="sse"), FakeReplica("idle")
