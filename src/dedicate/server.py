@@ -34,6 +34,7 @@ from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
 from dedicate.domain.models import TINY_CHAT
 from dedicate.domain.records import Endpoint, Replica
+from dedicate.engines import registry
 from dedicate.gateway import app as gateway_app
 from dedicate.gateway.health import HealthPolicy
 from dedicate.gateway.proxy import Gateway
@@ -161,7 +162,9 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         spec = parts.settings.catalog.models.get(TINY_CHAT)
-        if spec is not None and "transformers" in parts.settings.catalog.engines:
+        # The demo model is built ahead of its first deploy where an enabled engine would load its weights.
+        if spec is not None and any(registry.engine(e).needs_local_weights
+                                    for e in spec.engines if e in parts.settings.catalog.engines):
             build = asyncio.create_task(asyncio.to_thread(ensure_builtin, parts.settings.models_dir, spec))
             app.state.model_build = build
         loop_task = asyncio.create_task(parts.reconciler.run(stop))

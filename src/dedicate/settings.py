@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tomllib
 from collections.abc import Collection, Mapping
@@ -28,6 +27,7 @@ from dedicate.domain.catalog import (
 )
 from dedicate.domain.hardware import Hardware
 from dedicate.domain.models import DTYPE_BYTES, ModelSpec
+from dedicate.engines.registry import ENGINES, OptionError, installed_engines
 from dedicate.runtimes.base import Node
 
 
@@ -137,6 +137,7 @@ class Settings:
     max_failures_before_ready: int = 3
     reconcile_interval_s: float = 1.0  # also the probe interval: every pass probes every replica
     extra: dict[str, Any] = field(default_factory=dict)
+    engine_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # [engines.<name>], checked
     declared_nodes: tuple[Node, ...] = ()
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
@@ -158,13 +159,32 @@ def _memory_gb() -> int:
         return 8
 
 
-def installed_engines() -> set[str]:
-    engines = set()
-    if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
-        engines.add("transformers")
-    if importlib.util.find_spec("vllm"):
-        engines.add("vllm")
-    return engines
+def _engine_options(raw: object) -> tuple[set[str], dict[str, dict[str, object]]]:
+    """The ``[engines]`` table: ``enabled`` engine names and one options table per engine, checked now.
+
+    A bad option fails at start-up with its name, not after a replica crashed on it three times.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("[engines] must be a table")
+    enabled = raw.get("enabled", [])
+    if not isinstance(enabled, list) or not all(isinstance(e, str) for e in enabled):
+        raise ConfigError("engines.enabled: must be a list of engine names")
+    for name in enabled:
+        if name not in ENGINES:
+            raise ConfigError(f"engines.enabled: unknown engine {name!r}; dedicate has: {', '.join(ENGINES)}")
+    options: dict[str, dict[str, object]] = {}
+    for name, table in raw.items():
+        if name == "enabled":
+            continue
+        if name not in ENGINES:
+            raise ConfigError(f"[engines.{name}]: unknown engine; dedicate has: {', '.join(ENGINES)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[engines.{name}] must be a table of options")
+        try:
+            options[name] = ENGINES[name].check_options(table)
+        except OptionError as exc:
+            raise ConfigError(str(exc)) from exc
+    return set(enabled), options
 
 
 def _decimal(value: object, where: str) -> Decimal:
@@ -226,8 +246,8 @@ def _nodes(raw: list[dict[str, Any]], gpu_types: set[str]) -> list[Node]:
             raise ConfigError(f"{where}: gpu_type {n['gpu_type']!r} is not a catalog GPU type; "
                               f"use one of {', '.join(sorted(gpu_types))}")
         engine = str(n.get("engine", "transformers"))
-        if engine not in ("transformers", "synthetic", "vllm"):
-            raise ConfigError(f"{where}: engine must be transformers, synthetic or vllm")
+        if engine not in ENGINES:
+            raise ConfigError(f"{where}: engine must be one of {', '.join(ENGINES)}")
         if any(o.name == n["name"] for o in out):
             raise ConfigError(f"{where}: node name {n['name']!r} is used twice")
         out.append(Node(str(n["name"]), str(n["gpu_type"]), _int(n.get("gpus", 1), f"{where}.gpus", 1),
@@ -280,9 +300,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     models = {m.name: m for m in DEFAULT_MODELS}
     models.update({m.name: m for m in _models(raw.get("models", []))})
     declared = _nodes(raw.get("nodes", []), {h.gpu_type for h in hardware.values()})
-    engines = installed_engines() | set(raw.get("engines", {}).get("enabled", []))
-    engines |= {h.engine for h in hardware.values() if h.engine == "synthetic"}
-    engines |= {n.engine for n in declared if n.engine == "synthetic"}
+    enabled, engine_options = _engine_options(raw.get("engines", {}))
+    # An engine that needs nothing beyond dedicate (synthetic) runs wherever the config names it.
+    named = {h.engine for h in hardware.values()} | {n.engine for n in declared if n.engine}
+    engines = installed_engines() | enabled | {e for e in named if e in ENGINES and ENGINES[e].always_available}
 
     port = _int(env.get("DEDICATE_PORT") or server.get("port", 8700), "DEDICATE_PORT / server.port")
     database_url = env.get("DEDICATE_DATABASE_URL") or server.get("database_url") or \
@@ -302,6 +323,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
                                        "timing.max_failures_before_ready", 1),
         reconcile_interval_s=_float(timing.get("reconcile_interval_s", 1.0), "timing.reconcile_interval_s"),
         extra=raw,
+        engine_options=engine_options,
         declared_nodes=tuple(declared),
         gateway=_table("gateway", raw.get("gateway", {}), GatewaySettings,
                        at_least_one=("max_tries", "queue_size", "max_body_bytes", "failures_to_eject"),

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from dedicate.control.auth import Principal
-from dedicate.control.autoscaling import Autoscaler, EngineSample, parse_engine_metrics
+from dedicate.control.autoscaling import Autoscaler
 from dedicate.control.reconciler import Reconciler
 from dedicate.domain.errors import InvalidRequest
 from dedicate.domain.models import TINY_CHAT
 from dedicate.domain.records import EndpointSignals, Replica
+from dedicate.engines.metrics import EngineSample, parse_engine_metrics
 from dedicate.settings import ConfigError, load_settings
 from dedicate.store.repos import StaleLease
 from tests.control.test_capacity import ADMIN, ALICE, BOB, h100_node

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from dedicate.control.autoscaling import EngineSample, parse_engine_metrics
 from dedicate.engines import vllm
-from dedicate.engines.base import EngineLaunch, engine_argv
+from dedicate.engines.metrics import EngineSample, parse_engine_metrics
+from dedicate.engines.registry import EngineLaunch, engine
 
 # Lines as vLLM's /metrics writes them (recorded from its Prometheus exposition format).
 METRICS = """\
@@ -27,8 +27,8 @@ vllm:prompt_tokens_total{model_name="admin/llama-3-1-8b-instruct-1a2b3c4d"} 1234
 
 
 def test_a_hub_model_is_launched_through_dedicates_launcher_with_its_gpu_count(tmp_path: Path) -> None:
-    argv = engine_argv(EngineLaunch(
-        engine="vllm", model_dir=None, served_model_name="admin/llama-1", replica_id="r-1", instance="i",
+    argv = engine("vllm").command(EngineLaunch(
+        model_dir=None, served_model_name="admin/llama-1", replica_id="r-1", instance="i",
         port_file=tmp_path / "port", options={"max_model_len": 8192}, model_name="meta-llama/Llama-3.1-8B-Instruct",
         gpu_count=2), python="py")
     assert argv[:3] == ["py", "-m", "dedicate.engines.vllm"]
@@ -39,7 +39,8 @@ def test_a_hub_model_is_launched_through_dedicates_launcher_with_its_gpu_count(t
 
 
 def test_a_local_model_directory_wins_over_the_hub_name(tmp_path: Path) -> None:
-    argv = engine_argv(EngineLaunch("vllm", tmp_path / "weights", "n", "r", "i", tmp_path / "p", {}, "org/m"))
+    argv = engine("vllm").command(EngineLaunch(tmp_path / "weights", "n", "r", "i", tmp_path / "p",
+                                               model_name="org/m"))
     assert argv[argv.index("--model") + 1] == str(tmp_path / "weights")
 
 

@@ -42,13 +42,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-
-from dedicate.domain.capacity import usable_bytes
-from dedicate.domain.hardware import Hardware
-from dedicate.domain.models import ModelSpec
 
 STATE_VERSION = 1
 
@@ -224,13 +219,7 @@ def decide(inputs: Inputs, state: PolicyState, now: datetime, config: PolicyConf
     return Decision(desired, replace(new_state, last=LastDecision(t, current, desired, explanation)), explanation)
 
 
-# ----------------------------------------------------------------------------- default targets
-
-SYNTHETIC_MAX_STREAMS = 16
-TRANSFORMERS_MAX_CONCURRENCY = 1
-TYPICAL_SEQUENCE_TOKENS = 2048  # prompt + reply of a typical chat turn
-KV_ROOM = 2  # each in-flight sequence is given twice its typical length in KV cache
-MAX_ENGINE_SEQUENCES = 256  # vLLM's default max_num_seqs
+# ----------------------------------------------------------------------------- targets
 
 
 @dataclass(frozen=True)
@@ -241,38 +230,3 @@ class Target:
 
     def as_dict(self) -> dict[str, object]:
         return {"value": self.value, "source": self.source, "basis": self.basis}
-
-
-def default_target_concurrency(engine: str | None, hardware: Hardware, model: ModelSpec,
-                               options: Mapping[str, object] | None = None) -> Target:
-    """How many requests one replica should carry at once, from the engine, hardware and model.
-
-    - ``synthetic``: its ``max_streams`` (config ``[engines.synthetic] max_streams``, default 16).
-    - ``transformers``: its ``max_concurrency`` (default 1: it generates one request at a time).
-    - ``vllm`` and anything else: the sequences the KV cache holds with room to spare,
-      ``(usable memory - weights - overhead) / kv bytes per token / (2 x 2048)``,
-      between 1 and 256 (vLLM's ``max_num_seqs``).
-    """
-    opts = options or {}
-    if engine == "synthetic":
-        n = _positive_int(opts.get("max_streams"), SYNTHETIC_MAX_STREAMS)
-        return Target(float(n), "default", f"the synthetic engine runs {n} streams at once")
-    if engine == "transformers":
-        n = _positive_int(opts.get("max_concurrency"), TRANSFORMERS_MAX_CONCURRENCY)
-        return Target(float(n), "default", f"the transformers engine generates {n} request(s) at once")
-    weights = model.weight_bytes
-    overhead = weights // 10 + 1024**3
-    room = usable_bytes(hardware) - weights - overhead
-    tokens = max(0, room) // max(1, model.kv_bytes_per_token())
-    n = max(1, min(MAX_ENGINE_SEQUENCES, tokens // (KV_ROOM * TYPICAL_SEQUENCE_TOKENS)))
-    return Target(float(n), "default",
-                  f"the KV cache of {hardware.id} holds about {tokens:,} tokens of {model.name} beside its "
-                  f"weights: {n} sequences of {TYPICAL_SEQUENCE_TOKENS} tokens with room to spare")
-
-
-def _positive_int(value: object, default: int) -> int:
-    try:
-        n = int(str(value)) if value is not None else default
-    except ValueError:
-        return default
-    return n if n >= 1 else default

@@ -25,18 +25,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import httpx
 
 from dedicate.autoscaler.idle import idle_reason
-from dedicate.autoscaler.policy import Inputs, PolicyConfig, PolicyState, Target, decide, default_target_concurrency
+from dedicate.autoscaler.policy import Inputs, PolicyConfig, PolicyState, Target, decide
 from dedicate.clock import Clock
 from dedicate.control.capacity import engine_for
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.records import Endpoint, EndpointSignals, Replica
 from dedicate.domain.replicas import ReplicaStatus
+from dedicate.engines.metrics import EngineSample
+from dedicate.engines.registry import engine
 from dedicate.runtimes.base import Node
 from dedicate.settings import Settings
 from dedicate.store.repos import StaleLease, Store
@@ -52,42 +53,8 @@ def target_for(settings: Settings, nodes: Sequence[Node], ep: Endpoint) -> Targe
     hw, model = catalog.hardware.get(ep.hardware), catalog.models.get(ep.model)
     if hw is None or model is None:
         return Target(1.0, "default", "the hardware or model left the catalog")
-    engine = engine_for(catalog, model, hw, nodes) or hw.engine
-    options = settings.extra.get("engines", {}).get(engine, {})
-    return default_target_concurrency(engine, hw, model, options if isinstance(options, dict) else {})
-
-
-# engine signals -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineSample:
-    waiting: int | None = None  # requests waiting for a generation slot
-    kv_cache_usage: float | None = None  # 0..1
-
-
-WAITING = ("dedicate_engine_requests_waiting", "vllm:num_requests_waiting")
-KV_USAGE = ("vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc")
-
-
-def parse_engine_metrics(text: str) -> EngineSample:
-    """The waiting count and KV-cache use from a Prometheus text page (dedicate's or vLLM's names)."""
-    waiting: float | None = None
-    kv: float | None = None
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, rest = line.partition(" ")
-        base = name.split("{", 1)[0]
-        try:
-            value = float(rest.split()[0])
-        except (IndexError, ValueError):
-            continue
-        if base in WAITING:
-            waiting = (waiting or 0.0) + value
-        elif base in KV_USAGE:
-            kv = max(kv or 0.0, value)
-    return EngineSample(None if waiting is None else int(waiting), kv)
+    name = engine_for(catalog, model, hw, nodes) or hw.engine
+    return engine(name).default_concurrency(hw, model, settings.engine_options.get(name, {}))
 
 
 Scrape = Callable[[Replica], Awaitable[EngineSample | None]]
@@ -132,7 +99,7 @@ class Autoscaler:
             resp = await self._http.get(f"{r.url}/metrics", headers={"authorization": f"Bearer {r.token}"})
         except httpx.HTTPError:
             return None
-        return parse_engine_metrics(resp.text) if resp.status_code == 200 else None
+        return engine(r.engine).parse_metrics(resp.text) if resp.status_code == 200 else None
 
     async def pass_once(self) -> None:
         fenced = self.leader()

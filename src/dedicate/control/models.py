@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dedicate.domain.errors import InvalidRequest
 from dedicate.domain.models import ModelSpec
 
 
@@ -30,13 +29,3 @@ def ensure_builtin(models_dir: Path, spec: ModelSpec) -> Path | None:
             check=True, capture_output=True, timeout=600,
         )
     return path
-
-
-def require_weights(models_dir: Path, spec: ModelSpec, engine: str) -> None:
-    path = model_dir(models_dir, spec)
-    if path is None and engine == "transformers":
-        raise InvalidRequest(
-            f"model {spec.name!r} is not supported here: the transformers engine needs local "
-            "weights; give the model a 'source' directory in the config file",
-            param="model",
-        )

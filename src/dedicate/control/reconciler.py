@@ -32,7 +32,7 @@ from dedicate.domain.endpoints import EndpointState, Intent, ReplicaCounts, chec
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Endpoint, Replica
 from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus
-from dedicate.engines.base import EngineLaunch, engine_argv
+from dedicate.engines.registry import EngineLaunch, Weights, engine
 from dedicate.runtimes.base import Handle, LaunchSpec, Node, Runtime
 from dedicate.runtimes.nvml import gpu_env
 from dedicate.scheduler.placement import FleetIndex, Placement
@@ -473,13 +473,13 @@ class Reconciler:
         log_path = replica_dir / "engine.log"
         try:
             model = self.settings.catalog.models[ep.model]
-            path = None if r.engine == "synthetic" else \
+            spec = engine(r.engine)
+            path = None if spec.weights is Weights.NONE else \
                 await asyncio.to_thread(ensure_builtin, self.settings.models_dir, model)
-            options = self.settings.extra.get("engines", {}).get(r.engine, {})
-            argv = engine_argv(EngineLaunch(
-                engine=r.engine, model_dir=path, served_model_name=ep.name, replica_id=r.id,
+            argv = spec.command(EngineLaunch(
+                model_dir=path, served_model_name=ep.name, replica_id=r.id,
                 instance=self.runtime.instance, port_file=replica_dir / "port",
-                options=options if isinstance(options, dict) else {}, model_name=model.name,
+                options=self.settings.engine_options.get(r.engine, {}), model_name=model.name,
                 gpu_count=len([x for x in r.slots.split(",") if x]) or 1))
             node = next((n for n in self.runtime.nodes() if n.name == r.node), None)
             env = {"DEDICATE_REPLICA_TOKEN": r.token, "OMP_NUM_THREADS": "1",

@@ -42,6 +42,7 @@ from dedicate.domain.hardware import Hardware
 from dedicate.domain.models import ModelSpec
 from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaStatus
+from dedicate.engines import registry
 from dedicate.metering.rating import PricePrediction, predict
 from dedicate.runtimes.base import Node
 from dedicate.scheduler.placement import NodeView, NoPlacement, place
@@ -145,9 +146,9 @@ class Services:
                 f"GET /v1/hardware?model={spec.name}",
                 param="hardware",
             )
-        if model_dir(self.settings.models_dir, spec) is None and engine == "transformers":
+        if model_dir(self.settings.models_dir, spec) is None and registry.engine(engine).needs_local_weights:
             raise InvalidRequest(
-                f"model {spec.name!r} is not supported here: the transformers engine needs local "
+                f"model {spec.name!r} is not supported here: the {engine} engine needs local "
                 "weights; an operator must give the model a 'source' directory in the config",
                 param="model",
             )

@@ -1,7 +1,7 @@
 """The replica process both model servers run as: flags, socket, port file, signals, logs.
 
 The runtime starts ``transformers_server`` or ``synthetic`` the same way (see
-``engines.base``) and expects the same of either: the bearer token in
+``engines.registry``) and expects the same of either: the bearer token in
 ``DEDICATE_REPLICA_TOKEN``, the bound port written to ``--port-file`` once
 the server accepts, a graceful drain on SIGTERM and then exit status 0.
 

@@ -1,16 +1,24 @@
-"""Default target concurrency: from the engine, the hardware and the model (docs/autoscaling.md)."""
+"""Default target concurrency: each engine's registry entry, from the hardware and the model (docs/autoscaling.md)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from dedicate.autoscaler.policy import default_target_concurrency
+from dedicate.autoscaler.policy import Target
 from dedicate.domain.catalog import DEFAULT_MODELS, hardware_from_config
+from dedicate.domain.hardware import Hardware
+from dedicate.domain.models import ModelSpec
+from dedicate.engines.registry import engine
 
 LLAMA_8B = next(m for m in DEFAULT_MODELS if m.name == "meta-llama/Llama-3.1-8B-Instruct")
 LLAMA_70B = next(m for m in DEFAULT_MODELS if m.name == "meta-llama/Llama-3.3-70B-Instruct")
 H100 = hardware_from_config("1x_nvidia_h100_80gb_sxm", Decimal("5.6"), "vllm", 12)
 H100X4 = hardware_from_config("4x_nvidia_h100_80gb_sxm", Decimal("22.4"), "vllm", 12)
+
+
+def default_target_concurrency(name: str, hw: Hardware, model: ModelSpec,
+                               options: dict[str, object] | None = None) -> Target:
+    return engine(name).default_concurrency(hw, model, options or {})
 
 
 def test_the_synthetic_engine_targets_its_stream_count_from_the_config() -> None:
