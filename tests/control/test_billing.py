@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import IntegrityError
 
+from dedicate.domain.records import Address
 from dedicate.metering.ledger import Interval, invoice, invoice_bytes, month_bounds, usage
 from dedicate.metering.rating import charge_exact
 from dedicate.store.tables import IntervalRow
@@ -36,7 +37,7 @@ class Billed(Fleet):
     def reconciler(self):  # type: ignore[no-untyped-def]
         from dedicate.control.reconciler import Reconciler
 
-        async def probe(port: int) -> bool:
+        async def probe(address: Address) -> bool:
             return self.healthy
 
         return Reconciler(self.store, self.runtime, self.settings, self.clock, probe=probe)

@@ -18,6 +18,7 @@ from dedicate.control.services import Services
 from dedicate.domain.catalog import Catalog, cpu_hardware, hardware_from_config
 from dedicate.domain.errors import QuotaExceeded
 from dedicate.domain.models import TINY_CHAT, ModelSpec
+from dedicate.domain.records import Address
 from dedicate.runtimes.base import Node
 from dedicate.runtimes.fake import FakeRuntime
 from dedicate.settings import load_settings
@@ -48,7 +49,7 @@ class Fleet:
         self.svc = Services(self.store, self.settings, self.clock, self.runtime.nodes, lambda: None)
 
     def reconciler(self) -> Reconciler:
-        async def probe(port: int) -> bool:
+        async def probe(address: Address) -> bool:
             return True  # every launched replica is healthy at once
 
         return Reconciler(self.store, self.runtime, self.settings, self.clock, probe=probe)

@@ -15,6 +15,7 @@ from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
 from dedicate.domain.catalog import Catalog, cpu_hardware
 from dedicate.domain.models import TINY_CHAT, ModelSpec
+from dedicate.domain.records import Address
 from dedicate.domain.replicas import ReplicaStatus
 from dedicate.runtimes.base import Node
 from dedicate.runtimes.fake import FakeRuntime
@@ -41,8 +42,8 @@ class World:
         self.runtime = FakeRuntime([Node("local", "cpu", slots)])
         self.healthy: set[int] = set()  # ports whose /health answers
 
-        async def probe(port: int) -> bool:
-            return port in self.healthy
+        async def probe(address: Address) -> bool:
+            return address.port in self.healthy
 
         self.rec = Reconciler(self.store, self.runtime, self.settings, self.clock, probe=probe)
         self.svc = Services(self.store, self.settings, self.clock, self.runtime.nodes, lambda: None)

@@ -23,7 +23,7 @@ import uvicorn
 from dedicate.control.auth import Principal
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Unauthorized
-from dedicate.domain.records import Endpoint, Replica
+from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.domain.replicas import ReplicaFacts
 from dedicate.gateway.app import GatewayFront
 from dedicate.gateway.health import HealthPolicy
@@ -230,13 +230,13 @@ def make_endpoint(name: str = "alice/chat", owner: str = "alice", *, state: Endp
 
 
 def make_replica(replica_id: str, endpoint: Endpoint, url: str, *, ready: bool = True) -> Replica:
-    port = int(url.rsplit(":", 1)[1])
+    host, port = url.removeprefix("http://").rsplit(":", 1)
     facts = ReplicaFacts(placed_at=T0, launched_at=T0, first_ready_at=T0 if ready else None,
                          last_probe_ok_at=T0 if ready else None, probe_failures=0, exit_code=None,
                          stop_requested_at=None, stopped_at=None)
-    return Replica(id=replica_id, endpoint_id=endpoint.id, engine="fake", node="local", slots="0", token="rtok",
-                   port=port, pid=None, process_started=None, log_path=None, created_at=T0, facts=facts,
-                   stop_reason=None, version=1)
+    return Replica(id=replica_id, endpoint_id=endpoint.id, engine="fake", node="local", slots=(0,), token="rtok",
+                   address=Address(host, int(port)), pid=None, process_started=None, log_path=None, created_at=T0,
+                   facts=facts, stop_reason=None, version=1)
 
 
 def stopping(r: Replica) -> Replica:

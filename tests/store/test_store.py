@@ -10,7 +10,7 @@ import pytest
 
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Conflict
-from dedicate.domain.records import Endpoint, EndpointSignals, Replica
+from dedicate.domain.records import Address, Endpoint, EndpointSignals, Replica
 from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus
 from dedicate.store.db import make_engine, migrate
 from dedicate.store.repos import Store
@@ -39,8 +39,8 @@ def endpoint(id_: str = "endpoint-1", name: str = "alice/tiny-00000001", owner: 
 
 def replica(rid: str, endpoint_id: str = "endpoint-1") -> Replica:
     return Replica(
-        id=rid, endpoint_id=endpoint_id, engine="transformers", node="local", slots="0", token="t",
-        port=None, pid=None, process_started=None, log_path=None, created_at=T0,
+        id=rid, endpoint_id=endpoint_id, engine="transformers", node="local", slots=(0,), token="t",
+        address=None, pid=None, process_started=None, log_path=None, created_at=T0,
         facts=ReplicaFacts(T0, None, None, None, 0, None, None, None), stop_reason=None, version=1,
     )
 
@@ -110,9 +110,11 @@ def test_replica_facts_round_trip_and_status_is_derived(store: Store) -> None:
     assert r is not None and r.status is ReplicaStatus.PLACED
     ready_at = T0 + timedelta(seconds=12, microseconds=7)
     assert store.update_replica(r, T0, ("ready", "ok"), launched_at=T0, first_ready_at=ready_at,
-                                last_probe_ok_at=ready_at, pid=42, port=1234)
+                                last_probe_ok_at=ready_at, pid=42, address=Address("10.0.0.5", 1234))
     r2 = store.get_replica("r-1")
     assert r2 is not None and r2.status is ReplicaStatus.READY
+    assert r2.address == Address("10.0.0.5", 1234) and r2.url == "http://10.0.0.5:1234", "the runtime's address"
+    assert r2.slots == (0,)
     assert r2.facts.first_ready_at == ready_at
     assert [x.id for x in store.live_replicas("endpoint-1")] == ["r-1"]
     assert store.update_replica(r2, T0, None, stop_requested_at=ready_at, stopped_at=ready_at)
@@ -156,3 +158,21 @@ def test_gateway_signals_are_summed_over_fresh_gateways_with_their_busiest_momen
     seen = store.signals(now, fresh_s=15)[ep.id]
     assert (seen.in_flight, seen.queued, seen.requests_total, seen.errors_total) == (6, 1, 20, 2)
     assert seen.peak_load == 9 + 4 and seen.load == 13
+
+
+def test_replicas_recorded_before_the_runtime_reported_hosts_are_reached_on_loopback(db_url: str) -> None:
+    from sqlalchemy import text
+
+    engine = make_engine(db_url)
+    migrate(engine, "0005")
+    s = Store(engine)
+    s.insert_endpoint(endpoint(), ("created", "made"))  # the endpoints table is the same at 0005
+    # A release-0005 database: its replica rows have a port and no host column.
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO replicas (id, endpoint_id, engine, node, slots, token, port, created_at, probe_failures, "
+            "version) VALUES ('r-old', 'endpoint-1', 'synthetic', 'local', '0,1', 't', 4321, :t, 0, 1)"), {"t": T0})
+    migrate(engine)
+    r = s.get_replica("r-old")
+    assert r is not None and r.address == Address("127.0.0.1", 4321) and r.slots == (0, 1)
+    engine.dispose()

@@ -102,7 +102,7 @@ def replica(r: Replica) -> dict[str, Any]:
     f = r.facts
     return {
         "object": "replica", "id": r.id, "status": r.status.value, "engine": r.engine, "node": r.node,
-        "slots": [int(x) for x in r.slots.split(",") if x], "placed_at": iso(f.placed_at),
+        "slots": list(r.slots), "placed_at": iso(f.placed_at),
         "launched_at": iso(f.launched_at), "first_ready_at": iso(f.first_ready_at),
         "last_probe_ok_at": iso(f.last_probe_ok_at), "stop_requested_at": iso(f.stop_requested_at),
         "stop_reason": r.stop_reason, "stopped_at": iso(f.stopped_at), "exit_code": f.exit_code,

@@ -16,7 +16,7 @@ def used_slots(replicas: Iterable[Replica]) -> dict[str, set[int]]:
     used: dict[str, set[int]] = {}
     for r in replicas:
         if r.node is not None and r.slots:
-            used.setdefault(r.node, set()).update(int(s) for s in r.slots.split(","))
+            used.setdefault(r.node, set()).update(r.slots)
     return used
 
 

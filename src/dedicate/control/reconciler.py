@@ -30,7 +30,7 @@ from dedicate.control.capacity import engine_for, node_views
 from dedicate.control.models import ensure_builtin
 from dedicate.domain.endpoints import EndpointState, Intent, ReplicaCounts, check_transition, next_state
 from dedicate.domain.errors import Conflict
-from dedicate.domain.records import Endpoint, Replica
+from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus
 from dedicate.engines.registry import EngineLaunch, Weights, engine
 from dedicate.runtimes.base import Handle, LaunchSpec, Node, Runtime
@@ -66,7 +66,7 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
-Probe = Callable[[int], Awaitable[bool]]
+Probe = Callable[[Address], Awaitable[bool]]
 
 
 class Reconciler:
@@ -94,9 +94,9 @@ class Reconciler:
         self._unplaceable: dict[str, str] = {}
         self._probe_port = probe or self._http_probe
 
-    async def _http_probe(self, port: int) -> bool:
+    async def _http_probe(self, address: Address) -> bool:
         try:
-            resp = await self._http.get(f"http://127.0.0.1:{port}/health")
+            resp = await self._http.get(f"{address.url}/health")
         except httpx.HTTPError:
             return False
         return resp.status_code == 200
@@ -246,20 +246,20 @@ class Reconciler:
 
     async def _probe(self, r: Replica, handle: Handle, ep: Endpoint | None) -> None:
         now = self.clock.now()
-        port = r.port
-        if port is None:
-            port = await asyncio.to_thread(self.runtime.port_of, r.id)
-            if port is None:
+        address = r.address
+        if address is None:
+            address = await asyncio.to_thread(self.runtime.address_of, r.id)
+            if address is None:
                 await self._check_start_timeout(r, handle, now)
                 return
-            ok_port = await asyncio.to_thread(self.store.update_replica, r, now, None, port=port)
-            if not ok_port:
+            ok_address = await asyncio.to_thread(self.store.update_replica, r, now, None, address=address)
+            if not ok_address:
                 return
             fresh = await asyncio.to_thread(self.store.get_replica, r.id)
             if fresh is None:
                 return
             r = fresh
-        if await self._probe_port(port):
+        if await self._probe_port(address):
             first = r.facts.first_ready_at is None
             changes: dict[str, object] = {"last_probe_ok_at": now, "probe_failures": 0}
             if first:
@@ -382,10 +382,9 @@ class Reconciler:
                 min_replicas=ep.min_replicas, active=len(active),
                 desired=ep.within_bounds(ep.desired_replicas),
                 min_queued_at=ep.min_queued_at, created_at=ep.created_at, quota_applies=not hw.is_cpu,
-                surplus=tuple(SurplusReplica(r.id, r.node or "", tuple(int(x) for x in r.slots.split(",") if x))
-                              for r in surplus),
+                surplus=tuple(SurplusReplica(r.id, r.node or "", r.slots) for r in surplus),
             ))
-        releasing = [SurplusReplica(r.id, r.node, tuple(int(x) for x in r.slots.split(",") if x))
+        releasing = [SurplusReplica(r.id, r.node, r.slots)
                      for r in live if r.facts.stop_requested_at is not None and r.node]
         decided = plan(index, demands, await asyncio.to_thread(self.store.quotas), usage, releasing)
         self._plan = decided
@@ -432,15 +431,16 @@ class Reconciler:
         engine = engine_for(self.settings.catalog, model, hw, [n for n in nodes if n.name == p.node]) or hw.engine
         replica = Replica(
             id=f"r-{uuid.uuid4().hex[:12]}", endpoint_id=ep.id, engine=engine,
-            node=p.node, slots=",".join(str(s) for s in p.slots),
-            token=secrets.token_urlsafe(24), port=None, pid=None, process_started=None,
+            node=p.node, slots=tuple(p.slots),
+            token=secrets.token_urlsafe(24), address=None, pid=None, process_started=None,
             log_path=None, created_at=now,
             facts=ReplicaFacts(now, None, None, None, 0, None, None, None),
             stop_reason=None, version=1,
         )
         await asyncio.to_thread(
             self.store.insert_replica, replica,
-            ("placed", f"replica {replica.id} placed on node {p.node} (slots {replica.slots})"))
+            ("placed", f"replica {replica.id} placed on node {p.node} "
+                                f"(slots {','.join(map(str, replica.slots))})"))
         failpoints.hit("after_replica_row")
         await self._launch(ep, replica)
 
@@ -469,28 +469,28 @@ class Reconciler:
                 log.exception("updating endpoint %s failed", ep.id)
     async def _launch(self, ep: Endpoint, r: Replica) -> None:
         now = self.clock.now()
-        replica_dir = self.settings.replicas_dir / r.id
-        log_path = replica_dir / "engine.log"
+        log_path = self.settings.replicas_dir / r.id / "engine.log"
         try:
             model = self.settings.catalog.models[ep.model]
             spec = engine(r.engine)
             path = None if spec.weights is Weights.NONE else \
                 await asyncio.to_thread(ensure_builtin, self.settings.models_dir, model)
+            binding = self.runtime.binding(r.id, r.node or "")
             argv = spec.command(EngineLaunch(
                 model_dir=path, served_model_name=ep.name, replica_id=r.id,
-                instance=self.runtime.instance, port_file=replica_dir / "port",
+                instance=self.runtime.instance, port_file=binding.port_file, host=binding.host,
                 options=self.settings.engine_options.get(r.engine, {}), model_name=model.name,
-                gpu_count=len([x for x in r.slots.split(",") if x]) or 1))
+                gpu_count=len(r.slots) or 1))
             node = next((n for n in self.runtime.nodes() if n.name == r.node), None)
             env = {"DEDICATE_REPLICA_TOKEN": r.token, "OMP_NUM_THREADS": "1",
                    "TOKENIZERS_PARALLELISM": "false"}
             if node is not None and node.gpu_type != "cpu" and not node.declared:
-                env.update(gpu_env(node, [int(x) for x in r.slots.split(",") if x]))
+                env.update(gpu_env(node, list(r.slots)))
             else:
                 env["CUDA_VISIBLE_DEVICES"] = ""
             handle = await asyncio.to_thread(self.runtime.launch, LaunchSpec(
                 replica_id=r.id, argv=argv, env=env, log_path=log_path, node=r.node or "",
-                slots=tuple(int(s) for s in r.slots.split(",") if s)))
+                slots=r.slots))
         except Exception as exc:
             log.exception("launching replica %s failed", r.id)
             msg = f"replica {r.id} could not be launched: {exc}"

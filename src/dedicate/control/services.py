@@ -449,7 +449,7 @@ class Services:
             for r in live:
                 if r.node == n.name:
                     holders.append({"replica": r.id, "endpoint": names.get(r.endpoint_id, r.endpoint_id),
-                                    "slots": [int(x) for x in r.slots.split(",") if x],
+                                    "slots": list(r.slots),
                                     "status": r.status.value})
             used = sum(len(h["slots"]) for h in holders)  # type: ignore[arg-type]
             out.append({"object": "node", "name": n.name, "gpu_type": n.gpu_type, "slots": n.slots,

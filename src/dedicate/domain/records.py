@@ -48,14 +48,30 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Address:
+    """Where a replica's engine answers, as its runtime reported it."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+Slots = tuple[int, ...]  # the slot numbers (GPU indexes on a discovered node) a replica holds on its node
+
+
+@dataclass(frozen=True)
 class Replica:
     id: str
     endpoint_id: str
     engine: str
     node: str | None
-    slots: str
+    slots: Slots
     token: str
-    port: int | None
+    address: Address | None
     pid: int | None
     process_started: str | None
     log_path: str | None
@@ -70,7 +86,7 @@ class Replica:
 
     @property
     def url(self) -> str | None:
-        return None if self.port is None else f"http://127.0.0.1:{self.port}"
+        return None if self.address is None else self.address.url
 
 
 @dataclass(frozen=True)

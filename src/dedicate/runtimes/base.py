@@ -2,8 +2,11 @@
 
 A runtime starts a command for a replica, tells whether it still runs,
 stops it, and lists the replicas it finds running (so a restarted control
-plane adopts them instead of starting duplicates). It knows nothing about
-endpoints, models or engines: the control plane hands it an argv.
+plane adopts them instead of starting duplicates). It owns replica
+addressing: it says where an engine must bind (``binding``) and where a
+launched replica can be reached (``address_of``); nothing else in dedicate
+assumes a host. It knows nothing about endpoints, models or engines: the
+control plane hands it an argv.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from dedicate.domain.records import Address
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,14 @@ class LaunchSpec:
     log_path: Path
     node: str
     slots: Sequence[int] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where a replica's engine binds, and the file it writes its port to."""
+
+    host: str
+    port_file: Path
 
 
 @dataclass(frozen=True)
@@ -64,4 +77,10 @@ class Runtime(Protocol):
         """Replica id → handle of every replica process of this instance found running."""
         ...
 
-    def port_of(self, replica_id: str) -> int | None: ...
+    def binding(self, replica_id: str, node: str) -> Binding:
+        """Where the engine of ``replica_id``, placed on ``node``, is to listen."""
+        ...
+
+    def address_of(self, replica_id: str) -> Address | None:
+        """Where the replica can be reached, once its engine listens; None before."""
+        ...

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from dedicate.runtimes.base import Handle, LaunchSpec, Node, ProcessState
+from dedicate.domain.records import Address
+from dedicate.runtimes.base import Binding, Handle, LaunchSpec, Node, ProcessState
 
 
 @dataclass
@@ -23,6 +25,7 @@ class FakeRuntime:
     next_pid: int = 1000
     next_port: int = 20000
     fail_launch: bool = False
+    host: str = "127.0.0.1"  # where its pretend replicas are reached
 
     def nodes(self) -> list[Node]:
         return list(self.node_list)
@@ -52,10 +55,13 @@ class FakeRuntime:
     def running(self) -> dict[str, Handle]:
         return {p.spec.replica_id: Handle(pid, "0") for pid, p in self.processes.items() if p.running}
 
-    def port_of(self, replica_id: str) -> int | None:
+    def binding(self, replica_id: str, node: str) -> Binding:
+        return Binding(self.host, Path("fake") / replica_id / "port")
+
+    def address_of(self, replica_id: str) -> Address | None:
         for p in self.processes.values():
-            if p.spec.replica_id == replica_id:
-                return p.port
+            if p.spec.replica_id == replica_id and p.port is not None:
+                return Address(self.host, p.port)
         return None
 
     def crash(self, replica_id: str, code: int = 1) -> None:

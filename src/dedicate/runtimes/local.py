@@ -16,7 +16,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from dedicate.runtimes.base import Handle, LaunchSpec, Node, ProcessState
+from dedicate.domain.records import Address
+from dedicate.runtimes.base import Binding, Handle, LaunchSpec, Node, ProcessState
+from dedicate.runtimes.portfile import port_file, read_port
+
+LOOPBACK = "127.0.0.1"  # replicas are children of this machine: they listen on loopback only
 
 
 def process_start_time(pid: int) -> str | None:
@@ -128,8 +132,9 @@ class LocalRuntime:
                 found[replica_id] = Handle(pid, started)
         return found
 
-    def port_of(self, replica_id: str) -> int | None:
-        try:
-            return int((self.replica_dir(replica_id) / "port").read_text().strip())
-        except (OSError, ValueError):
-            return None
+    def binding(self, replica_id: str, node: str) -> Binding:
+        return Binding(LOOPBACK, port_file(self.replica_dir(replica_id)))
+
+    def address_of(self, replica_id: str) -> Address | None:
+        port = read_port(port_file(self.replica_dir(replica_id)))
+        return None if port is None else Address(LOOPBACK, port)

@@ -33,13 +33,13 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision``, the newest by default (idempotent)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

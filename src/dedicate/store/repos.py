@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Conflict
-from dedicate.domain.records import ApiKey, Endpoint, EndpointSignals, Event, Replica
+from dedicate.domain.records import Address, ApiKey, Endpoint, EndpointSignals, Event, Replica, Slots
 from dedicate.domain.replicas import ReplicaFacts
 from dedicate.metering.ledger import Interval
 from dedicate.store.db import session_factory
@@ -64,10 +64,20 @@ def _endpoint(r: EndpointRow) -> Endpoint:
     )
 
 
+def parse_slots(text: str) -> Slots:
+    """The one place a replica's stored slots ("0,1") become numbers."""
+    return tuple(int(s) for s in text.split(",") if s.strip())
+
+
+def format_slots(slots: Slots) -> str:
+    return ",".join(str(s) for s in slots)
+
+
 def _replica(r: ReplicaRow) -> Replica:
     return Replica(
-        id=r.id, endpoint_id=r.endpoint_id, engine=r.engine, node=r.node, slots=r.slots,
-        token=r.token, port=r.port, pid=r.pid, process_started=r.process_started,
+        id=r.id, endpoint_id=r.endpoint_id, engine=r.engine, node=r.node, slots=parse_slots(r.slots),
+        token=r.token, address=None if r.host is None or r.port is None else Address(r.host, r.port),
+        pid=r.pid, process_started=r.process_started,
         log_path=r.log_path, created_at=r.created_at,
         facts=ReplicaFacts(
             placed_at=r.placed_at, launched_at=r.launched_at, first_ready_at=r.first_ready_at,
@@ -76,6 +86,17 @@ def _replica(r: ReplicaRow) -> Replica:
         ),
         stop_reason=r.stop_reason, version=r.version,
     )
+
+
+def _replica_columns(changes: dict[str, Any]) -> dict[str, Any]:
+    """Record-level changes (``address``, ``slots``) as the columns that store them."""
+    out = dict(changes)
+    if "address" in out:
+        a = out.pop("address")
+        out["host"], out["port"] = (a.host, a.port) if a is not None else (None, None)
+    if "slots" in out:
+        out["slots"] = format_slots(out["slots"])
+    return out
 
 
 def _key(r: ApiKeyRow) -> ApiKey:
@@ -239,7 +260,9 @@ class Store:
             self._check_fence(s)
             s.add(ReplicaRow(
                 id=replica.id, endpoint_id=replica.endpoint_id, engine=replica.engine,
-                node=replica.node, slots=replica.slots, token=replica.token, port=replica.port,
+                node=replica.node, slots=format_slots(replica.slots), token=replica.token,
+                host=replica.address.host if replica.address else None,
+                port=replica.address.port if replica.address else None,
                 pid=replica.pid, process_started=replica.process_started, log_path=replica.log_path,
                 created_at=replica.created_at, placed_at=f.placed_at, launched_at=f.launched_at,
                 first_ready_at=f.first_ready_at, last_probe_ok_at=f.last_probe_ok_at,
@@ -278,7 +301,7 @@ class Store:
             res = s.execute(
                 update(ReplicaRow)
                 .where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
-                .values(**changes, version=r.version + 1)
+                .values(**_replica_columns(changes), version=r.version + 1)
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 return False
@@ -304,7 +327,7 @@ class Store:
         with self.tx() as s:
             self._check_fence(s)
             res = s.execute(update(ReplicaRow).where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
-                            .values(**changes, version=r.version + 1))
+                            .values(**_replica_columns(changes), version=r.version + 1))
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 return False
             if event is not None:

@@ -135,6 +135,7 @@ class ReplicaRow(Base):
     node: Mapped[str | None] = mapped_column(String(200), nullable=True)
     slots: Mapped[str] = mapped_column(String(200), default="")
     token: Mapped[str] = mapped_column(String(128))
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)  # as the runtime reported it
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     process_started: Mapped[str | None] = mapped_column(String(64), nullable=True)
