@@ -1,8 +1,15 @@
-"""The reconciler against a real SQLite store, the fake runtime and a fake clock."""
+"""The reconciler against a real SQLite store, the fake runtime and a fake clock.
+
+Adoption after a crash is also checked with the local runtime and real child processes,
+counted by pid from /proc.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sys
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from dedicate.clock import ManualClock
+from dedicate.control import failpoints
+from dedicate.control import reconciler as reconciler_module
 from dedicate.control.auth import Principal
 from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
@@ -17,11 +26,14 @@ from dedicate.domain.catalog import Catalog, cpu_hardware
 from dedicate.domain.models import TINY_CHAT, ModelSpec
 from dedicate.domain.records import Address
 from dedicate.domain.replicas import ReplicaStatus
-from dedicate.runtimes.base import Node
+from dedicate.engines.base import EngineLaunch
+from dedicate.runtimes.base import Handle, LaunchSpec, Node
 from dedicate.runtimes.fake import FakeRuntime
+from dedicate.runtimes.local import LocalRuntime
 from dedicate.settings import load_settings
 from dedicate.store.db import make_engine, migrate
 from dedicate.store.repos import Store
+from tests.e2e.harness import instance_processes, kill_instance_processes
 
 ADMIN = Principal("alice", False, "key_test")
 
@@ -62,6 +74,11 @@ class World:
             await self.rec.settle()
 
         asyncio.run(run())
+
+    def running_pids(self, replica_id: str | None = None) -> list[int]:
+        """Every running fake process (of ``replica_id``), one per launch: a second launch shows."""
+        return sorted(pid for pid, p in self.runtime.processes.items()
+                      if p.running and replica_id in (None, p.spec.replica_id))
 
     def make_all_healthy(self) -> None:
         self.healthy = {p.port for p in self.runtime.processes.values() if p.port is not None}
@@ -208,16 +225,110 @@ def test_a_process_launched_before_a_crash_but_never_recorded_is_adopted(world: 
     ep = world.create()
     world.step()
     (r,) = world.store.replicas_of(ep)
+    assert r.pid is not None and world.running_pids() == [r.pid], "one process, launched once"
     # Simulate the crash window: the row says "placed, not launched" but the process runs.
     with world.store.tx() as s:
         from sqlalchemy import update
 
         from dedicate.store.tables import ReplicaRow
         s.execute(update(ReplicaRow).values(launched_at=None, pid=None))
+    (crashed,) = world.store.replicas_of(ep)
+    assert crashed.facts.launched_at is None and crashed.pid is None, "the launch is not recorded"
+    assert world.running_pids(r.id) == [r.pid], "while its process runs"
     world.step()
     assert len(world.runtime.running()) == 1
     (r2,) = world.store.replicas_of(ep)
     assert r2.id == r.id and r2.pid is not None
+    assert world.running_pids() == [r.pid], "the process launched before the crash runs, once: no second launch"
+    assert len(world.runtime.processes) == 1, "launched once in all"
+    assert r2.pid == r.pid and r2.facts.launched_at is not None, "its row now records that process"
+    assert "adopted" in [e.kind for e in world.store.events(ep)]
+
+
+class Crash(Exception):
+    """The server dying at a failpoint, without leaving the test process."""
+
+
+class CountingRuntime(LocalRuntime):
+    """The local runtime, real child processes and all, that also keeps every launch's handle."""
+
+    def __init__(self, data_dir: Path, instance: str, nodes: list[Node]) -> None:
+        super().__init__(data_dir, instance, nodes)
+        self.launched: list[Handle] = []
+
+    def launch(self, spec: LaunchSpec) -> Handle:
+        handle = super().launch(spec)
+        self.launched.append(handle)
+        return handle
+
+
+@pytest.fixture
+def local_runtime(world: World) -> Iterator[Callable[[], CountingRuntime]]:
+    """One local runtime per server of a fresh instance id; no process of it outlives the test."""
+    instance = f"test-{uuid.uuid4().hex[:12]}"
+    made: list[CountingRuntime] = []
+
+    def make() -> CountingRuntime:
+        made.append(CountingRuntime(world.settings.data_dir, instance, world.runtime.nodes()))
+        return made[-1]
+
+    yield make
+    for runtime in made:  # each child is stopped and reaped by the runtime that launched it
+        for handle in runtime.launched:
+            runtime.stop(handle, 2.0)
+    assert kill_instance_processes(instance) == [], "a process of the instance outlived SIGKILL"
+
+
+def test_a_real_process_launched_before_a_crash_is_adopted_by_the_next_server_not_launched_again(
+        world: World, local_runtime: Callable[[], CountingRuntime], monkeypatch: pytest.MonkeyPatch) -> None:
+    def sleeper(launch: EngineLaunch, python: str = sys.executable) -> list[str]:
+        """A tiny real replica: what LocalRuntime.running() finds is its argv's labels."""
+        return [python, "-c", "import time; time.sleep(120)",
+                "--replica-id", launch.replica_id, "--instance", launch.instance]
+
+    def crash_after_launch(name: str) -> None:
+        if name == "after_launch":
+            raise Crash(name)
+
+    def run_pass(rec: Reconciler) -> None:
+        async def run() -> None:
+            await rec.pass_once()
+            await rec.settle()
+        asyncio.run(run())
+
+    async def never_ready(port: int) -> bool:
+        return False
+
+    monkeypatch.setattr(reconciler_module, "engine_argv", sleeper)
+    monkeypatch.setattr(failpoints, "hit", crash_after_launch)
+    first_runtime = local_runtime()
+    instance = first_runtime.instance
+    first = Reconciler(world.store, first_runtime, world.settings, world.clock, probe=never_ready)
+    ep = world.create()
+    with pytest.raises(Crash):
+        run_pass(first)
+    (r,) = world.store.replicas_of(ep)
+    assert r.facts.launched_at is None and r.pid is None, "the crash came before the launch was recorded"
+    at_crash = instance_processes(instance)
+    assert [p.replica_id for p in at_crash] == [r.id], "and after its process was launched"
+    assert [h.pid for h in first_runtime.launched] == [at_crash[0].pid]
+
+    monkeypatch.setattr(failpoints, "hit", lambda name: None)  # the next server runs without failpoints
+    world.clock.advance(60)  # the crashed server's lease runs out
+    second_runtime = local_runtime()
+    second = Reconciler(world.store, second_runtime, world.settings, world.clock, probe=never_ready)
+    for _ in range(3):
+        run_pass(second)
+        world.clock.advance(1)
+    assert second.is_leader
+    assert instance_processes(instance) == at_crash, "the process launched before the crash runs, once"
+    assert second_runtime.launched == [], "the next server launched nothing"
+    (adopted,) = world.store.replicas_of(ep)
+    assert (adopted.pid, adopted.process_started) == (at_crash[0].pid, at_crash[0].started), \
+        "its row records the process launched before the crash"
+    assert adopted.facts.launched_at is not None and adopted.facts.stopped_at is None
+    kinds = [e.kind for e in world.store.events(ep)]
+    assert "adopted" in kinds and "launched" not in kinds
 
 
 def test_raising_min_replicas_adds_replicas_without_touching_the_others(world: World) -> None:

@@ -27,8 +27,13 @@ def make_server(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., Serv
         return s
 
     yield make
-    for s in servers:
-        s.cleanup()
+    failures = []
+    for s in servers:  # every server is cleaned up, even after one failed to be
+        try:
+            s.cleanup()
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, failures
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,13 @@
 """Real dedicate server processes for end-to-end tests, and their teardown.
 
-Every process a test starts is recorded with its start time and killed at
-teardown (its whole process group), so no replica outlives the test that
-started it, even when the server was SIGKILLed on purpose.
+Every process a test starts is killed at teardown (its whole process group),
+and so is every engine process that carries the server's instance id, so no
+replica outlives the test that started it, even when the server was SIGKILLed
+on purpose; teardown fails if one still runs.
+
+Replica processes are counted from the operating system: every pid whose
+command line carries ``--instance <this instance>``, not a dict keyed by
+replica id, so a replica launched twice shows up as two processes.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,56 @@ reconcile_interval_s = 0.2
 probe_failure_threshold = 3
 max_failures_before_ready = 3
 """
+
+
+@dataclass(frozen=True)
+class EngineProcess:
+    """One live operating-system process that carries an instance id on its command line."""
+
+    pid: int
+    replica_id: str
+    started: str  # the kernel's start time: a pid reused later is another process
+
+
+def instance_processes(instance: str) -> list[EngineProcess]:
+    """Every live (not zombie) process whose argv carries ``--instance instance``, by pid.
+
+    Each pid counts, so two processes of one replica id are two entries.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        try:
+            mine = "--instance" in argv and argv[argv.index("--instance") + 1] == instance
+            replica_id = argv[argv.index("--replica-id") + 1] if "--replica-id" in argv else ""
+        except IndexError:
+            continue
+        started = process_start_time(int(entry.name)) if mine else None
+        if started is not None:
+            found.append(EngineProcess(int(entry.name), replica_id, started))
+    return sorted(found, key=lambda p: p.pid)
+
+
+def kill_instance_processes(instance: str, timeout: float = 10.0) -> list[EngineProcess]:
+    """SIGKILL every process of ``instance`` (and its process group); the ones still alive after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = instance_processes(instance)
+        if not left or time.monotonic() > deadline:
+            return left
+        for p in left:
+            if process_start_time(p.pid) != p.started:
+                continue  # gone, and the pid reused by another process
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)  # a replica leads its own process group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p.pid, signal.SIGKILL)  # and one that does not
+        time.sleep(0.05)
 
 
 class Server:
@@ -113,35 +170,35 @@ class Server:
             self.proc.wait(10)
             self.proc = None
 
+    @property
+    def instance(self) -> str:
+        return (self.data_dir / "instance-id").read_text().strip()
+
+    def engine_processes(self) -> list[EngineProcess]:
+        """Every live engine process of this data directory's instance, one entry per pid."""
+        return instance_processes(self.instance)
+
     def replica_processes(self) -> dict[str, int]:
-        """Replica id → pid of every live replica process of this data directory."""
-        instance = (self.data_dir / "instance-id").read_text().strip()
-        found = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            mine = "--instance" in argv and argv[argv.index("--instance") + 1] == instance
-            if mine and process_start_time(int(entry.name)) is not None:
-                found[argv[argv.index("--replica-id") + 1]] = int(entry.name)
-        return found
+        """Replica id → pid of every live replica process of this data directory.
+
+        A dict keyed by replica id cannot show a replica that runs twice, so this
+        refuses to build one that would hide a second process: it fails instead.
+        """
+        processes = self.engine_processes()
+        twice = {rid: n for rid, n in Counter(p.replica_id for p in processes).items() if n > 1}
+        assert not twice, f"replica ids with more than one process: {twice} in {processes}"
+        return {p.replica_id: p.pid for p in processes}
 
     def cleanup(self) -> None:
-        """Kill the server and every replica process group it left, checking pid start times."""
+        """Kill the server and every process of its instance; fail if one outlives that."""
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.kill()
         if not (self.data_dir / "instance-id").exists():
             return
-        for pid in self.replica_processes().values():
-            started = process_start_time(pid)
-            if started is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+        left = kill_instance_processes(self.instance)
+        assert not left, f"replica processes outlived SIGKILL at teardown: {left}"
 
     # API helpers -----------------------------------------------------------
 
