@@ -7,6 +7,7 @@ counted by pid from /proc.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,6 @@ import pytest
 
 from dedicate.clock import ManualClock
 from dedicate.control import failpoints
-from dedicate.control import reconciler as reconciler_module
 from dedicate.control.auth import Principal
 from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
@@ -26,7 +26,6 @@ from dedicate.domain.catalog import Catalog, cpu_hardware
 from dedicate.domain.models import TINY_CHAT, ModelSpec
 from dedicate.domain.records import Address
 from dedicate.domain.replicas import ReplicaStatus
-from dedicate.engines.base import EngineLaunch
 from dedicate.runtimes.base import Handle, LaunchSpec, Node
 from dedicate.runtimes.fake import FakeRuntime
 from dedicate.runtimes.local import LocalRuntime
@@ -257,7 +256,10 @@ class CountingRuntime(LocalRuntime):
         self.launched: list[Handle] = []
 
     def launch(self, spec: LaunchSpec) -> Handle:
-        handle = super().launch(spec)
+        # A tiny real replica in place of the engine: what LocalRuntime.running() finds is its argv's labels.
+        sleeper = [sys.executable, "-c", "import time; time.sleep(120)",
+                   "--replica-id", spec.replica_id, "--instance", self.instance]
+        handle = super().launch(dataclasses.replace(spec, argv=sleeper))
         self.launched.append(handle)
         return handle
 
@@ -281,11 +283,6 @@ def local_runtime(world: World) -> Iterator[Callable[[], CountingRuntime]]:
 
 def test_a_real_process_launched_before_a_crash_is_adopted_by_the_next_server_not_launched_again(
         world: World, local_runtime: Callable[[], CountingRuntime], monkeypatch: pytest.MonkeyPatch) -> None:
-    def sleeper(launch: EngineLaunch, python: str = sys.executable) -> list[str]:
-        """A tiny real replica: what LocalRuntime.running() finds is its argv's labels."""
-        return [python, "-c", "import time; time.sleep(120)",
-                "--replica-id", launch.replica_id, "--instance", launch.instance]
-
     def crash_after_launch(name: str) -> None:
         if name == "after_launch":
             raise Crash(name)
@@ -296,10 +293,9 @@ def test_a_real_process_launched_before_a_crash_is_adopted_by_the_next_server_no
             await rec.settle()
         asyncio.run(run())
 
-    async def never_ready(port: int) -> bool:
+    async def never_ready(address: Address) -> bool:
         return False
 
-    monkeypatch.setattr(reconciler_module, "engine_argv", sleeper)
     monkeypatch.setattr(failpoints, "hit", crash_after_launch)
     first_runtime = local_runtime()
     instance = first_runtime.instance
