@@ -89,7 +89,8 @@ def test_deleted_endpoints_are_hidden_but_kept(store: Store) -> None:
     store.insert_endpoint(endpoint(), ("created", "made"))
     read = store.get_endpoint("endpoint-1")
     assert read is not None
-    store.update_endpoint(read, T0, None, deleted_at=T0 + timedelta(seconds=1), intent=Intent.STOP)
+    store.change_state(read, T0, EndpointState.STOPPING, None, deleted_at=T0 + timedelta(seconds=1),
+                       intent=Intent.STOP)
     assert store.get_endpoint("endpoint-1") is None
     assert store.list_endpoints("alice") == []
     assert store.get_endpoint("endpoint-1", include_deleted=True) is not None
@@ -176,3 +177,25 @@ def test_replicas_recorded_before_the_runtime_reported_hosts_are_reached_on_loop
     r = s.get_replica("r-old")
     assert r is not None and r.address == Address("127.0.0.1", 4321) and r.slots == (0, 1)
     engine.dispose()
+
+
+def test_a_state_changes_only_through_the_state_machine_with_its_event_in_the_same_write(store: Store) -> None:
+    store.insert_endpoint(endpoint(), ("created", "made"))
+    ep = store.get_endpoint("endpoint-1")
+    assert ep is not None and ep.state is EndpointState.PENDING
+    with pytest.raises(ValueError, match="change_state"):
+        store.update_endpoint(ep, T0, None, state=EndpointState.STARTED)
+    assert store.change_state(ep, T0 + timedelta(seconds=5), EndpointState.STOPPING, ("stop", "asked"),
+                              intent=Intent.STOP)
+    stopping = store.get_endpoint("endpoint-1")
+    assert stopping is not None and (stopping.state, stopping.intent) == (EndpointState.STOPPING, Intent.STOP)
+    assert stopping.state_changed_at == T0 + timedelta(seconds=5)
+    assert [e.kind for e in store.events("endpoint-1")][-1] == "stop"
+    assert store.change_state(stopping, T0, EndpointState.STOPPED, None)
+    stopped = store.get_endpoint("endpoint-1")
+    assert stopped is not None
+    with pytest.raises(Conflict):  # STOPPED may go only to PENDING or STARTING
+        store.change_state(stopped, T0, EndpointState.ERROR, ("bad", "never written"))
+    assert store.get_endpoint("endpoint-1") == stopped, "a refused transition writes nothing"
+    assert "bad" not in [e.kind for e in store.events("endpoint-1")]
+    assert not store.change_state(stopping, T0, EndpointState.PENDING, None), "a stale version writes nothing"

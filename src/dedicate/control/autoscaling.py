@@ -144,9 +144,8 @@ class Autoscaler:
                              started_at=ep.state_changed_at, last_request_at=last, busy=busy, now=now)
         if reason is not None:
             if await asyncio.to_thread(
-                    store.update_endpoint, ep, now, ("idle", f"stopped: {reason}"),
-                    intent=Intent.STOP, state=EndpointState.STOPPING, state_changed_at=now,
-                    status_message=f"stopping: {reason}", autoscale_state=None):
+                    store.change_state, ep, now, EndpointState.STOPPING, ("idle", f"stopped: {reason}"),
+                    intent=Intent.STOP, status_message=f"stopping: {reason}", autoscale_state=None):
                 log.info("endpoint %s stopped: %s", ep.name, reason)
                 self.wake()
             return

@@ -9,7 +9,7 @@ from typing import Any
 
 from dedicate.clock import Clock
 from dedicate.control.auth import Principal
-from dedicate.domain.endpoints import EndpointState, Intent, check_transition
+from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Forbidden, InvalidRequest
 from dedicate.domain.records import Endpoint
 from dedicate.metering.ledger import fmt_fraction, invoice, invoice_bytes, month_bounds, month_of, usage
@@ -146,11 +146,9 @@ class Billing:
                                     f"{spent} of {cents} cents spent in {month} ({threshold}% of the budget)")
             if stop and spent >= cents:
                 for ep in store.list_endpoints(owner):
-                    if ep.intent is Intent.RUN:
-                        check_transition(ep.state, EndpointState.STOPPING)
-                        if store.update_endpoint(ep, now, ("stopped", f"stopped: the monthly budget of {cents} "
-                                                           f"cents is reached ({spent} spent)"),
-                                                 intent=Intent.STOP, state=EndpointState.STOPPING,
-                                                 state_changed_at=now, status_message="stopping: budget reached"):
-                            stopped.append(ep.id)
+                    if ep.intent is Intent.RUN and store.change_state(
+                            ep, now, EndpointState.STOPPING,
+                            ("stopped", f"stopped: the monthly budget of {cents} cents is reached ({spent} spent)"),
+                            intent=Intent.STOP, status_message="stopping: budget reached"):
+                        stopped.append(ep.id)
         return stopped

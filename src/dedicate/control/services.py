@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from dedicate.autoscaler.policy import LastDecision, PolicyState, Target
@@ -363,10 +364,17 @@ class Services:
                 changes["desired_replicas"] = min(max(desired, new_min), new_max)
             now = self.clock.now()
             event = ("updated", "; ".join(events)) if events else None
-            if not changes or self.store.update_endpoint(ep, now, event, **changes):
+            if not changes or self._write(ep, now, event, changes):
                 self.wake()
                 return self.get(principal, key)
         raise InvalidRequest("the endpoint changed while updating it; try again")
+
+    def _write(self, ep: Endpoint, now: datetime, event: tuple[str, str] | None, changes: dict[str, Any]) -> bool:
+        """A guarded write of ``changes``; one holding a new state goes through the state machine."""
+        if "state" in changes:
+            changes.pop("state_changed_at", None)
+            return self.store.change_state(ep, now, changes.pop("state"), event, **changes)
+        return self.store.update_endpoint(ep, now, event, **changes)
 
     def _state_change(self, ep: Endpoint, state: object, events: list[str], min_replicas: int) -> dict[str, Any]:
         now = self.clock.now()
@@ -425,8 +433,10 @@ class Services:
         for _ in range(5):
             ep = self._visible(principal, key)
             now = self.clock.now()
-            if self.store.update_endpoint(ep, now, ("deleted", "endpoint deleted"),
-                                          deleted_at=now, intent=Intent.STOP):
+            # A deleted endpoint stops like any other; the reconciler settles it to STOPPED.
+            state = EndpointState.STOPPED if ep.state is EndpointState.STOPPED else EndpointState.STOPPING
+            if self.store.change_state(ep, now, state, ("deleted", "endpoint deleted"),
+                                       deleted_at=now, intent=Intent.STOP):
                 self.wake()
                 return
         raise InvalidRequest("the endpoint changed while deleting it; try again")

@@ -46,6 +46,11 @@ class Endpoint:
         """``replicas`` clamped to [min_replicas, max_replicas]."""
         return min(max(replicas, self.min_replicas), self.max_replicas)
 
+    @property
+    def should_run(self) -> bool:
+        """Whether replicas should run: the user wants it running, it is not deleted and not in ERROR."""
+        return self.intent is Intent.RUN and self.deleted_at is None and self.state is not EndpointState.ERROR
+
 
 @dataclass(frozen=True)
 class Address:

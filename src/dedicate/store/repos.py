@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from dedicate.domain.endpoints import EndpointState, Intent
+from dedicate.domain.endpoints import EndpointState, Intent, check_transition
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Address, ApiKey, Endpoint, EndpointSignals, Event, Replica, Slots
 from dedicate.domain.replicas import ReplicaFacts
@@ -41,6 +41,8 @@ from dedicate.store.tables import (
 )
 
 KEY_PREFIX = "ddc_"
+CHUNK = 500  # ids per IN (...) list, well under every backend's limit on bound parameters
+ACTIVE_STATES = tuple(s for s in EndpointState if s is not EndpointState.STOPPED)
 
 
 def hash_secret(secret: str) -> str:
@@ -234,10 +236,51 @@ class Store:
                 q = q.where(EndpointRow.deleted_at.is_(None))
             return [_endpoint(r) for r in s.scalars(q)]
 
+    def active_endpoints(self) -> list[Endpoint]:
+        """Every endpoint not STOPPED, deleted ones included: what a reconcile pass looks at.
+
+        An indexed query (``ix_endpoints_state``): a long-lived installation's stopped
+        endpoints cost a pass nothing.
+        """
+        with self.tx() as s:
+            q = select(EndpointRow).where(EndpointRow.state.in_([e.value for e in ACTIVE_STATES])).order_by(
+                EndpointRow.created_at, EndpointRow.id)
+            return [_endpoint(r) for r in s.scalars(q)]
+
+    def endpoints_by_id(self, ids: Iterable[str]) -> list[Endpoint]:
+        """The endpoints of ``ids`` (deleted ones included), in creation order."""
+        wanted = sorted(set(ids))
+        out: list[Endpoint] = []
+        with self.tx() as s:
+            for i in range(0, len(wanted), CHUNK):
+                q = select(EndpointRow).where(EndpointRow.id.in_(wanted[i:i + CHUNK]))
+                out.extend(_endpoint(r) for r in s.scalars(q))
+        return sorted(out, key=lambda e: (e.created_at, e.id))
+
+    def change_state(self, ep: Endpoint, now: datetime, state: EndpointState, event: tuple[str, str] | None,
+                     **changes: Any) -> bool:
+        """The one way an endpoint's state (or intent) changes.
+
+        The transition is checked against the state machine (``Conflict`` if it is not allowed),
+        and the state, the time it changed, the other changes and the event are written in one
+        guarded transaction: applied only if ``ep.version`` is still current.
+        """
+        check_transition(ep.state, state)
+        if state != ep.state:
+            changes.update(state=state, state_changed_at=now)
+        return self._update_endpoint(ep, now, event, changes)
+
     def update_endpoint(
         self, ep: Endpoint, now: datetime, event: tuple[str, str] | None = None, **changes: Any
     ) -> bool:
-        """Guarded write: applies only if ``ep.version`` is still current."""
+        """Guarded write: applies only if ``ep.version`` is still current. State changes go through
+        ``change_state``."""
+        if {"state", "intent", "state_changed_at"} & set(changes):
+            raise ValueError("an endpoint's state and intent change only through Store.change_state")
+        return self._update_endpoint(ep, now, event, changes)
+
+    def _update_endpoint(self, ep: Endpoint, now: datetime, event: tuple[str, str] | None,
+                         changes: dict[str, Any]) -> bool:
         values = {k: (v.value if isinstance(v, (EndpointState, Intent)) else v) for k, v in changes.items()}
         with self.tx() as s:
             self._check_fence(s)
@@ -344,6 +387,38 @@ class Store:
                               cents_per_minute=cents_per_minute, started_at=now, last_seen_at=now,
                               closed=False))
             return True
+
+    def record_probes_ok(self, replicas: Sequence[Replica], now: datetime, max_gap_s: float) -> set[str]:
+        """Good probes of replicas already ready and not failing, in one transaction: the steady case.
+
+        Each one's ``last_probe_ok_at`` and open billing interval move to ``now`` together. A
+        replica whose row changed since it was read, or whose interval is closed or older than
+        ``max_gap_s``, is left out (the caller records it with ``record_probe_ok``). Returns the
+        ids recorded.
+        """
+        by_id = {r.id: r for r in replicas}
+        done: set[str] = set()
+        cutoff = now - timedelta(seconds=max_gap_s)
+        ids = sorted(by_id)
+        with self.tx() as s:
+            self._check_fence(s)
+            for i in range(0, len(ids), CHUNK):
+                chunk = ids[i:i + CHUNK]
+                rows = s.execute(select(ReplicaRow.id, ReplicaRow.version).where(ReplicaRow.id.in_(chunk))
+                                 .where(ReplicaRow.stopped_at.is_(None)))
+                current = {rid: version for rid, version in rows}
+                open_ = set(s.scalars(select(IntervalRow.replica_id).where(
+                    IntervalRow.replica_id.in_(chunk), IntervalRow.closed.is_(False),
+                    IntervalRow.last_seen_at >= cutoff)))
+                ok = [rid for rid in chunk if current.get(rid) == by_id[rid].version and rid in open_]
+                if not ok:
+                    continue
+                s.execute(update(ReplicaRow).where(ReplicaRow.id.in_(ok))
+                          .values(last_probe_ok_at=now, probe_failures=0, version=ReplicaRow.version + 1))
+                s.execute(update(IntervalRow).where(IntervalRow.replica_id.in_(ok), IntervalRow.closed.is_(False),
+                                                    IntervalRow.last_seen_at < now).values(last_seen_at=now))
+                done.update(ok)
+        return done
 
     def close_intervals(self, replica_id: str | None, reason: str) -> int:
         """Close open intervals at their last good probe (one replica's, or every one)."""

@@ -1,0 +1,278 @@
+"""Replica upkeep: observe each live replica, probe it, record what happened, stop what must stop.
+
+Per live replica, each pass: not launched yet → adopt the process a crash left
+unrecorded, or launch it; launched → poll its process (all polls in one
+thread hop), record an exit, stop it in the background if asked, else probe
+its address. Good probes of replicas that are already ready are recorded in
+one transaction for the whole pass (facts and billing intervals together);
+every other outcome is its own guarded write. Stops, orphan stops included,
+run concurrently in the background and never hold up a pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from dedicate.clock import Clock
+from dedicate.control import failpoints
+from dedicate.control.failures import Failures
+from dedicate.control.launching import Launcher
+from dedicate.domain.records import Address, Endpoint, Replica
+from dedicate.runtimes.base import Handle, ProcessState, Runtime
+from dedicate.settings import Settings
+from dedicate.store.repos import StaleLease, Store
+
+log = logging.getLogger("dedicate.reconciler")
+
+STOP_GRACE_S = 10.0
+START_TIMEOUT_S = 600.0
+LOG_TAIL_LINES = 5
+
+Probe = Callable[[Address], Awaitable[bool]]
+
+
+def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def _seen_ok(r: Replica, now: datetime) -> Replica:
+    """``r`` as ``Store.record_probes_ok`` left it."""
+    return replace(r, version=r.version + 1, facts=replace(r.facts, last_probe_ok_at=now, probe_failures=0))
+
+
+@dataclass(frozen=True)
+class _Steady:
+    """A good probe of a replica that was ready already: recorded with the others in one write."""
+
+    replica: Replica
+    endpoint: Endpoint | None
+
+
+class ReplicaUpkeep:
+    def __init__(self, runtime: Runtime, settings: Settings, clock: Clock, failures: Failures,
+                 launcher: Launcher, probe: Probe, wake: Callable[[], None]) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.clock = clock
+        self.failures = failures
+        self.launcher = launcher
+        self.probe = probe
+        self.wake = wake
+        # A longer silence than this between good probes is an outage: it is not billed.
+        self.max_gap_s = max(30.0, 10 * settings.reconcile_interval_s)
+        self.stopping: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # the pass ---------------------------------------------------------------------------------
+
+    async def observe(self, store: Store, live: Sequence[Replica], processes: Mapping[str, Handle],
+                      endpoints: Mapping[str, Endpoint]) -> list[Replica] | None:
+        """Bring every live replica's recorded facts up to date with what runs.
+
+        Returns the live replicas as they now are where only steady good probes were recorded
+        (the common case, which needs no re-read), or None where anything else may have been
+        written and the caller must read again.
+        """
+        launched = [r for r in live if r.facts.launched_at is not None and r.id not in self.stopping]
+        states = await asyncio.to_thread(self._poll_all, launched)
+        results = await asyncio.gather(
+            *(self._observe(store, r, processes, states.get(r.id), endpoints.get(r.endpoint_id)) for r in live),
+            return_exceptions=True)
+        steady: list[_Steady] = []
+        other = False
+        for r, res in zip(live, results, strict=True):  # one bad replica never stops the pass
+            if isinstance(res, StaleLease):
+                raise res
+            if isinstance(res, BaseException):
+                log.error("observing replica %s failed: %r", r.id, res)
+            if isinstance(res, _Steady):
+                steady.append(res)
+            else:
+                other = True
+        done = await self._record_steady(store, steady) if steady else set()
+        if other or len(done) < len(steady):
+            return None
+        now_seen = {s.replica.id: s.replica for s in steady}
+        return [_seen_ok(now_seen.get(r.id, r), self.clock.now()) if r.id in done else r for r in live]
+
+    def _poll_all(self, replicas: Sequence[Replica]) -> dict[str, ProcessState]:
+        return {r.id: self.runtime.poll(Handle(r.pid or -1, r.process_started or "")) for r in replicas}
+
+    async def _observe(self, store: Store, r: Replica, processes: Mapping[str, Handle],
+                       state: ProcessState | None, ep: Endpoint | None) -> _Steady | None:
+        now = self.clock.now()
+        if r.id in self.stopping:
+            return None
+        if r.facts.launched_at is None:
+            found = processes.get(r.id)
+            if found is not None:  # launched before a crash, never recorded: adopt it
+                await asyncio.to_thread(
+                    store.update_replica, r, now, ("adopted", f"replica {r.id} adopted"),
+                    pid=found.pid, process_started=found.started, launched_at=now)
+            elif r.facts.stop_requested_at is not None:
+                await asyncio.to_thread(store.update_replica, r, now, None, stopped_at=now)
+            elif ep is not None:
+                await self.launcher.launch(store, ep, r)
+            return None
+        handle = Handle(r.pid or -1, r.process_started or "")
+        if state is None or not state.running:
+            await self._record_exit(store, r, state.exit_code if state else None, ep)
+            return None
+        if r.facts.stop_requested_at is not None:
+            self.spawn(self.stop(store, r, handle))
+            return None
+        return await self._probe(store, r, handle, ep)
+
+    async def _record_exit(self, store: Store, r: Replica, code: int | None, ep: Endpoint | None) -> None:
+        now = self.clock.now()
+        asked = r.facts.stop_requested_at is not None
+        tail = "" if asked else await asyncio.to_thread(log_tail, r.log_path)
+        msg = f"replica {r.id} stopped" if asked else f"replica {r.id} exited with code {code}: {tail}"
+        ok = await asyncio.to_thread(
+            store.update_replica, r, now, ("stopped" if asked else "failed", msg), stopped_at=now, exit_code=code)
+        if ok and not asked and ep is not None:
+            await self.failures.count(store, ep, r, now, msg)
+
+    async def _probe(self, store: Store, r: Replica, handle: Handle, ep: Endpoint | None) -> _Steady | None:
+        now = self.clock.now()
+        address = r.address
+        if address is None:
+            address = await asyncio.to_thread(self.runtime.address_of, r.id)
+            if address is None:
+                await self._check_start_timeout(store, r, now)
+                return None
+            if not await asyncio.to_thread(store.update_replica, r, now, None, address=address):
+                return None
+            fresh = await asyncio.to_thread(store.get_replica, r.id)
+            if fresh is None:
+                return None
+            r = fresh
+        if await self.probe(address):
+            if r.facts.first_ready_at is not None and r.facts.probe_failures == 0:
+                return _Steady(r, ep)
+            await self._record_ok(store, r, ep, now)
+            return None
+        if r.facts.first_ready_at is None:
+            await self._check_start_timeout(store, r, now)
+            return None
+        failures = r.facts.probe_failures + 1
+        # Seen not ready: its billing interval ends at its last good probe; the next good one opens anew.
+        await asyncio.to_thread(store.close_intervals, r.id, "probe failed")
+        if failures >= self.settings.probe_failure_threshold:
+            await asyncio.to_thread(
+                store.update_replica, r, now,
+                ("unhealthy", f"replica {r.id} failed {failures} probes in a row; replacing it"),
+                probe_failures=failures, stop_requested_at=now, stop_reason="unhealthy")
+        else:
+            await asyncio.to_thread(store.update_replica, r, now, None, probe_failures=failures)
+        return None
+
+    async def _record_steady(self, store: Store, steady: Sequence[_Steady]) -> set[str]:
+        """Record the steady good probes in one write; the ids recorded so."""
+        now = self.clock.now()
+        done = await asyncio.to_thread(store.record_probes_ok, [s.replica for s in steady], now, self.max_gap_s)
+        for s in steady:  # a gap, a closed interval or a row that moved on: recorded one by one
+            if s.replica.id not in done:
+                await self._record_ok(store, s.replica, s.endpoint, now)
+        return done
+
+    async def _record_ok(self, store: Store, r: Replica, ep: Endpoint | None, now: datetime) -> None:
+        first = r.facts.first_ready_at is None
+        changes: dict[str, Any] = {"last_probe_ok_at": now, "probe_failures": 0}
+        if first:
+            changes["first_ready_at"] = now
+        event = ("ready", f"replica {r.id} ready") if first else None
+        hw = self.settings.catalog.hardware.get(ep.hardware) if ep is not None else None
+        price = hw.cents_per_minute if hw is not None else (ep.cents_per_minute if ep else Decimal(0))
+        ok = await asyncio.to_thread(
+            store.record_probe_ok, r, now, event, changes, owner=ep.owner if ep else "",
+            hardware=ep.hardware if ep else "", cents_per_minute=price, max_gap_s=self.max_gap_s)
+        if ok and first:
+            failpoints.hit("after_first_probe")
+        if ok and first and ep is not None:
+            self.failures.clear(ep.id)
+            ep_now = await asyncio.to_thread(store.get_endpoint, ep.id, include_deleted=True)
+            if ep_now is not None and ep_now.failures_before_ready:
+                await asyncio.to_thread(store.update_endpoint, ep_now, now, None, failures_before_ready=0)
+
+    async def _check_start_timeout(self, store: Store, r: Replica, now: datetime) -> None:
+        launched = r.facts.launched_at
+        if launched is not None and (now - launched).total_seconds() > START_TIMEOUT_S:
+            await asyncio.to_thread(
+                store.update_replica, r, now,
+                ("failed", f"replica {r.id} not ready after {START_TIMEOUT_S:.0f} s; replacing it"),
+                stop_requested_at=now, stop_reason="start timeout")
+
+    # stops ------------------------------------------------------------------------------------
+
+    def stop_orphans(self, processes: Mapping[str, Handle], live_ids: set[str]) -> None:
+        """Stop, in the background and all at once, processes whose replica has no live row."""
+        for replica_id, handle in processes.items():
+            if replica_id not in live_ids and replica_id not in self.stopping:
+                log.warning("stopping orphan replica process %s (pid %s)", replica_id, handle.pid)
+                self.spawn(self._stop_orphan(replica_id, handle))
+
+    async def _stop_orphan(self, replica_id: str, handle: Handle) -> None:
+        self.stopping.add(replica_id)
+        try:
+            await asyncio.to_thread(self.runtime.stop, handle, STOP_GRACE_S)
+        finally:
+            self.stopping.discard(replica_id)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("a background stop failed: %r", exc)  # the next pass looks again
+
+    async def settle(self) -> None:
+        """Wait for the stops started in the background (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def stop(self, store: Store, r: Replica, handle: Handle) -> None:
+        if r.id in self.stopping:
+            return
+        self.stopping.add(r.id)
+        try:
+            code = await asyncio.to_thread(self.runtime.stop, handle, STOP_GRACE_S)
+            if code is None and (await asyncio.to_thread(self.runtime.poll, handle)).running:
+                # It outlived SIGKILL (e.g. stuck in the kernel): it keeps its slots and stays
+                # STOPPING, and the next pass tries again. Never record a stop that did not happen.
+                log.error("replica %s (pid %s) did not stop; will retry", r.id, handle.pid)
+                return
+            fresh = await asyncio.to_thread(store.get_replica, r.id)
+            if fresh is not None and fresh.facts.stopped_at is None:
+                now = self.clock.now()
+                ok = await asyncio.to_thread(
+                    store.update_replica, fresh, now,
+                    ("stopped", f"replica {r.id} stopped ({fresh.stop_reason or 'requested'})"),
+                    stopped_at=now, exit_code=code)
+                if ok and fresh.stop_reason == "start timeout":
+                    ep = await asyncio.to_thread(store.get_endpoint, fresh.endpoint_id, include_deleted=True)
+                    if ep is not None:
+                        tail = await asyncio.to_thread(log_tail, fresh.log_path)
+                        await self.failures.count(store, ep, fresh, now,
+                                                  f"replica {r.id} never became ready: {tail}")
+        finally:
+            self.stopping.discard(r.id)
+            self.wake()
