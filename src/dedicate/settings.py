@@ -321,7 +321,7 @@ def _explain(exc: ValidationError, origin: Path) -> ConfigError:
     lines: list[str | tuple[str, tuple[int | str, ...]]] = []
     for err in exc.errors():
         loc, kind = tuple(err["loc"]), err["type"]
-        if kind in ("extra_forbidden", "missing") and (kind == "extra_forbidden" or loc[:-1]):
+        if kind in ("extra_forbidden", "missing"):  # one line per table: its unknown keys, its missing ones
             key = (kind, loc[:-1])
             if key not in groups:
                 groups[key] = []
