@@ -43,7 +43,7 @@ from dedicate.gateway.signals import prometheus
 from dedicate.runtimes.base import Node
 from dedicate.runtimes.local import LocalRuntime
 from dedicate.runtimes.nvml import discovered_nodes
-from dedicate.settings import ConfigError, Settings
+from dedicate.settings import Settings
 from dedicate.store.db import make_engine, migrate
 from dedicate.store.repos import Store
 
@@ -98,7 +98,7 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
     nodes = list(settings.declared_nodes)
     if not nodes:  # declared nodes describe the machine; else this machine's GPUs are nodes
         gpu_types = {h.gpu_type for h in settings.catalog.hardware.values() if not h.is_cpu}
-        nodes.extend(discovered_nodes(settings.extra.get("gpu", {}), gpu_types))
+        nodes.extend(discovered_nodes(settings.gpu.discover, gpu_types))
     if settings.cpu_slots > 0:
         nodes.append(Node("local", "cpu", settings.cpu_slots))
     runtime = LocalRuntime(settings.data_dir, instance_id(settings.data_dir), nodes)
@@ -219,10 +219,7 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        parts = build_parts(settings)
-    except ValueError as exc:  # [gpu], read by the runtime's GPU discovery, is still a config error
-        raise ConfigError(str(exc)) from exc
+    parts = build_parts(settings)
     secret = ensure_admin_key(parts.store, settings.data_dir, parts.clock)
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]

@@ -6,9 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import Server
+from tests.e2e.harness import FAST_CONFIG, Server
 
 
 def cli(server: Server, *args: str, key: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -76,3 +77,24 @@ def test_keys_create_list_revoke(server: Server) -> None:
     assert [k["id"] for k in listed] == [made["id"]] and "key" not in listed[0]
     assert cli(server, "keys", "revoke", made["id"], key=made["key"]).returncode == 0
     assert cli(server, "endpoints", "list", key=made["key"]).returncode == 1
+
+
+def test_the_cli_finds_the_server_from_the_config_file_alone(tmp_path: Path) -> None:
+    """data_dir in the file named by DEDICATE_CONFIG, relative to it: `dedicate up` keeps its port file and
+    admin key there, and the CLI, given only DEDICATE_CONFIG and run from elsewhere, finds both."""
+    (tmp_path / "etc").mkdir()
+    cfg = tmp_path / "etc" / "dedicate.toml"
+    cfg.write_text(FAST_CONFIG + '[server]\ndata_dir = "../state"\nport = 0\n\n[gpu]\ndiscover = false\n')
+    server = Server(tmp_path / "state", env={"DEDICATE_CONFIG": str(cfg), "DEDICATE_DATA_DIR": "",
+                                             "DEDICATE_PORT": ""})
+    try:
+        server.start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DEDICATE_")}
+        env["DEDICATE_CONFIG"] = str(cfg)
+        (tmp_path / "elsewhere").mkdir()
+        out = subprocess.run([sys.executable, "-m", "dedicate.cli.main", "nodes", "--json"], env=env, text=True,
+                             capture_output=True, timeout=60, cwd=tmp_path / "elsewhere")
+        assert out.returncode == 0, out.stderr + server.log_tail()
+        assert [n["name"] for n in json.loads(out.stdout)] == ["local"], "an admin-only call: the admin key was found"
+    finally:
+        server.cleanup()

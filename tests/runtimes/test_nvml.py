@@ -269,11 +269,11 @@ def test_without_the_pynvml_module_there_are_no_gpus(monkeypatch: pytest.MonkeyP
 
 def test_discovered_nodes_honours_gpu_discover_false() -> None:
     fake = replay("linux_nvidia_8_h100_80g.json")
-    assert discovered_nodes({"discover": False}, nvml=fake) == []
+    assert discovered_nodes(False, nvml=fake) == []
     assert fake.calls == []
-    assert [n.slots for n in discovered_nodes({}, nvml=fake)] == [8]
-    with pytest.raises(ValueError, match="discover must be true or false"):
-        discovered_nodes({"discover": "no"}, nvml=fake)
+    assert [n.slots for n in discovered_nodes(True, nvml=fake)] == [8]
+    # A [gpu] discover that is not true or false is refused by the settings, before discovery:
+    # tests/test_settings.py::test_gpu_discover_must_be_true_or_false.
 
 
 def _settings(tmp_path: Path, toml: str) -> Any:

@@ -1,7 +1,9 @@
 """`dedicate`: run the server, and drive it (endpoints, hardware, models, keys).
 
-The CLI talks to DEDICATE_URL (default: the local server) with
-DEDICATE_API_KEY (default: the admin key in the data directory).
+The CLI talks to DEDICATE_URL with DEDICATE_API_KEY. Without them it finds the local server as
+`dedicate up` does (`settings.locate`: DEDICATE_CONFIG, DEDICATE_DATA_DIR, DEDICATE_HOST,
+DEDICATE_PORT, and the file's [server] table): the port the server wrote to its data directory,
+and the admin key there.
 """
 
 from __future__ import annotations
@@ -10,31 +12,33 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import httpx
 
+from dedicate.settings import ConfigError, Location, load_settings, locate
+
 SETTLED = {"STARTED", "STOPPED"}
 
 
-def _data_dir() -> Path:
-    return Path(os.environ.get("DEDICATE_DATA_DIR") or Path.home() / ".local/share/dedicate").expanduser()
+def _location() -> Location:
+    try:
+        return locate()
+    except ConfigError as exc:
+        _fail(f"config: {exc}")
 
 
 def _base_url() -> str:
     if url := os.environ.get("DEDICATE_URL"):
         return url.rstrip("/")
-    port_file = _data_dir() / "port"
-    port = port_file.read_text().strip() if port_file.exists() else os.environ.get("DEDICATE_PORT", "8700")
-    return f"http://{os.environ.get('DEDICATE_HOST', '127.0.0.1')}:{port}"
+    return _location().client_url()
 
 
 def _api_key() -> str:
     if key := os.environ.get("DEDICATE_API_KEY"):
         return key
-    key_file = _data_dir() / "admin.key"
+    key_file = _location().data_dir / "admin.key"
     if key_file.exists():
         return key_file.read_text().strip()
     _fail("no API key: set DEDICATE_API_KEY, or run on the server's machine where "
@@ -144,7 +148,6 @@ def main() -> None:
 def up() -> None:
     """Run the server (API, gateway, reconcilers) in the foreground."""
     from dedicate.server import serve
-    from dedicate.settings import ConfigError, load_settings
 
     try:
         serve(load_settings())

@@ -487,8 +487,7 @@ class Services:
         return out
 
     def availability_zones(self) -> list[str]:
-        zones = self.settings.extra.get("server", {}).get("availability_zones")
-        return list(zones) if zones else ["local"]
+        return list(self.settings.availability_zones)
 
     # keys ------------------------------------------------------------------------
 

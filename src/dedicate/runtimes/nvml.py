@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -247,21 +247,11 @@ def gpu_env(node: Node, slots: Iterable[int]) -> dict[str, str]:
     return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": visible_devices(node, slots)}
 
 
-def discovery_enabled(gpu_config: object) -> bool:
-    """``[gpu] discover`` of the config: true unless set to false."""
-    if not isinstance(gpu_config, Mapping):
-        raise ValueError(f"config: [gpu] must be a table, got {gpu_config!r}")
-    value = gpu_config.get("discover", True)
-    if not isinstance(value, bool):
-        raise ValueError(f"config: [gpu] discover must be true or false, got {value!r}")
-    return value
-
-
 def discovered_nodes(
-    gpu_config: object, gpu_types: Iterable[str] | None = None, nvml: NvmlLike | None = None
+    discover: bool, gpu_types: Iterable[str] | None = None, nvml: NvmlLike | None = None
 ) -> list[Node]:
-    """The GPU nodes the server adds when the config declares none (``[gpu] discover = false`` for none)."""
-    if not discovery_enabled(gpu_config):
+    """The GPU nodes the server adds when the config declares none (none with ``[gpu] discover = false``)."""
+    if not discover:
         log.info("GPU discovery is off ([gpu] discover = false)")
         return []
     return gpu_nodes(discover_gpus(nvml, gpu_types))
