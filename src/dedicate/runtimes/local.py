@@ -128,7 +128,11 @@ class LocalRuntime:
                 continue
             pid = int(entry.name)
             started = process_start_time(pid)
-            if started is not None and pid == os.getpgid(pid):
+            try:
+                leader = os.getpgid(pid)
+            except ProcessLookupError:  # it exited between the listing and this look: an outcome, not an error
+                continue
+            if started is not None and pid == leader:
                 found[replica_id] = Handle(pid, started)
         return found
 
