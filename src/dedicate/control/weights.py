@@ -65,6 +65,8 @@ class WeightsPreparer:
             self._ready[spec.name] = path
             return Ready(path)
         task = self._tasks.get(spec.name)
+        if task is not None and task.cancelled():  # its loop ended before it did: start over
+            task = None
         if task is None:
             log.info("preparing the weights of %s in %s", spec.name, path)
             task = asyncio.ensure_future(asyncio.to_thread(self._prepare, self.models_dir, spec))
