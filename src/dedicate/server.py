@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
@@ -29,6 +29,7 @@ from dedicate.api.routes import endpoints as endpoint_routes
 from dedicate.clock import Clock, clock_from_env
 from dedicate.control.auth import authenticate
 from dedicate.control.autoscaling import Autoscaler
+from dedicate.control.handoff import LoopHandoff
 from dedicate.control.models import ensure_builtin
 from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
@@ -62,6 +63,7 @@ class Parts:
     table: RoutingTable
     gateway: Gateway
     autoscaler: Autoscaler | None = None
+    handoff: LoopHandoff = field(default_factory=LoopHandoff)  # service calls into loop-owned objects
 
 
 def instance_id(data_dir: Path) -> str:
@@ -103,7 +105,9 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
         nodes.append(Node("local", "cpu", settings.cpu_slots))
     runtime = LocalRuntime(settings.data_dir, instance_id(settings.data_dir), nodes)
     reconciler = Reconciler(store, runtime, settings, clock)
-    services = Services(store, settings, clock, runtime.nodes, reconciler.wake.set)
+    # Services run in the API's worker threads: what they call on loop-owned objects is handed over.
+    handoff = LoopHandoff()
+    services = Services(store, settings, clock, runtime.nodes, handoff.wrap(reconciler.wake.set))
 
     def load() -> tuple[list[Endpoint], list[Replica]]:
         return store.list_endpoints(), store.live_replicas()
@@ -112,12 +116,12 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
     table = RoutingTable(load, ttl_s=g.table_ttl_s,
                          health=HealthPolicy(g.failures_to_eject, g.ejection_base_s, g.ejection_max_s))
     gateway = Gateway(table, lambda header: authenticate(store, header), g)
-    services.key_revoked = gateway.keys.forget
+    services.key_revoked = handoff.wrap(gateway.keys.forget)
     # Scales only while this process holds the reconciler lease, through its fenced store.
     autoscaler = Autoscaler(store, settings, clock, runtime.nodes,
                             leader=lambda: reconciler.store if reconciler.is_leader else None,
                             wake=reconciler.wake.set)
-    return Parts(settings, clock, store, runtime, reconciler, services, table, gateway, autoscaler)
+    return Parts(settings, clock, store, runtime, reconciler, services, table, gateway, autoscaler, handoff)
 
 
 async def flush_signals(parts: Parts, gateway_id: str, stop: asyncio.Event) -> None:
@@ -161,6 +165,7 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        parts.handoff.bind(asyncio.get_running_loop())
         spec = parts.settings.catalog.models.get(TINY_CHAT)
         # The demo model is built ahead of its first deploy where an enabled engine would load its weights.
         if spec is not None and any(registry.engine(e).needs_local_weights
