@@ -509,15 +509,17 @@ def test_hardware_this_installation_can_never_hold_is_refused_at_once(gpu: Serve
         assert "can hold 1 replica(s) of 8x_nvidia_h100_80gb_sxm" in err["message"]
         assert "min_replicas of 1" in err["message"]
 
-        # This installation runs H100s on the synthetic engine and has no A100 node. Engine first: an
-        # A100 shape runs vllm, not configured here, so it is the hardware choice that is wrong (Together's
-        # CLI shows the hardware that works on the words "invalid hardware provided").
+        # This installation runs H100s on the synthetic engine and has no A100 node. No node has that
+        # GPU type, so it is unavailable whatever else is wrong with it; its engine (vllm, not configured
+        # here) is named beside what would work now.
         resp = c.post("/v1/endpoints", json={
             "model": MODEL, "hardware": hw(1, "a100"), "autoscaling": {"min_replicas": 1, "max_replicas": 1}})
         err = error_of(resp)
-        assert err["code"] == "invalid_request" and err["param"] == "hardware"
-        assert err["message"].startswith("invalid hardware provided")
-        assert "needs the vllm engine, which this installation has not configured" in err["message"]
+        assert err["code"] == "hardware_unavailable" and err["param"] == "hardware"
+        assert resp.headers["x-should-retry"] == "false"
+        assert err["message"].startswith("Hardware for endpoint not available now. please try again later")
+        assert "would also need the vllm engine, which this installation has not configured" in err["message"]
+        assert f"what would work now: {MODEL} on {hw(1)}" in err["message"]
 
         assert c.get("/v1/endpoints", params={"mine": "false"}).json()["data"] == [], "nothing was created"
         assert node_a(c)["free"] == NODE_GPUS

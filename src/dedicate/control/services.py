@@ -155,6 +155,14 @@ class Services:
             )
         return engine
 
+    def _check_hardware(self, spec: ModelSpec, hw: Hardware, min_replicas: int) -> None:
+        """Refuse hardware no node has (``hardware_unavailable``, whatever else is wrong with it), then
+        hardware this model cannot run on here, then a minimum the installation could never hold."""
+        if self.pool_capacity(hw) == 0:
+            self._check_capacity(spec, hw, min_replicas)
+        self._check_deployable(spec, hw)
+        self._check_capacity(spec, hw, min_replicas)
+
     def _check_capacity(self, spec: ModelSpec, hw: Hardware, min_replicas: int) -> None:
         """Refuse what this installation could never hold, even empty; a busy pool only queues.
 
@@ -180,6 +188,9 @@ class Services:
                     for h in self.catalog.hardware.values()))
         if comparable:
             hints.append(f"comparable models that fit available hardware: {', '.join(comparable)}")
+        if self.engine_for(spec, hw) is None:
+            hints.append(f"{hw.id} would also need the {hw.engine} engine, which this installation has not "
+                         "configured")
         raise HardwareUnavailable(
             "Hardware for endpoint not available now. please try again later. "
             f"This installation can hold {capacity} replica(s) of {hw.id}"
@@ -259,8 +270,7 @@ class Services:
             raise InvalidRequest(
                 f"availability_zone {zone!r} does not exist here; choose one of "
                 f"{', '.join(self.availability_zones())} or leave it out", param="availability_zone")
-        self._check_deployable(spec, hw)
-        self._check_capacity(spec, hw, bounds.min_replicas)
+        self._check_hardware(spec, hw, bounds.min_replicas)
         run = state != "STOPPED"
         if run:
             self._check_quota(principal.owner, hw, bounds.min_replicas)
