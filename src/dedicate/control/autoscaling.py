@@ -36,6 +36,7 @@ from dedicate.control.capacity import engine_for
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.records import Endpoint, EndpointSignals, Replica
 from dedicate.domain.replicas import ReplicaStatus
+from dedicate.domain.status import replica_counts
 from dedicate.engines.metrics import EngineSample
 from dedicate.engines.registry import engine
 from dedicate.runtimes.base import Node
@@ -106,7 +107,7 @@ class Autoscaler:
         if fenced is None:
             return
         now = self.clock.now()
-        endpoints = await asyncio.to_thread(self.store.list_endpoints)
+        endpoints = await asyncio.to_thread(self.store.active_endpoints)  # stopped ones have nothing to scale
         signals = await asyncio.to_thread(self.store.signals, now, self.config.signal_fresh_s)
         live = await asyncio.to_thread(self.store.live_replicas)
         mine: dict[str, list[Replica]] = {}
@@ -151,14 +152,13 @@ class Autoscaler:
             return
         if ep.min_replicas >= ep.max_replicas:
             return  # nothing to decide: the bounds fix the count
-        ready = [r for r in replicas if r.status is ReplicaStatus.READY]
-        starting = sum(1 for r in replicas if r.status in (ReplicaStatus.PLACED, ReplicaStatus.STARTING))
-        reported = [samples[r.id] for r in ready if r.id in samples]
+        counts = replica_counts(ep, replicas)  # counted as the reconciler and the API count
+        reported = [samples[r.id] for r in replicas if r.id in samples and r.status is ReplicaStatus.READY]
         waiting = [s.waiting for s in reported if s.waiting is not None]
         kv = [s.kv_cache_usage for s in reported if s.kv_cache_usage is not None]
         inputs = Inputs(
             desired=ep.desired_replicas, in_flight=sig.in_flight if sig else 0, held=sig.queued if sig else 0,
-            ready=len(ready), starting=starting, engine_waiting=sum(waiting) if waiting else None,
+            ready=counts.ready, starting=counts.starting, engine_waiting=sum(waiting) if waiting else None,
             kv_cache_usage=max(kv) if kv else None, peak_load=sig.peak_load if sig else 0)
         target = target_for(self.settings, nodes, ep)
         config = PolicyConfig(ep.min_replicas, ep.max_replicas, target.value,
