@@ -239,9 +239,3 @@ def test_no_engine_when_the_model_cannot_run_on_the_shapes_engine() -> None:
     c = catalog()
     assert c.engine_for(c.get_model(TINY_CHAT), c.get_hardware("1x_nvidia_h100_80gb_sxm")) is None
     assert c.engine_for(c.get_model("meta-llama/Llama-3.1-8B-Instruct"), c.get_hardware("1x_cpu")) is None
-
-
-def test_with_engines_replaces_the_installed_engines() -> None:
-    c = catalog(engines=()).with_engines(["transformers"])
-    assert c.engines == frozenset({"transformers"})
-    assert c.engine_for(c.get_model(TINY_CHAT), c.get_hardware("1x_cpu")) == "transformers"

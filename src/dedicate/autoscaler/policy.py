@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 STATE_VERSION = 1
 
@@ -114,9 +114,6 @@ class PolicyState:
                                                               int(last["after"]), str(last["why"])))
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls()
-
-    def last_decision_at(self) -> datetime | None:
-        return None if self.last is None else datetime.fromtimestamp(self.last.at, UTC)
 
 
 @dataclass(frozen=True)

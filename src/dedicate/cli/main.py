@@ -19,8 +19,6 @@ import httpx
 
 from dedicate.settings import ConfigError, Location, load_settings, locate
 
-SETTLED = {"STARTED", "STOPPED"}
-
 
 def _location() -> Location:
     try:

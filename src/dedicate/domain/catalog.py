@@ -8,7 +8,7 @@ the config file.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from dedicate.domain.errors import InvalidRequest
@@ -135,6 +135,3 @@ class Catalog:
         if hardware.engine in model.engines and hardware.engine in self.engines:
             return hardware.engine
         return None
-
-    def with_engines(self, engines: Iterable[str]) -> Catalog:
-        return replace(self, engines=frozenset(engines))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 
@@ -106,7 +106,3 @@ def invoice_bytes(inv: dict[str, object]) -> bytes:
     """The canonical bytes of an invoice: recomputing it gives the same bytes."""
     return json.dumps(inv, sort_keys=True, separators=(",", ":")).encode()
 
-
-def next_month_start(t: datetime) -> datetime:
-    start, _ = month_bounds(month_of(t))
-    return month_bounds(month_of(start + timedelta(days=32)))[0]

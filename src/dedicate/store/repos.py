@@ -612,10 +612,6 @@ class Store:
 
     # events ----------------------------------------------------------------
 
-    def add_event(self, endpoint_id: str, at: datetime, kind: str, message: str) -> None:
-        with self.tx() as s:
-            s.add(EventRow(endpoint_id=endpoint_id, at=at, kind=kind, message=message))
-
     def events(self, endpoint_id: str, limit: int = 200) -> Sequence[Event]:
         with self.tx() as s:
             q = (select(EventRow).where(EventRow.endpoint_id == endpoint_id)
