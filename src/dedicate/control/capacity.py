@@ -24,7 +24,8 @@ def node_views(nodes: Sequence[Node], live: Iterable[Replica]) -> list[NodeView]
     """Every node with its free slots; a replica holds its slots until it has stopped."""
     used = used_slots(live)
     return [NodeView(n.name, n.gpu_type, n.slots,
-                     tuple(s for s in range(n.slots) if s not in used.get(n.name, set())))
+                     tuple(s for s in range(n.slots) if s not in used[n.name]) if n.name in used
+                     else tuple(range(n.slots)))
             for n in nodes]
 
 

@@ -92,6 +92,7 @@ class Converger:
         demands: list[Demand] = []
         usage: dict[str, int] = {}
         result = PlanResult()
+        runs_here: dict[tuple[str, str], bool] = {}  # (model, hardware) → an engine here runs it; once a pass
         for ep in endpoints:
             hw = catalog.hardware.get(ep.hardware)
             mine = active.get(ep.id, [])
@@ -103,7 +104,9 @@ class Converger:
             if self.failures.backing_off(ep.id, now):
                 continue
             model = catalog.models.get(ep.model)
-            if hw is None or model is None or engine_for(catalog, model, hw, nodes) is None:
+            if hw is not None and model is not None and (model.name, hw.id) not in runs_here:
+                runs_here[model.name, hw.id] = engine_for(catalog, model, hw, nodes) is not None
+            if hw is None or model is None or not runs_here[model.name, hw.id]:
                 result.unplaceable[ep.id] = f"no engine here can run {ep.model} on {ep.hardware}"
                 continue
             surplus = least_useful_first(mine)[: max(0, len(mine) - ep.min_replicas)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -48,11 +48,6 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
-
-
-def _seen_ok(r: Replica, now: datetime) -> Replica:
-    """``r`` as ``Store.record_probes_ok`` left it."""
-    return replace(r, version=r.version + 1, facts=replace(r.facts, last_probe_ok_at=now, probe_failures=0))
 
 
 @dataclass(frozen=True)
@@ -107,8 +102,7 @@ class ReplicaUpkeep:
         done = await self._record_steady(store, steady) if steady else set()
         if other or len(done) < len(steady):
             return None
-        now_seen = {s.replica.id: s.replica for s in steady}
-        return [_seen_ok(now_seen.get(r.id, r), self.clock.now()) if r.id in done else r for r in live]
+        return list(live)  # only their last good probe moved (no version changes with it)
 
     def _poll_all(self, replicas: Sequence[Replica]) -> dict[str, ProcessState]:
         return {r.id: self.runtime.poll(Handle(r.pid or -1, r.process_started or "")) for r in replicas}
