@@ -47,7 +47,7 @@ from dedicate.runtimes.local import LocalRuntime
 from dedicate.runtimes.nvml import discovered_nodes
 from dedicate.settings import Settings
 from dedicate.store.db import make_engine, migrate
-from dedicate.store.repos import Store
+from dedicate.store.repos import SIGNAL_ROWS_KEPT_S, Store
 
 log = logging.getLogger("dedicate")
 ADMIN_OWNER = "admin"
@@ -128,6 +128,8 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
 async def flush_signals(parts: Parts, gateway_id: str, stop: asyncio.Event) -> None:
     """Every ``signals_interval_s``: this gateway's counters and token usage to the store."""
     gw = parts.gateway
+    # Signal rows nobody wrote for this long (a dead process's) are deleted, long after readers stop counting them.
+    keep_s = max(SIGNAL_ROWS_KEPT_S, 10 * parts.settings.autoscaling.signal_fresh_s)
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), parts.settings.gateway.signals_interval_s)
@@ -135,7 +137,7 @@ async def flush_signals(parts: Parts, gateway_id: str, stop: asyncio.Event) -> N
         known = [(r.endpoint.id, r.endpoint.name, r.endpoint.owner) for r in gw.table.snapshot.routes.values()]
         rows, deltas = gw.signals.collect(now, gw.monotonic(), known)
         try:
-            await asyncio.to_thread(parts.store.write_signals, gateway_id, now, rows, deltas)
+            await asyncio.to_thread(parts.store.write_signals, gateway_id, now, rows, deltas, keep_s)
         except Exception:  # the database is away: keep the usage for the next write
             log.exception("writing gateway signals failed; retrying in %ss", parts.settings.gateway.signals_interval_s)
             gw.signals.restore(deltas)
