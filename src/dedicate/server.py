@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
+from dedicate import exposition
 from dedicate.api import errors as api_errors
 from dedicate.api.deps import admin
 from dedicate.api.routes import billing as billing_routes
@@ -40,13 +41,13 @@ from dedicate.gateway import app as gateway_app
 from dedicate.gateway.health import HealthPolicy
 from dedicate.gateway.proxy import Gateway
 from dedicate.gateway.routing import RoutingTable
-from dedicate.gateway.signals import prometheus
+from dedicate.gateway.signals import families as signal_families
 from dedicate.runtimes.base import Node
 from dedicate.runtimes.local import LocalRuntime
 from dedicate.runtimes.nvml import discovered_nodes
 from dedicate.settings import Settings
 from dedicate.store.db import make_engine, migrate
-from dedicate.store.repos import Store
+from dedicate.store.repos import SIGNAL_ROWS_KEPT_S, Store
 
 log = logging.getLogger("dedicate")
 ADMIN_OWNER = "admin"
@@ -127,6 +128,8 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
 async def flush_signals(parts: Parts, gateway_id: str, stop: asyncio.Event) -> None:
     """Every ``signals_interval_s``: this gateway's counters and token usage to the store."""
     gw = parts.gateway
+    # Signal rows nobody wrote for this long (a dead process's) are deleted, long after readers stop counting them.
+    keep_s = max(SIGNAL_ROWS_KEPT_S, 10 * parts.settings.autoscaling.signal_fresh_s)
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), parts.settings.gateway.signals_interval_s)
@@ -134,30 +137,33 @@ async def flush_signals(parts: Parts, gateway_id: str, stop: asyncio.Event) -> N
         known = [(r.endpoint.id, r.endpoint.name, r.endpoint.owner) for r in gw.table.snapshot.routes.values()]
         rows, deltas = gw.signals.collect(now, gw.monotonic(), known)
         try:
-            await asyncio.to_thread(parts.store.write_signals, gateway_id, now, rows, deltas)
+            await asyncio.to_thread(parts.store.write_signals, gateway_id, now, rows, deltas, keep_s)
         except Exception:  # the database is away: keep the usage for the next write
             log.exception("writing gateway signals failed; retrying in %ss", parts.settings.gateway.signals_interval_s)
             gw.signals.restore(deltas)
 
 
-def metrics_text(parts: Parts) -> str:
-    lines = ["# TYPE dedicate_endpoints gauge"]
+def server_families(parts: Parts) -> list[exposition.Metric]:
+    """Endpoints, replicas and this month's costs: three reads, however many endpoints (in a worker thread)."""
     endpoints = parts.store.list_endpoints()
-    for state, n in sorted(Counter(e.state.value for e in endpoints).items()):
-        lines.append(f'dedicate_endpoints{{state="{state}"}} {n}')
-    lines.append("# TYPE dedicate_replicas gauge")
-    for status, n in sorted(Counter(r.status.value for r in parts.store.live_replicas()).items()):
-        lines.append(f'dedicate_replicas{{status="{status}"}} {n}')
-    lines.append("# TYPE dedicate_endpoint_cost_this_month_cents gauge")
-    for e in endpoints:
-        cost = parts.services.billing.endpoint_cost(e, 0)["cost_this_month_cents"]
-        lines.append(f'dedicate_endpoint_cost_this_month_cents{{endpoint="{e.id}",owner="{e.owner}"}} {cost}')
-    return "\n".join(lines) + "\n"
+    replicas = parts.store.live_replicas()
+    costs = parts.services.billing.costs_this_month()
+    by_state = sorted(Counter(e.state.value for e in endpoints).items())
+    by_status = sorted(Counter(r.status.value for r in replicas).items())
+    return [
+        exposition.gauge("dedicate_endpoints", "Endpoints (not deleted) by state.", ("state",),
+                         [((state,), n) for state, n in by_state]),
+        exposition.gauge("dedicate_replicas", "Live replicas by status.", ("status",),
+                         [((status,), n) for status, n in by_status]),
+        exposition.gauge("dedicate_endpoint_cost_this_month_cents",
+                         "Charges of the calendar month (UTC) so far, in cents.", ("endpoint", "owner"),
+                         [((e.id, e.owner), float(costs.get(e.id, 0))) for e in endpoints]),
+    ]
 
 
-def gateway_metrics_text(gw: Gateway) -> str:
+def gateway_families(gw: Gateway) -> list[exposition.Metric]:
     """Read on the event loop, where the counters change."""
-    return prometheus(gw.signals, list(gw.table.states.values()), gw.monotonic(), time.time())
+    return signal_families(gw.signals, list(gw.table.states.values()), gw.monotonic(), time.time())
 
 
 def create_app(parts: Parts) -> gateway_app.GatewayFront:
@@ -206,8 +212,9 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
     @app.get("/metrics")
     async def metrics(request: Request) -> PlainTextResponse:
         await admin(request)
-        text = await asyncio.to_thread(metrics_text, parts) + gateway_metrics_text(parts.gateway)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        server = await asyncio.to_thread(server_families, parts)
+        text = exposition.render(server, gateway_families(parts.gateway))  # one registry, one page
+        return PlainTextResponse(text, media_type=exposition.CONTENT_TYPE)
 
     return gateway_app.GatewayFront(app, parts.gateway)
 

@@ -82,13 +82,27 @@ def test_counts_per_replica_and_endpoint_with_tokens_from_json_and_streams(tmp_p
             assert store.token_usage("alice", "2026-01-01", "2026-01-31") == {ep.id: (5, 31, 17)}
             assert gw.signals.collect(now, clock.t)[1] == [], "deltas are drained once written"
 
-            text = prometheus(gw.signals, gw.table.states.values(), clock.t, 1e9)
+            # prometheus-client writes values as floats and labels sorted by name
+            lines = prometheus(gw.signals, gw.table.states.values(), clock.t, 1e9).splitlines()
             assert f'dedicate_gateway_endpoint_requests_total{{endpoint="{ep.id}",name="alice/chat",' \
-                   'owner="alice"} 5' in text
-            assert 'dedicate_gateway_replica_tokens_out_total{replica="r-b",endpoint="endpoint-alice-chat"} 8' \
-                   in text
-            assert "# TYPE dedicate_gateway_endpoint_queued gauge" in text
+                   'owner="alice"} 5.0' in lines
+            assert 'dedicate_gateway_replica_tokens_out_total{endpoint="endpoint-alice-chat",replica="r-b"} 8.0' \
+                   in lines
+            assert "# TYPE dedicate_gateway_endpoint_queued gauge" in lines
+            assert "# TYPE dedicate_gateway_endpoint_requests_total counter" in lines
     run(scenario())
+
+
+def test_metric_labels_are_escaped() -> None:
+    s = Signals()
+    ep = s.endpoint("e1", 'alice/"chat"\\\nv2', "alice")
+    ep.requests = 2
+    ep.last_request = 10.0
+    lines = prometheus(s, [], 12.0, 1_700_000_000.0).splitlines()
+    assert 'dedicate_gateway_endpoint_requests_total{endpoint="e1",name="alice/\\"chat\\"\\\\\\nv2",' \
+           'owner="alice"} 2.0' in lines
+    assert 'dedicate_gateway_endpoint_last_request_timestamp_seconds{endpoint="e1",name="alice/\\"chat\\"' \
+           '\\\\\\nv2",owner="alice"} 1.699999998e+09' in lines
 
 
 def test_a_burst_between_two_writes_is_reported_as_the_peak_then_forgotten() -> None:

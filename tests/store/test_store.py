@@ -161,6 +161,41 @@ def test_gateway_signals_are_summed_over_fresh_gateways_with_their_busiest_momen
     assert seen.peak_load == 9 + 4 and seen.load == 13
 
 
+def test_signal_rows_nobody_writes_are_deleted_after_an_hour_without_changing_the_sums(store: Store) -> None:
+    from sqlalchemy import select
+
+    from dedicate.store.tables import SignalRow
+
+    ep, other = endpoint(), endpoint("endpoint-2", "alice/tiny-00000002")
+    store.insert_endpoint(ep, ("created", "test"))
+    store.insert_endpoint(other, ("created", "test"))
+    t = ep.created_at + timedelta(minutes=1)
+
+    def row(endpoint_id: str, in_flight: int, at: datetime) -> EndpointSignals:
+        return EndpointSignals(endpoint_id, in_flight, 0, 10, 1, 100, 50, None, at)
+
+    def rows() -> set[tuple[str, str]]:
+        with store.tx() as s:
+            return {(r.gateway, r.endpoint_id) for r in s.scalars(select(SignalRow))}
+
+    store.write_signals("gw-dead", t, [row(ep.id, 50, t), row(other.id, 50, t)])  # then the process died
+    store.write_signals("gw-1", t, [row(ep.id, 1, t), row(other.id, 1, t)])  # then it forgot ``other``
+    hour = t + timedelta(hours=1)
+    store.write_signals("gw-2", hour - timedelta(minutes=30), [row(ep.id, 7, hour)])
+    store.write_signals("gw-1", hour, [row(ep.id, 2, hour)])  # exactly an hour: kept
+    assert rows() == {("gw-dead", ep.id), ("gw-dead", other.id), ("gw-1", ep.id), ("gw-1", other.id),
+                      ("gw-2", ep.id)}
+    later = hour + timedelta(seconds=1)
+    store.write_signals("gw-1", later, [row(ep.id, 2, hour)], keep_s=7200)  # a longer horizon: nothing goes
+    assert len(rows()) == 5
+    before = store.signals(later, fresh_s=15)
+    store.write_signals("gw-1", later, [row(ep.id, 2, hour)])
+    assert rows() == {("gw-1", ep.id), ("gw-2", ep.id)}, "the dead process's rows and the forgotten one are gone"
+    assert store.signals(later, fresh_s=15) == before
+    assert before[ep.id].in_flight == 2 and other.id not in before
+    assert store.signals(later, fresh_s=3600)[ep.id].in_flight == 2 + 7, "rows within the hour still count"
+
+
 def test_replicas_recorded_before_the_runtime_reported_hosts_are_reached_on_loopback(db_url: str) -> None:
     from sqlalchemy import text
 

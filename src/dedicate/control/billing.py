@@ -93,6 +93,16 @@ class Billing:
         return {"cost_this_month_cents": str(round_cents(exact)),
                 "burn_rate_cents_per_minute": str(ep.cents_per_minute * ready)}
 
+    def costs_this_month(self) -> dict[str, Decimal]:
+        """Every endpoint's charges this month so far (as ``endpoint_cost`` has them), from one read of the
+        month's intervals: ``/metrics`` costs the same queries for ten endpoints as for ten thousand."""
+        now = self.clock.now()
+        lo, _ = month_bounds(month_of(now))
+        exact: dict[str, Fraction] = {}
+        for line in usage(self.store.intervals(start=lo, end=now), lo, now):
+            exact[line.endpoint_id] = exact.get(line.endpoint_id, Fraction(0)) + line.exact_cents
+        return {eid: round_cents(cents) for eid, cents in exact.items()}
+
     def month_to_date(self, owner: str, now: datetime) -> Decimal:
         lo, _ = month_bounds(month_of(now))
         lines = usage(self.store.intervals(owner=owner, start=lo, end=now), lo, now)

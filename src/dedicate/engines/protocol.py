@@ -7,8 +7,9 @@ their handlers, the checks on a request that come after its fields have their
 types, the reply and chunk shapes, SSE, ``/health``, ``/v1/models`` and
 ``/metrics``.
 
-It imports only the standard library and starlette (never FastAPI, pydantic or
-torch), so that the synthetic engine stays quick to start.
+It imports only the standard library, starlette and ``prometheus-client`` (through
+``dedicate.exposition``; never FastAPI, pydantic or torch), so that the synthetic
+engine stays quick to start.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ExceptionHandler, Receive, Scope, Send
+
+from dedicate import exposition
 
 FinishReason = Literal["stop", "length"]
 
@@ -387,15 +390,35 @@ def models_response(served_model_name: str, max_model_len: int) -> JSONResponse:
 
 
 _METRICS: Final = (
-    ("dedicate_engine_requests_running", "gauge", "Requests generating right now."),
-    ("dedicate_engine_requests_waiting", "gauge", "Requests queued for a generation slot."),
-    ("dedicate_engine_requests_total", "counter", "Generation requests accepted."),
-    ("dedicate_engine_prompt_tokens_total", "counter", "Prompt tokens of accepted requests."),
-    ("dedicate_engine_generation_tokens_total", "counter", "Tokens generated."),
-    ("dedicate_engine_max_concurrency", "gauge", "Requests allowed to generate at once."),
-    ("dedicate_engine_model_loaded", "gauge", "1 once the model is loaded and serving."),
-    ("dedicate_engine_requests_rejected_total", "counter", "Requests refused because the queue was full."),
+    ("dedicate_engine_requests_running", exposition.gauge, "Requests generating right now."),
+    ("dedicate_engine_requests_waiting", exposition.gauge, "Requests queued for a generation slot."),
+    ("dedicate_engine_requests_total", exposition.counter, "Generation requests accepted."),
+    ("dedicate_engine_prompt_tokens_total", exposition.counter, "Prompt tokens of accepted requests."),
+    ("dedicate_engine_generation_tokens_total", exposition.counter, "Tokens generated."),
+    ("dedicate_engine_max_concurrency", exposition.gauge, "Requests allowed to generate at once."),
+    ("dedicate_engine_model_loaded", exposition.gauge, "1 once the model is loaded and serving."),
+    ("dedicate_engine_requests_rejected_total", exposition.counter, "Requests refused because the queue was full."),
 )
+
+
+def metric_families(
+    *,
+    running: int,
+    waiting: int,
+    requests_total: int,
+    prompt_tokens_total: int,
+    generation_tokens_total: int,
+    max_concurrency: int,
+    loaded: bool,
+    requests_rejected_total: int | None = None,
+) -> list[exposition.Metric]:
+    """An engine's metric families; the rejection counter only where an engine keeps one."""
+    values = [running, waiting, requests_total, prompt_tokens_total, generation_tokens_total, max_concurrency]
+    values.append(int(loaded))
+    if requests_rejected_total is not None:
+        values.append(requests_rejected_total)
+    return [family(name, help_, (), [((), value)])
+            for (name, family, help_), value in zip(_METRICS, values, strict=False)]
 
 
 def render_metrics(
@@ -409,16 +432,12 @@ def render_metrics(
     loaded: bool,
     requests_rejected_total: int | None = None,
 ) -> str:
-    """Prometheus text exposition (format 0.0.4); the rejection counter only where an engine keeps one."""
-    values = [running, waiting, requests_total, prompt_tokens_total, generation_tokens_total, max_concurrency]
-    values.append(int(loaded))
-    if requests_rejected_total is not None:
-        values.append(requests_rejected_total)
-    lines: list[str] = []
-    for (name, kind, help_), value in zip(_METRICS, values, strict=False):
-        lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    return "\n".join(lines) + "\n"
+    """Prometheus text exposition (format 0.0.4) of ``metric_families``."""
+    return exposition.render(metric_families(
+        running=running, waiting=waiting, requests_total=requests_total, prompt_tokens_total=prompt_tokens_total,
+        generation_tokens_total=generation_tokens_total, max_concurrency=max_concurrency, loaded=loaded,
+        requests_rejected_total=requests_rejected_total))
 
 
 def metrics_response(text: str) -> Response:
-    return Response(text, media_type="text/plain; version=0.0.4")
+    return Response(text, media_type=exposition.CONTENT_TYPE)

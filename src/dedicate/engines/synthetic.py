@@ -12,9 +12,9 @@ queue of at most ``--max-queue``, beyond which requests get a 503.
 
 Every wait is an asyncio timer, so hundreds of concurrent streams cost almost
 no CPU, and the process starts in a fraction of a second: it imports only the
-standard library, starlette and uvicorn (never torch, transformers, FastAPI or
-pydantic), plus the light modules it shares with the transformers server:
-``protocol`` (the HTTP side) and ``serving`` (the process).
+standard library, starlette, uvicorn and prometheus-client (never torch,
+transformers, FastAPI or pydantic), plus the light modules it shares with the
+transformers server: ``protocol`` (the HTTP side) and ``serving`` (the process).
 
 It is never chosen by default: a hardware class or a test names it explicitly.
 """

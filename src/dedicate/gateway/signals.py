@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from dedicate import exposition
 from dedicate.domain.records import EndpointSignals
 
 _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
@@ -135,48 +136,53 @@ class Signals:
             u[2] += tokens_out
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+_ENDPOINT_FAMILIES = (
+    ("in_flight", exposition.gauge, "Requests being served (not queued)."),
+    ("queued", exposition.gauge, "Requests held for a ready replica."),
+    ("requests_total", exposition.counter, "Requests accepted."),
+    ("errors_total", exposition.counter, "Requests that ended in an error."),
+    ("tokens_in_total", exposition.counter, "Prompt tokens (from the replicas' usage)."),
+    ("tokens_out_total", exposition.counter, "Completion tokens (from the replicas' usage)."),
+    ("last_request_timestamp_seconds", exposition.gauge, "Unix time of the last request."),
+)
+_REPLICA_FAMILIES = (
+    ("in_flight", exposition.gauge, "Tries in progress on the replica."),
+    ("requests_total", exposition.counter, "Tries sent to the replica."),
+    ("errors_total", exposition.counter, "Tries that failed on the replica."),
+    ("tokens_in_total", exposition.counter, "Prompt tokens served by the replica."),
+    ("tokens_out_total", exposition.counter, "Completion tokens served by the replica."),
+    ("ejected", exposition.gauge, "1 while the replica is ejected for failing."),
+)
+
+
+def families(signals: Signals, replicas: Iterable[Counters], mono_now: float, wall_now: float
+             ) -> list[exposition.Metric]:
+    """The gateway's metric families, read now: per endpoint (endpoint, name, owner) and per replica."""
+    out: list[exposition.Metric] = []
+    eps = sorted(signals.endpoints.values(), key=lambda c: c.endpoint_id)
+    for name, family, help_ in _ENDPOINT_FAMILIES:
+        samples: list[exposition.Sample] = []
+        for c in eps:
+            labels = (c.endpoint_id, c.name, c.owner)
+            if name == "last_request_timestamp_seconds":
+                if c.last_request is not None:
+                    samples.append((labels, round(wall_now - (mono_now - c.last_request), 3)))
+            else:
+                samples.append((labels, getattr(c, name.removesuffix("_total"))))
+        out.append(family(f"dedicate_gateway_endpoint_{name}", help_, ("endpoint", "name", "owner"), samples))
+    reps = sorted(replicas, key=lambda r: str(getattr(r, "replica_id", "")))
+    for name, family, help_ in _REPLICA_FAMILIES:
+        samples = []
+        for r in reps:
+            ids = (str(getattr(r, "replica_id", "")), str(getattr(r, "endpoint_id", "")))
+            if name == "ejected":
+                samples.append((ids, int(float(getattr(r, "ejected_until", 0.0)) > mono_now)))
+            else:
+                samples.append((ids, getattr(r, name.removesuffix("_total"))))
+        out.append(family(f"dedicate_gateway_replica_{name}", help_, ("replica", "endpoint"), samples))
+    return out
 
 
 def prometheus(signals: Signals, replicas: Iterable[Counters], mono_now: float, wall_now: float) -> str:
     """The gateway's metric families in Prometheus text format 0.0.4."""
-    lines: list[str] = []
-    eps = sorted(signals.endpoints.values(), key=lambda c: c.endpoint_id)
-    fams = (("in_flight", "gauge", "Requests being served (not queued)."),
-            ("queued", "gauge", "Requests held for a ready replica."),
-            ("requests_total", "counter", "Requests accepted."),
-            ("errors_total", "counter", "Requests that ended in an error."),
-            ("tokens_in_total", "counter", "Prompt tokens (from the replicas' usage)."),
-            ("tokens_out_total", "counter", "Completion tokens (from the replicas' usage)."),
-            ("last_request_timestamp_seconds", "gauge", "Unix time of the last request."))
-    for name, kind, help_ in fams:
-        metric = f"dedicate_gateway_endpoint_{name}"
-        lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} {kind}"]
-        for c in eps:
-            value: float | int
-            if name == "last_request_timestamp_seconds":
-                if c.last_request is None:
-                    continue
-                value = round(wall_now - (mono_now - c.last_request), 3)
-            else:
-                value = getattr(c, name.removesuffix("_total"))
-            lines.append(f'{metric}{{endpoint="{_label(c.endpoint_id)}",name="{_label(c.name)}",'
-                         f'owner="{_label(c.owner)}"}} {value}')
-    reps = sorted(replicas, key=lambda r: str(getattr(r, "replica_id", "")))
-    for name, kind, help_ in (("in_flight", "gauge", "Tries in progress on the replica."),
-                              ("requests_total", "counter", "Tries sent to the replica."),
-                              ("errors_total", "counter", "Tries that failed on the replica."),
-                              ("tokens_in_total", "counter", "Prompt tokens served by the replica."),
-                              ("tokens_out_total", "counter", "Completion tokens served by the replica."),
-                              ("ejected", "gauge", "1 while the replica is ejected for failing.")):
-        metric = f"dedicate_gateway_replica_{name}"
-        lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} {kind}"]
-        for r in reps:
-            if name == "ejected":
-                value = int(float(getattr(r, "ejected_until", 0.0)) > mono_now)
-            else:
-                value = getattr(r, name.removesuffix("_total"))
-            lines.append(f'{metric}{{replica="{_label(str(getattr(r, "replica_id", "")))}",'
-                         f'endpoint="{_label(str(getattr(r, "endpoint_id", "")))}"}} {value}')
-    return "\n".join(lines) + "\n"
+    return exposition.render(families(signals, replicas, mono_now, wall_now))

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -43,6 +43,7 @@ from dedicate.store.tables import (
 KEY_PREFIX = "ddc_"
 CHUNK = 500  # ids per IN (...) list, well under every backend's limit on bound parameters
 ACTIVE_STATES = tuple(s for s in EndpointState if s is not EndpointState.STOPPED)
+SIGNAL_ROWS_KEPT_S = 3600.0  # a gateway signal row nobody wrote for this long is deleted
 
 
 def hash_secret(secret: str) -> str:
@@ -454,13 +455,17 @@ class Store:
     # gateway signals -----------------------------------------------------------
 
     def write_signals(self, gateway: str, now: datetime, rows: Sequence[EndpointSignals],
-                      token_deltas: Sequence[tuple[str, str, str, int, int, int]] = ()) -> None:
+                      token_deltas: Sequence[tuple[str, str, str, int, int, int]] = (),
+                      keep_s: float = SIGNAL_ROWS_KEPT_S) -> None:
         """One gateway process's view of its endpoints, and token usage deltas.
 
         ``token_deltas`` holds (endpoint id, owner, day, requests, tokens in, tokens out) to add.
-        Each gateway keeps its own signal rows; readers sum the fresh ones.
+        Each gateway keeps its own signal rows; readers sum the fresh ones. Rows not written for
+        ``keep_s`` (those of a process that died, or of an endpoint its gateway forgot) are deleted
+        first, in one statement: give a ``keep_s`` past the readers' ``fresh_s`` and no sum changes.
         """
         with self.tx() as s:
+            s.execute(delete(SignalRow).where(SignalRow.updated_at < now - timedelta(seconds=keep_s)))
             for sig in rows:
                 row = s.get(SignalRow, (sig.endpoint_id, gateway))
                 values = {"in_flight": sig.in_flight, "queued": sig.queued, "requests_total": sig.requests_total,
