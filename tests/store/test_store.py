@@ -234,3 +234,40 @@ def test_a_state_changes_only_through_the_state_machine_with_its_event_in_the_sa
     assert store.get_endpoint("endpoint-1") == stopped, "a refused transition writes nothing"
     assert "bad" not in [e.kind for e in store.events("endpoint-1")]
     assert not store.change_state(stopping, T0, EndpointState.PENDING, None), "a stale version writes nothing"
+
+
+def test_a_pass_reads_the_endpoints_not_stopped_deleted_ones_included(store: Store) -> None:
+    store.insert_endpoint(endpoint(), ("created", "a"))
+    store.insert_endpoint(endpoint("endpoint-2", "bob/tiny-00000002", "bob"), ("created", "b"))
+    two = store.get_endpoint("endpoint-2")
+    assert two is not None
+    assert store.change_state(two, T0, EndpointState.STOPPING, None, intent=Intent.STOP, deleted_at=T0)
+    assert [e.id for e in store.active_endpoints()] == ["endpoint-1", "endpoint-2"], "deleted and stopping: read"
+    stopping = store.get_endpoint("endpoint-2", include_deleted=True)
+    assert stopping is not None and store.change_state(stopping, T0, EndpointState.STOPPED, None)
+    assert [e.id for e in store.active_endpoints()] == ["endpoint-1"], "stopped: never read again"
+    assert [e.id for e in store.endpoints_by_id(["endpoint-2"])] == ["endpoint-2"]
+
+
+def test_steady_good_probes_move_facts_and_intervals_together_in_one_write(store: Store) -> None:
+    store.insert_endpoint(endpoint(), ("created", "made"))
+    for rid in ("r-1", "r-2", "r-3"):
+        store.insert_replica(replica(rid))
+        r = store.get_replica(rid)
+        assert r is not None
+        assert store.record_probe_ok(r, T0, None, {"first_ready_at": T0, "last_probe_ok_at": T0, "launched_at": T0},
+                                     owner="alice", hardware="1x_cpu", cents_per_minute=Decimal(1), max_gap_s=30)
+    ready = {r.id: r for r in store.live_replicas()}
+    gap = store.get_replica("r-3")
+    assert gap is not None
+    store.close_intervals("r-3", "probe failed")  # its interval ended: the bulk path leaves it alone
+    later = T0 + timedelta(seconds=5)
+    done = store.record_probes_ok(list(ready.values()), later, max_gap_s=30)
+    assert done == {"r-1", "r-2"}
+    for rid in ("r-1", "r-2"):
+        r = store.get_replica(rid)
+        assert r is not None and r.facts.last_probe_ok_at == later and r.version == ready[rid].version
+    spans = {i.replica_id: i for i in store.intervals() if i.replica_id != "r-3"}
+    assert all(i.last_seen_at == later for i in spans.values())
+    assert store.record_probes_ok(list(ready.values()), T0 + timedelta(seconds=60), max_gap_s=30) == set(), \
+        "a silence longer than the gap is not billed in bulk"

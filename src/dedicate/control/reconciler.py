@@ -43,7 +43,6 @@ BUDGET_CHECK_S = 10.0
 class Reconciler:
     def __init__(self, store: Store, runtime: Runtime, settings: Settings, clock: Clock,
                  probe: Probe | None = None, weights: WeightsPreparer | None = None) -> None:
-        self.base_store = store
         self.runtime = runtime
         self.settings = settings
         self.clock = clock
@@ -204,7 +203,7 @@ class Reconciler:
         await self.upkeep.settle()
 
     async def shutdown(self) -> None:
-        """Stop every replica of this instance, closing its billing facts; intents stay.
+        """Stop every live replica in the database, closing its billing facts; intents stay.
 
         Only the lease holder does this: a standby server that shuts down leaves the
         replicas to the holder.
@@ -213,6 +212,14 @@ class Reconciler:
         if not self.is_leader:
             await self._http.aclose()
             return
+        try:
+            await self._stop_all()
+        except StaleLease:  # the lease moved on mid-shutdown: the new holder looks after the replicas
+            log.warning("lost the reconciler lease while shutting down; leaving the replicas to the new holder")
+        await self.lease.release()
+        await self._http.aclose()
+
+    async def _stop_all(self) -> None:
         store = self.store
         now = self.clock.now()
         stops = []
@@ -229,6 +236,4 @@ class Reconciler:
             stops.append(self.upkeep.stop(store, fresh, Handle(fresh.pid, fresh.process_started or "")))
         await asyncio.gather(*stops, return_exceptions=True)
         await self.upkeep.settle()
-        await self.lease.release()
-        await self._http.aclose()
 

@@ -404,7 +404,8 @@ class Services:
             check_transition(ep.state, target)
             return {"intent": Intent.RUN, "state": target, "state_changed_at": now,
                     "failures_before_ready": 0, "desired_replicas": min_replicas,
-                    "status_message": "waiting for placement", "min_queued_at": now}
+                    "status_message": "waiting for placement", "min_queued_at": now,
+                    "autoscale_state": None}  # a start begins afresh: no window held from before
         raise InvalidRequest("state can be set to STARTED or STOPPED", param="state")
 
     def set_desired_replicas(self, endpoint_id: str, replicas: int, *, reason: str) -> Endpoint:
