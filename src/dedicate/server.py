@@ -47,7 +47,8 @@ from dedicate.runtimes.local import LocalRuntime
 from dedicate.runtimes.nvml import discovered_nodes
 from dedicate.settings import Settings
 from dedicate.store.db import make_engine, migrate
-from dedicate.store.repos import SIGNAL_ROWS_KEPT_S, Store
+from dedicate.store.repos import Store
+from dedicate.store.usage import SIGNAL_ROWS_KEPT_S
 
 log = logging.getLogger("dedicate")
 ADMIN_OWNER = "admin"

@@ -20,7 +20,7 @@ from dedicate.domain.models import TINY_CHAT
 from dedicate.domain.records import EndpointSignals, Replica
 from dedicate.engines.metrics import EngineSample, parse_engine_metrics
 from dedicate.settings import ConfigError, load_settings
-from dedicate.store.repos import StaleLease
+from dedicate.store.base import StaleLease
 from tests.control.test_capacity import ADMIN, ALICE, BOB, h100_node
 from tests.control.test_capacity import Fleet as CapacityFleet
 

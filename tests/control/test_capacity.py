@@ -22,8 +22,9 @@ from dedicate.domain.records import Address
 from dedicate.runtimes.base import Node
 from dedicate.runtimes.fake import FakeRuntime
 from dedicate.settings import load_settings
+from dedicate.store.base import StaleLease
 from dedicate.store.db import make_engine, migrate
-from dedicate.store.repos import StaleLease, Store
+from dedicate.store.repos import Store
 
 ALICE = Principal("alice", False, "k1")
 BOB = Principal("bob", False, "k2")

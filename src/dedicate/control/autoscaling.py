@@ -41,7 +41,8 @@ from dedicate.engines.metrics import EngineSample
 from dedicate.engines.registry import engine
 from dedicate.runtimes.base import Node
 from dedicate.settings import Settings
-from dedicate.store.repos import StaleLease, Store
+from dedicate.store.base import StaleLease
+from dedicate.store.repos import Store
 
 log = logging.getLogger("dedicate.autoscaler")
 

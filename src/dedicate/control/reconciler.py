@@ -33,7 +33,8 @@ from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.domain.status import Waiting, endpoint_status
 from dedicate.runtimes.base import Handle, Runtime
 from dedicate.settings import Settings
-from dedicate.store.repos import StaleLease, Store
+from dedicate.store.base import StaleLease
+from dedicate.store.repos import Store
 
 log = logging.getLogger("dedicate.reconciler")
 

@@ -26,7 +26,8 @@ from dedicate.control.launching import Launcher
 from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.runtimes.base import Handle, ProcessState, Runtime
 from dedicate.settings import Settings
-from dedicate.store.repos import StaleLease, Store
+from dedicate.store.base import StaleLease
+from dedicate.store.repos import Store
 
 log = logging.getLogger("dedicate.reconciler")
 

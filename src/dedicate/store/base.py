@@ -1,0 +1,60 @@
+"""The store's core: the database session, transactions, and the fence that guards a lease holder's writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Self
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from dedicate.store.db import session_factory
+from dedicate.store.tables import LeaseRow, OwnerRow
+
+
+class StaleLease(Exception):
+    """A fenced write found that its lease has moved to another holder: nothing was written."""
+
+
+class StoreBase:
+    """All persistence. Each method is one short transaction.
+
+    ``fenced(name, token)`` gives a view of the store whose replica and endpoint
+    writes commit only while lease ``name`` still carries ``token``: a
+    reconciler that lost its lease (paused, partitioned) cannot act any more.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = session_factory(engine)
+        self._fence: tuple[str, int] | None = None
+
+    def fenced(self, name: str, token: int) -> Self:
+        view = type(self).__new__(type(self))
+        view.engine, view._sessions, view._fence = self.engine, self._sessions, (name, token)
+        return view
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    def _check_fence(self, s: Session) -> None:
+        if self._fence is None:
+            return
+        name, token = self._fence
+        # A write, not a read: it starts the transaction and takes the lease row's lock on every
+        # backend (SQLite begins its transaction only at the first write), so the lease cannot
+        # change hands between this check and the writes that follow it.
+        res = s.execute(update(LeaseRow).where(LeaseRow.name == name, LeaseRow.token == token)
+                        .values(token=LeaseRow.token))
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            raise StaleLease(f"lease {name} moved on from token {token}")
+
+    def ensure_owner(self, s: Session, owner: str, now: datetime) -> None:
+        if s.get(OwnerRow, owner) is None:
+            s.add(OwnerRow(name=owner, created_at=now))
+            s.flush()
