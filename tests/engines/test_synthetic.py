@@ -18,7 +18,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from dedicate.engines import synthetic
-from dedicate.engines.synthetic import Admission, APIError, SyntheticConfig, SyntheticEngine, build_app
+from dedicate.engines.protocol import APIError
+from dedicate.engines.synthetic import build_app
+from dedicate.engines.synthetic_engine import Admission, SyntheticConfig, SyntheticEngine
 
 TOKEN = "test-replica-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

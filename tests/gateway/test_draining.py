@@ -8,7 +8,8 @@ import json
 
 import httpx
 
-from dedicate.engines.synthetic import SyntheticConfig, SyntheticEngine, build_app
+from dedicate.engines.synthetic import build_app
+from dedicate.engines.synthetic_engine import SyntheticConfig, SyntheticEngine
 from dedicate.settings import GatewaySettings
 from tests.gateway.fakes import World, chat, eventually, gateway, make_endpoint, make_replica, run, serve, stopping
 
