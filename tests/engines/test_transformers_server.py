@@ -20,13 +20,9 @@ from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
 from dedicate.engines import transformers_server
-from dedicate.engines.transformers_server import (
-    Engine,
-    SamplingParams,
-    TextAssembler,
-    build_app,
-    sample_token,
-)
+from dedicate.engines.transformers_engine import Engine, SamplingParams, TextAssembler, sample_token
+from dedicate.engines.transformers_requests import CompletionRequest
+from dedicate.engines.transformers_server import build_app
 
 from . import session_demo_model
 
@@ -306,7 +302,7 @@ def test_content_parts_and_developer_role(client: TestClient, tokenizer: Any) ->
 
 
 def test_max_tokens_is_capped_by_the_context(engine: Engine) -> None:
-    body = transformers_server.CompletionRequest(prompt="x")
+    body = CompletionRequest(prompt="x")
     params = engine.sampling_params(body, 10**6, 16, prompt_len=engine.context_length - 3)
     assert params.max_tokens == 3
 
