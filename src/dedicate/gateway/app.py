@@ -9,9 +9,10 @@ proxy (``proxy.py``). ``/v1/models`` is an ordinary FastAPI route.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Literal
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dedicate.control.auth import Principal
@@ -47,8 +48,28 @@ async def principal(request: Request) -> Principal:
     return await gateway(request).keys.principal(request.headers.get("authorization"))
 
 
-@router.get("/models")
-async def models(request: Request) -> dict[str, Any]:
+class ModelEntry(BaseModel):
+    """One endpoint the key can call, in OpenAI's shape, with Together's fields beside."""
+
+    id: str = Field(description="the endpoint's name: pass it as `model`")
+    object: Literal["model"] = "model"
+    created: int = Field(description="unix seconds")
+    owned_by: str
+    type: Literal["chat"] = "chat"
+    display_name: str
+    context_length: int | None
+    root: str = Field(description="the catalog model it serves")
+    state: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelEntry]
+
+
+@router.get("/models", response_model=ModelList, tags=["inference"])
+async def models(request: Request) -> ModelList:
+    """The caller's own endpoints (admins' too), by name."""
     p = await principal(request)
     svc = request.app.state.services
     eps = await asyncio.to_thread(svc.store.list_endpoints, p.owner)
@@ -56,10 +77,7 @@ async def models(request: Request) -> dict[str, Any]:
     data = []
     for e in eps:
         spec = catalog.models.get(e.model)
-        data.append({
-            "id": e.name, "object": "model", "created": int(e.created_at.timestamp()),
-            "owned_by": e.owner, "type": "chat", "display_name": e.display_name,
-            "context_length": spec.context_length if spec else None, "root": e.model,
-            "state": e.state.value,
-        })
-    return {"object": "list", "data": data}
+        data.append(ModelEntry(id=e.name, created=int(e.created_at.timestamp()), owned_by=e.owner,
+                               display_name=e.display_name, context_length=spec.context_length if spec else None,
+                               root=e.model, state=e.state.value))
+    return ModelList(data=data)
