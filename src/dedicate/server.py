@@ -16,9 +16,11 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 
 from dedicate import exposition
@@ -219,6 +221,16 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
         text = exposition.render(server, gateway_families(parts.gateway))  # one registry, one page
         return PlainTextResponse(text, media_type=exposition.CONTENT_TYPE)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                              description="dedicate's management API (Together's flat v1 shape) and "
+                                          "OpenAI-compatible gateway; see docs/api.md")
+            gateway_app.document_inference(doc, api_errors.referenced(400, 404, 413, 429, 503))
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return gateway_app.GatewayFront(app, parts.gateway)
 
 

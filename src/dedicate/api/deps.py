@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
@@ -25,7 +26,12 @@ def services(request: Request) -> Services:
     return svc
 
 
-async def principal(request: Request) -> Principal:
+# Documents the scheme in /openapi.json (and /docs' "Authorize"); the header itself is read by
+# ``authenticate``, whose messages say which of missing, unknown and revoked a key is.
+bearer = HTTPBearer(auto_error=False, description="a dedicate API key: `Authorization: Bearer ddc_...`")
+
+
+async def principal(request: Request, _: Annotated[object, Depends(bearer)]) -> Principal:
     return await run_in_threadpool(authenticate, services(request).store,
                                    request.headers.get("authorization"))
 
