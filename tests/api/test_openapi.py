@@ -138,7 +138,9 @@ def test_every_body_and_parameter_has_a_schema(doc: dict[str, Any]) -> None:
 
 def test_together_clients_parameters_and_required_fields_are_documented(doc: dict[str, Any]) -> None:
     listing = doc["paths"]["/v1/endpoints"]["get"]
-    assert {p["name"] for p in listing["parameters"]} == {"type", "mine", "usage_type"}
+    assert {p["name"] for p in listing["parameters"]} == {"type", "mine", "usage_type", "limit", "after"}
+    limit = next(p for p in listing["parameters"] if p["name"] == "limit")["schema"]
+    assert (limit["default"], limit["minimum"], limit["maximum"]) == (100, 1, 1000)
     create = resolve(doc, {"$ref": "#/components/schemas/CreateEndpoint"})
     assert set(create["required"]) == {"model", "hardware", "autoscaling"}
     states = resolve(doc, {"$ref": "#/components/schemas/EndpointState"})["enum"]

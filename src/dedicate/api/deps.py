@@ -87,6 +87,16 @@ def flag(name: str, default: bool) -> BeforeValidator:
     return BeforeValidator(check)
 
 
+def whole(name: str, lo: int, hi: int) -> BeforeValidator:
+    """A whole-number query parameter in [lo, hi]."""
+    def check(value: object) -> int:
+        text = str(value)
+        if not text.isdigit() or not lo <= int(text) <= hi:
+            raise InvalidRequest(f"{name} must be a whole number from {lo} to {hi}", param=name)
+        return int(text)
+    return BeforeValidator(check)
+
+
 def one_of(name: str, *allowed: str) -> BeforeValidator:
     """A query parameter among ``allowed``; empty is as if absent."""
     def check(value: object) -> str | None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSche
 from dedicate.control.auth import Principal
 from dedicate.control.views import (
     Budget,
+    EndpointPage,
     EndpointView,
     HardwareOffer,
     NodeReport,
@@ -80,10 +81,13 @@ class ListEndpoint(Wire):
 class EndpointList(Wire):
     object: Literal["list"] = "list"
     data: list[ListEndpoint]
+    has_more: bool = Field(description="more endpoints follow: ask again with after=next_cursor")
+    next_cursor: str | None = Field(description="the id to pass as `after` for the next page; null on the last")
 
     @classmethod
-    def of(cls, endpoints: list[Endpoint]) -> EndpointList:
-        return cls(data=[ListEndpoint.entry(e) for e in endpoints])
+    def of(cls, page: EndpointPage) -> EndpointList:
+        return cls(data=[ListEndpoint.entry(e) for e in page.endpoints], has_more=page.has_more,
+                   next_cursor=page.next_cursor)
 
 
 class AutoscalingOut(Wire):

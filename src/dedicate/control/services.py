@@ -23,6 +23,7 @@ from dedicate.control.views import (
     AVAILABLE,
     INSUFFICIENT,
     UNAVAILABLE,
+    EndpointPage,
     EndpointView,
     HardwareOffer,
     NodeReport,
@@ -60,6 +61,9 @@ from dedicate.runtimes.base import Node
 from dedicate.scheduler.placement import NodeView, NoPlacement, place
 from dedicate.settings import Settings
 from dedicate.store.repos import Store
+
+DEFAULT_PAGE = 100  # endpoints per page of GET /v1/endpoints when no limit is given
+MAX_PAGE = 1000
 
 
 class Services:
@@ -280,9 +284,17 @@ class Services:
     def get(self, principal: Principal, key: str) -> EndpointView:
         return self.view(self._visible(principal, key))
 
-    def list_endpoints(self, principal: Principal, *, mine: bool) -> list[Endpoint]:
+    def list_endpoints(self, principal: Principal, *, mine: bool, limit: int = DEFAULT_PAGE,
+                       after: str | None = None) -> EndpointPage:
+        """A page of the endpoints the caller sees, oldest first, continuing after the endpoint ``after``."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", param="limit")
         owner = None if (principal.is_admin and not mine) else principal.owner
-        return self.store.list_endpoints(owner)
+        found = self.store.endpoints_after(owner, after, limit + 1)
+        if found is None:  # an unknown id, or another owner's: the same answer
+            raise InvalidRequest(f"after {after!r} is not an endpoint of this listing; pass the next_cursor "
+                                 "of the previous page", param="after")
+        return EndpointPage(found[:limit], has_more=len(found) > limit)
 
     def update(self, principal: Principal, key: str, patch: EndpointPatch) -> EndpointView:
         """Change only what ``patch`` gives; all of it or nothing."""

@@ -38,6 +38,18 @@ class EndpointView:
 
 
 @dataclass(frozen=True)
+class EndpointPage:
+    """One page of endpoints, oldest first; ``next_cursor`` continues after the last one."""
+
+    endpoints: list[Endpoint]
+    has_more: bool
+
+    @property
+    def next_cursor(self) -> str | None:
+        return self.endpoints[-1].id if self.has_more and self.endpoints else None
+
+
+@dataclass(frozen=True)
 class HardwareOffer:
     hardware: Hardware
     availability: str | None  # AVAILABLE, INSUFFICIENT or UNAVAILABLE; None when no model was named

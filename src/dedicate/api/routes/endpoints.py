@@ -6,10 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from dedicate.api.deps import BoundedRoute, Caller, Svc, call, flag, one_of
+from dedicate.api.deps import BoundedRoute, Caller, Svc, call, flag, one_of, whole
 from dedicate.api.errors import responses
 from dedicate.api.schemas import DedicatedEndpoint, EndpointList, EventList, EventOut, ReplicaList, ReplicaOut
 from dedicate.control.inputs import STARTED, STOPPED, CreateEndpoint, EndpointPatch, Scale
+from dedicate.control.services import DEFAULT_PAGE, MAX_PAGE
+from dedicate.control.views import EndpointPage
 
 router = APIRouter(prefix="/v1", tags=["endpoints"], route_class=BoundedRoute)
 ById = responses(400, 404)
@@ -24,11 +26,14 @@ async def list_endpoints(
                     Query(description="false: an admin sees every owner's endpoints (true/false, 1/0, yes/no)")] = True,
     usage_type: Annotated[Literal["on-demand", "reserved"] | None, one_of("usage_type", "on-demand", "reserved"),
                           Query(description="reserved: always empty here")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"endpoints per page, at most {MAX_PAGE}"),
+                     whole("limit", 1, MAX_PAGE)] = DEFAULT_PAGE,
+    after: Annotated[str | None, Query(description="the next_cursor of the previous page")] = None,
 ) -> EndpointList:
-    """Oldest first, without deleted endpoints."""
+    """Oldest first, without deleted endpoints; a page at a time."""
     if kind == "serverless" or usage_type == "reserved":
-        return EndpointList.of([])
-    return EndpointList.of(await call(svc.list_endpoints, p, mine=mine))
+        return EndpointList.of(EndpointPage([], has_more=False))
+    return EndpointList.of(await call(svc.list_endpoints, p, mine=mine, limit=limit, after=after))
 
 
 @router.post("/endpoints", response_model=DedicatedEndpoint, responses=responses(400))
