@@ -99,7 +99,7 @@ def test_metrics_make_the_same_queries_for_3_endpoints_as_for_30(tmp_path: Path,
     assert len(eps) == 30
     for e in eps:
         # The same figure as the endpoint's own page, which reads its intervals alone.
-        expected = parts.services.billing.endpoint_cost(e, 0)["cost_this_month_cents"]
+        expected = str(parts.services.billing.endpoint_cost(e, 0).cost_this_month_cents)
         i = int(e.name.rsplit("ep", 1)[1])
         assert expected == str(round(Decimal("1.5") * (30 + i + 1 + 1)))  # 30 of the 90, then i + 1, then 1
         assert values[f'dedicate_endpoint_cost_this_month_cents{{endpoint="{e.id}",owner="{e.owner}"}}'] \

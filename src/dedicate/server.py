@@ -16,17 +16,20 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 
 from dedicate import exposition
 from dedicate.api import errors as api_errors
-from dedicate.api.deps import admin
+from dedicate.api.deps import Admin
 from dedicate.api.routes import billing as billing_routes
 from dedicate.api.routes import catalog as catalog_routes
 from dedicate.api.routes import endpoints as endpoint_routes
+from dedicate.api.schemas import Health
 from dedicate.clock import Clock, clock_from_env
 from dedicate.control.auth import authenticate
 from dedicate.control.autoscaling import Autoscaler
@@ -204,19 +207,30 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
     app.include_router(endpoint_routes.router)
     app.include_router(catalog_routes.router)
     app.include_router(billing_routes.router)
-    app.include_router(gateway_app.router)
+    app.include_router(gateway_app.router, responses=api_errors.responses())
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", response_model=Health, tags=["server"])
+    async def healthz() -> Health:
+        """No key needed: ok once the server is up."""
+        return Health()
 
-    @app.get("/metrics")
-    async def metrics(request: Request) -> PlainTextResponse:
-        await admin(request)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=api_errors.referenced(403), tags=["server"])
+    async def metrics(_: Admin) -> PlainTextResponse:
+        """Admins: Prometheus text."""
         server = await asyncio.to_thread(server_families, parts)
         text = exposition.render(server, gateway_families(parts.gateway))  # one registry, one page
         return PlainTextResponse(text, media_type=exposition.CONTENT_TYPE)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                              description="dedicate's management API (Together's flat v1 shape) and "
+                                          "OpenAI-compatible gateway; see docs/api.md")
+            gateway_app.document_inference(doc, api_errors.referenced(400, 404, 413, 429, 503))
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return gateway_app.GatewayFront(app, parts.gateway)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from dedicate.control.auth import Principal
 from dedicate.control.autoscaling import Autoscaler
+from dedicate.control.inputs import CreateEndpoint, EndpointPatch
 from dedicate.control.reconciler import Reconciler
 from dedicate.domain.errors import InvalidRequest
 from dedicate.domain.models import TINY_CHAT
@@ -48,8 +49,8 @@ class Fleet(CapacityFleet):
     def create(self, who: Principal, min_r: int, max_r: int, **extra: Any) -> str:  # type: ignore[override]
         """One 1-GPU endpoint between the bounds (the capacity fleet's ``create`` takes a GPU count)."""
         auto = {"min_replicas": min_r, "max_replicas": max_r, **extra.pop("autoscaling", {})}
-        return self.svc.create(who, {"model": TINY_CHAT, "hardware": "1x_nvidia_h100_80gb_sxm",
-                                     "autoscaling": auto, **extra}, dry_run=False).endpoint.id
+        body = {"model": TINY_CHAT, "hardware": "1x_nvidia_h100_80gb_sxm", "autoscaling": auto, **extra}
+        return self.svc.create(who, CreateEndpoint.model_validate(body), dry_run=False).endpoint.id
 
     def load(self, endpoint_id: str, in_flight: int, queued: int = 0, gateway: str = "gw-1",
              last_request_at: datetime | None = None, peak: int = 0) -> None:
@@ -225,11 +226,11 @@ def test_a_patch_of_the_bounds_applies_at_once_and_scaling_continues_within_them
     f.settle()
     f.run_for(10, {e: (8, 0)})
     assert f.ep(e)["running"] == 8
-    f.svc.update(ALICE, e, {"autoscaling": {"max_replicas": 3}})
+    f.svc.update(ALICE, e, EndpointPatch.model_validate({"autoscaling": {"max_replicas": 3}}))
     assert f.ep(e)["desired"] == 3, "at once, before any autoscaling pass"
     f.run_for(10, {e: (8, 0)})
     assert (f.ep(e)["desired"], f.ep(e)["running"]) == (3, 3)
-    f.svc.update(ALICE, e, {"autoscaling": {"max_replicas": 6}})
+    f.svc.update(ALICE, e, EndpointPatch.model_validate({"autoscaling": {"max_replicas": 6}}))
     f.run_for(6, {e: (8, 0)})
     assert f.ep(e)["desired"] == 6, "the load still asks for 8; the new max allows 6"
     assert f.events(e, "scaled")[-1] == "3 → 6: in-flight 8 over target 1 per replica; held at max_replicas 6"
@@ -238,13 +239,13 @@ def test_a_patch_of_the_bounds_applies_at_once_and_scaling_continues_within_them
 def test_target_concurrency_can_be_patched_and_reset_and_bad_values_are_refused(tmp_path: Path) -> None:
     f = Fleet(tmp_path)
     e = f.create(ALICE, 1, 8)
-    f.svc.update(ALICE, e, {"autoscaling": {"target_concurrency": 4}})
+    f.svc.update(ALICE, e, EndpointPatch.model_validate({"autoscaling": {"target_concurrency": 4}}))
     assert f.ep(e)["view"].target.value == 4
     assert "target concurrency set to 4 per replica" in f.events(e, "updated")
-    f.svc.update(ALICE, e, {"autoscaling": {"target_concurrency": None}})
+    f.svc.update(ALICE, e, EndpointPatch.model_validate({"autoscaling": {"target_concurrency": None}}))
     assert f.ep(e)["view"].target.source == "default"
     with pytest.raises(InvalidRequest, match="target_concurrency"):
-        f.svc.update(ALICE, e, {"autoscaling": {"target_concurrency": -2}})
+        f.svc.update(ALICE, e, EndpointPatch.model_validate({"autoscaling": {"target_concurrency": -2}}))
     with pytest.raises(InvalidRequest, match="target_concurrency"):
         f.create(ALICE, 1, 2, autoscaling={"target_concurrency": "lots"})
 
@@ -284,8 +285,9 @@ def test_min_zero_still_refuses_hardware_this_installation_can_never_hold(tmp_pa
     from dedicate.domain.errors import HardwareUnavailable
 
     with pytest.raises(HardwareUnavailable):
-        f.svc.create(ALICE, {"model": TINY_CHAT, "hardware": "2x_nvidia_h100_80gb_sxm",
-                             "autoscaling": {"min_replicas": 0, "max_replicas": 1}}, dry_run=False)
+        f.svc.create(ALICE, CreateEndpoint.model_validate({
+            "model": TINY_CHAT, "hardware": "2x_nvidia_h100_80gb_sxm",
+            "autoscaling": {"min_replicas": 0, "max_replicas": 1}}), dry_run=False)
 
 
 # idle shutdown ---------------------------------------------------------------------------------------
@@ -307,7 +309,7 @@ def test_an_idle_endpoint_stops_with_the_reason_and_start_brings_it_back(tmp_pat
     assert (got["state"], got["intent"], got["running"]) == ("STOPPED", "stop", 0)
     kept = f.store.get_endpoint(e)
     assert kept is not None and kept.inactive_timeout == 1 and kept.max_replicas == 2, "name and config kept"
-    f.svc.update(ALICE, kept.name, {"state": "STARTED"})
+    f.svc.update(ALICE, kept.name, EndpointPatch(state="STARTED"))
     f.settle()
     assert f.ep(e)["state"] == "STARTED"
     f.run_for(30, {e: (0, 0)})

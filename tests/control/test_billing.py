@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import IntegrityError
 
+from dedicate.control.inputs import BudgetUpdate, EndpointPatch
 from dedicate.domain.records import Address
 from dedicate.metering.ledger import Interval, invoice, invoice_bytes, month_bounds, usage
 from dedicate.metering.rating import charge_exact
@@ -62,7 +63,7 @@ def test_a_replica_that_never_became_ready_costs_nothing(tmp_path: Path, db_url:
     e = f.create(ALICE, 1, 1)
     f.run(20)
     assert f.ep(e)["state"] == "STARTING"
-    f.svc.update(ALICE, e, {"state": "STOPPED"})
+    f.svc.update(ALICE, e, EndpointPatch(state="STOPPED"))
     f.run(3)
     assert f.ep(e)["state"] == "STOPPED"
     assert f.exact(e) == 0 and f.store.intervals(endpoint_id=e) == []
@@ -89,7 +90,7 @@ def test_ninety_seconds_ready_cost_exactly_one_and_a_half_minutes(tmp_path: Path
     f.run(10)
     assert f.exact(e) == Fraction(PRICE) * Fraction(3, 2)
     view = f.svc.get(ALICE, e)
-    assert view.cost is not None and view.cost["cost_this_month_cents"] == "8"
+    assert view.cost is not None and str(view.cost.cost_this_month_cents) == "8"
 
 
 def test_a_control_plane_outage_is_not_billed_and_nothing_overlaps(tmp_path: Path, db_url: str) -> None:
@@ -158,14 +159,14 @@ def test_the_database_allows_one_open_interval_per_replica(tmp_path: Path, db_ur
 
 def test_budget_alerts_fire_once_and_an_opted_in_owner_is_stopped(tmp_path: Path, db_url: str) -> None:
     f = Billed(tmp_path, db_url)
-    f.svc.billing.set_budget(ALICE, {"monthly_cents": 10, "stop_at_limit": True})
+    f.svc.billing.set_budget(ALICE, BudgetUpdate(monthly_cents=10, stop_at_limit=True))
     e = f.create(ALICE, 1, 1)
     f.run(150)  # 5.6 cents a minute: 80% (8 cents) after ~86 s, 100% after ~107 s
     budget = f.svc.billing.budget(ALICE)
-    assert [a["threshold"] for a in budget["alerts"]] == [80, 100]
+    assert [a.threshold for a in budget.alerts] == [80, 100]
     assert f.ep(e)["state"] == "STOPPED"
     assert any(ev.kind == "stopped" and "budget" in ev.message for ev in f.store.events(e))
-    spent = Decimal(budget["month_to_date_cents"])
+    spent = budget.month_to_date_cents
     assert Decimal(10) <= spent <= Decimal(12), "stopped within a check interval of the limit"
 
 
@@ -175,7 +176,7 @@ def test_other_owners_bills_are_private(tmp_path: Path) -> None:
     f = Billed(tmp_path, f"sqlite:///{tmp_path / 'p.db'}")
     with pytest.raises(Forbidden):
         f.svc.billing.usage(ALICE, None, None, owner="bob")
-    assert f.svc.billing.usage(ADMIN, None, None, owner="bob")["owner"] == "bob"
+    assert f.svc.billing.usage(ADMIN, None, None, owner="bob").owner == "bob"
 
 
 # the ledger, pure ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 
 from dedicate.clock import ManualClock
 from dedicate.control.auth import Principal
+from dedicate.control.inputs import BudgetUpdate, CreateEndpoint, EndpointPatch, QuotaUpdate
 from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
 from dedicate.domain.catalog import Catalog, cpu_hardware, hardware_from_config
@@ -56,9 +57,9 @@ class Fleet:
         return Reconciler(self.store, self.runtime, self.settings, self.clock, probe=probe)
 
     def create(self, who: Principal, gpus: int, min_r: int, max_r: int | None = None) -> str:
-        return self.svc.create(who, {"model": TINY_CHAT, "hardware": f"{gpus}x_nvidia_h100_80gb_sxm",
-                                     "autoscaling": {"min_replicas": min_r, "max_replicas": max_r or min_r}},
-                               dry_run=False).endpoint.id
+        return self.svc.create(who, CreateEndpoint.model_validate({
+            "model": TINY_CHAT, "hardware": f"{gpus}x_nvidia_h100_80gb_sxm",
+            "autoscaling": {"min_replicas": min_r, "max_replicas": max_r or min_r}}), dry_run=False).endpoint.id
 
     def settle(self, passes: int = 4, rec: Reconciler | None = None) -> None:
         r = rec or self.rec
@@ -104,9 +105,9 @@ def test_the_queue_shows_positions_and_drains_by_itself_when_capacity_frees(tmp_
     assert (f.ep(b)["state"], f.ep(b)["position"]) == ("PENDING", 1)
     assert (f.ep(c)["state"], f.ep(c)["position"]) == ("PENDING", 2), "c fits nowhere either: a holds all 8"
     assert "queued: position 1 for 1 replica(s) of 8x h100-80gb" in str(f.ep(b)["message"])
-    queue = [(q["endpoint"], q["position"]) for q in f.svc.queue_view(ADMIN)]
+    queue = [(q.endpoint.id, q.position) for q in f.svc.queue_view(ADMIN)]
     assert queue == [(b, 1), (c, 2)]
-    f.svc.update(ALICE, a, {"state": "STOPPED"})
+    f.svc.update(ALICE, a, EndpointPatch(state="STOPPED"))
     f.settle(6)
     assert f.ep(a)["state"] == "STOPPED"
     assert f.ep(b)["state"] == "STARTED" and f.ep(b)["position"] is None
@@ -137,7 +138,7 @@ def test_raising_min_queues_only_the_extra_replicas_at_the_back(tmp_path: Path) 
     waiting = f.create(BOB, 8, 1)
     f.settle()
     assert f.ep(waiting)["position"] == 1
-    f.svc.update(ALICE, a, {"autoscaling": {"min_replicas": 2, "max_replicas": 2}})
+    f.svc.update(ALICE, a, EndpointPatch.model_validate({"autoscaling": {"min_replicas": 2, "max_replicas": 2}}))
     f.settle()
     got = f.ep(a)
     assert got["running"] == 1 and got["state"] == "STARTED", "its running replica is untouched"
@@ -146,11 +147,11 @@ def test_raising_min_queues_only_the_extra_replicas_at_the_back(tmp_path: Path) 
 
 def test_a_quota_caps_an_owners_gpus_with_use_and_cap_in_the_message(tmp_path: Path) -> None:
     f = Fleet(tmp_path, [h100_node()])
-    f.svc.set_quota(ADMIN, "alice", {"gpus": 4})
+    f.svc.set_quota(ADMIN, "alice", QuotaUpdate(gpus=4))
     f.create(ALICE, 2, 1)
     with pytest.raises(QuotaExceeded, match="2 GPU\\(s\\) committed of a quota of 4"):
         f.create(ALICE, 4, 1)
-    assert f.svc.quota(ALICE, "alice")["gpus_committed"] == 2
+    assert f.svc.quota(ALICE, "alice").gpus_committed == 2
 
 
 def test_stop_while_pending_leaves_the_queue(tmp_path: Path) -> None:
@@ -160,7 +161,7 @@ def test_stop_while_pending_leaves_the_queue(tmp_path: Path) -> None:
     b = f.create(BOB, 8, 1)
     c = f.create(BOB, 8, 1)
     f.settle()
-    f.svc.update(BOB, b, {"state": "STOPPED"})
+    f.svc.update(BOB, b, EndpointPatch(state="STOPPED"))
     f.settle()
     assert f.ep(b)["state"] == "STOPPED" and f.ep(b)["position"] is None
     assert f.ep(c)["position"] == 1
@@ -196,7 +197,7 @@ def test_racing_patches_on_one_endpoint_all_apply_and_none_is_lost(tmp_path: Pat
     e = f.create(ALICE, 1, 1, 8)
 
     def patch(n: int) -> str:
-        return f.svc.update(ALICE, e, {"display_name": f"name-{n}"}).endpoint.display_name
+        return f.svc.update(ALICE, e, EndpointPatch.model_validate({"display_name": f"name-{n}"})).endpoint.display_name
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(patch, range(4)))
@@ -208,12 +209,14 @@ def test_racing_patches_on_one_endpoint_all_apply_and_none_is_lost(tmp_path: Pat
 
 def test_starting_and_raising_bounds_in_one_patch_respects_the_quota_and_the_bounds(tmp_path: Path) -> None:
     f = Fleet(tmp_path, [h100_node()])
-    f.svc.set_quota(ADMIN, "alice", {"gpus": 2})
+    f.svc.set_quota(ADMIN, "alice", QuotaUpdate(gpus=2))
     e = f.create(ALICE, 1, 1)
-    f.svc.update(ALICE, e, {"state": "STOPPED"})
+    f.svc.update(ALICE, e, EndpointPatch(state="STOPPED"))
     with pytest.raises(QuotaExceeded):
-        f.svc.update(ALICE, e, {"state": "STARTED", "autoscaling": {"min_replicas": 6, "max_replicas": 6}})
-    got = f.svc.update(ALICE, e, {"state": "STARTED", "autoscaling": {"min_replicas": 2, "max_replicas": 2}})
+        f.svc.update(ALICE, e, EndpointPatch.model_validate(
+            {"state": "STARTED", "autoscaling": {"min_replicas": 6, "max_replicas": 6}}))
+    got = f.svc.update(ALICE, e, EndpointPatch.model_validate(
+        {"state": "STARTED", "autoscaling": {"min_replicas": 2, "max_replicas": 2}}))
     assert (got.endpoint.min_replicas, got.endpoint.desired_replicas, got.endpoint.max_replicas) == (2, 2, 2)
     f.settle()
     assert f.ep(e)["running"] == 2 and f.ep(e)["state"] == "STARTED"
@@ -224,4 +227,4 @@ def test_a_nan_budget_is_a_clear_400_not_a_500(tmp_path: Path) -> None:
 
     f = Fleet(tmp_path, [h100_node()])
     with pytest.raises(InvalidRequest, match="finite, non-negative"):
-        f.svc.billing.set_budget(ALICE, {"monthly_cents": "NaN"})
+        f.svc.billing.set_budget(ALICE, BudgetUpdate.model_validate({"monthly_cents": "NaN"}))

@@ -20,6 +20,7 @@ import pytest
 from dedicate.clock import ManualClock
 from dedicate.control import failpoints
 from dedicate.control.auth import Principal
+from dedicate.control.inputs import CreateEndpoint, EndpointPatch
 from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
 from dedicate.domain.catalog import Catalog, cpu_hardware
@@ -60,8 +61,8 @@ class World:
         self.svc = Services(self.store, self.settings, self.clock, self.runtime.nodes, lambda: None)
 
     def create(self, min_r: int = 1, max_r: int = 1) -> str:
-        view = self.svc.create(ADMIN, {"model": TINY_CHAT, "hardware": "1x_cpu",
-                                       "autoscaling": {"min_replicas": min_r, "max_replicas": max_r}},
+        view = self.svc.create(ADMIN, CreateEndpoint.model_validate({
+            "model": TINY_CHAT, "hardware": "1x_cpu", "autoscaling": {"min_replicas": min_r, "max_replicas": max_r}}),
                                dry_run=False)
         return view.endpoint.id
 
@@ -125,7 +126,7 @@ def test_stop_while_starting_kills_the_replica_and_it_never_became_ready(world: 
     ep = world.create()
     world.step()
     assert world.state(ep) == "STARTING"
-    world.svc.update(ADMIN, ep, {"state": "STOPPED"})
+    world.svc.update(ADMIN, ep, EndpointPatch(state="STOPPED"))
     world.step()  # asks the replica to stop
     world.step()  # stops it
     world.step()  # sees it gone
@@ -140,12 +141,12 @@ def test_stop_then_start_goes_back_through_placement(world: World) -> None:
     world.step()
     world.make_all_healthy()
     world.step()
-    world.svc.update(ADMIN, ep, {"state": "STOPPED"})
+    world.svc.update(ADMIN, ep, EndpointPatch(state="STOPPED"))
     world.step()  # asks the replica to stop
     world.step()  # stops it
     world.step()  # sees it gone
     assert world.state(ep) == "STOPPED"
-    world.svc.update(ADMIN, ep, {"state": "STARTED"})
+    world.svc.update(ADMIN, ep, EndpointPatch(state="STARTED"))
     world.step()
     world.make_all_healthy()
     world.step()
@@ -173,7 +174,7 @@ def test_repeated_failures_before_ready_end_in_error_with_backoff(world: World) 
     assert ep_now is not None and "exited with code 3" in ep_now.status_message
     world.step(100)
     assert world.runtime.running() == {}, "no endless restart loop in ERROR"
-    world.svc.update(ADMIN, ep, {"state": "STARTED"})
+    world.svc.update(ADMIN, ep, EndpointPatch(state="STARTED"))
     world.step()
     assert world.state(ep) == "STARTING", "start from ERROR resets the failure count"
 
@@ -333,7 +334,7 @@ def test_raising_min_replicas_adds_replicas_without_touching_the_others(world: W
     world.make_all_healthy()
     world.step()
     (first,) = world.runtime.running()
-    world.svc.update(ADMIN, ep, {"autoscaling": {"min_replicas": 2}})
+    world.svc.update(ADMIN, ep, EndpointPatch.model_validate({"autoscaling": {"min_replicas": 2}}))
     world.step()
     world.make_all_healthy()
     world.step()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dedicate.control.auth import Principal
+from dedicate.control.inputs import NewKey
 from dedicate.gateway.keys import KeyCache
 from dedicate.server import build_parts
 from dedicate.settings import load_settings
@@ -36,7 +37,7 @@ def test_keys_revoked_and_wakes_from_many_threads_reach_the_loop_while_the_gatew
     cfg = tmp_path / "c.toml"
     cfg.write_text("[cpu]\nslots = 0\n[gpu]\ndiscover = false\n")
     parts = build_parts(load_settings({"DEDICATE_DATA_DIR": str(tmp_path / "d"), "DEDICATE_CONFIG": str(cfg)}))
-    keys = [parts.services.create_key(ADMIN, {"owner": f"owner{i % 4}"}) for i in range(64)]
+    keys = [parts.services.create_key(ADMIN, NewKey(owner=f"owner{i % 4}")) for i in range(64)]
     errors: list[BaseException] = []
 
     async def scenario() -> tuple[int, int, list[str]]:

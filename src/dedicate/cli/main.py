@@ -205,7 +205,12 @@ def create(model: str, hardware: str, min_replicas: int, max_replicas: int, disp
 @json_opt
 def list_(all_owners: bool, as_json: bool) -> None:
     """List your endpoints."""
-    data = Client().call("GET", "/v1/endpoints", params={"mine": str(not all_owners).lower()})["data"]
+    client, params = Client(), {"mine": str(not all_owners).lower(), "limit": "1000"}
+    page = client.call("GET", "/v1/endpoints", params=params)
+    data = page["data"]
+    while page.get("has_more"):  # every page, oldest first
+        page = client.call("GET", "/v1/endpoints", params={**params, "after": page["next_cursor"]})
+        data += page["data"]
     rows = [[e["id"], e["name"], e["model"], e["state"], e["owner"]] for e in data]
     _out(data, as_json, _table(rows, ["ID", "NAME", "MODEL", "STATE", "OWNER"]))
 

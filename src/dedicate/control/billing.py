@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
-from typing import Any
 
 from dedicate.clock import Clock
 from dedicate.control.auth import Principal
+from dedicate.control.inputs import BudgetUpdate
+from dedicate.control.views import Budget, BudgetAlert, EndpointCost, Usage, UsageLine
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Forbidden, InvalidRequest
 from dedicate.domain.records import Endpoint
-from dedicate.metering.ledger import fmt_fraction, invoice, invoice_bytes, month_bounds, month_of, usage
+from dedicate.metering.ledger import invoice, invoice_bytes, month_bounds, month_of, usage
 from dedicate.metering.rating import round_cents
 from dedicate.store.repos import Store
 
@@ -51,31 +52,28 @@ class Billing:
             raise Forbidden("only an admin can see another owner's bill")
         return owner
 
-    def usage(self, principal: Principal, start: str | None, end: str | None, owner: str | None = None
-              ) -> dict[str, Any]:
+    def usage(self, principal: Principal, start: datetime | None, end: datetime | None,
+              owner: str | None = None) -> Usage:
+        """Billed time and counted tokens per endpoint over [start, end): by default this month (UTC) so far."""
         who = self._owner(principal, owner)
         now = self.clock.now()
-        lo = parse_time(start, "start") or month_bounds(month_of(now))[0]
-        hi = parse_time(end, "end") or now
+        lo = start or month_bounds(month_of(now))[0]
+        hi = end or now
         if hi < lo:
             raise InvalidRequest("end must not be before start", param="end")
         names = {e.id: e.name for e in self.store.list_endpoints(who, include_deleted=True)}
-        lines = usage(self.store.intervals(owner=who, start=lo, end=hi), lo, hi)
+        billed = usage(self.store.intervals(owner=who, start=lo, end=hi), lo, hi)
         # Tokens are counted per UTC day by the gateways: whole days that touch the period.
         tokens = self.store.token_usage(who, f"{lo:%Y-%m-%d}", f"{hi:%Y-%m-%d}")
 
-        def row(eid: str, hardware: str | None, seconds: str, minutes: str, cents: str) -> dict[str, Any]:
+        def line(eid: str, hardware: str | None, seconds: Fraction, cents: Decimal) -> UsageLine:
             requests, tokens_in, tokens_out = tokens.get(eid, (0, 0, 0))
-            return {"object": "usage", "endpoint": eid, "endpoint_name": names.get(eid), "hardware": hardware,
-                    "replica_seconds": seconds, "replica_minutes": minutes, "cents": cents,
-                    "requests": requests, "tokens_in": tokens_in, "tokens_out": tokens_out}
+            return UsageLine(eid, names.get(eid), hardware, seconds, cents, requests, tokens_in, tokens_out)
 
-        data = [row(line.endpoint_id, line.hardware, fmt_fraction(line.replica_seconds),
-                    fmt_fraction(line.replica_minutes), str(line.cents)) for line in lines]
-        billed = {line.endpoint_id for line in lines}
-        data += [row(eid, None, "0.000000", "0.000000", "0") for eid in sorted(tokens) if eid not in billed]
-        return {"object": "list", "owner": who, "start": lo.isoformat(), "end": hi.isoformat(), "data": data,
-                "total_cents": str(sum((line.cents for line in lines), Decimal(0)))}
+        lines = [line(b.endpoint_id, b.hardware, b.replica_seconds, b.cents) for b in billed]
+        seen = {b.endpoint_id for b in billed}
+        lines += [line(eid, None, Fraction(0), Decimal(0)) for eid in sorted(tokens) if eid not in seen]
+        return Usage(who, lo, hi, lines, sum((b.cents for b in billed), Decimal(0)))
 
     def invoice(self, principal: Principal, month: str, owner: str | None = None) -> bytes:
         who = self._owner(principal, owner)
@@ -84,14 +82,13 @@ class Billing:
         names = {e.id: e.name for e in self.store.list_endpoints(who, include_deleted=True)}
         return invoice_bytes(invoice(who, m, self.store.intervals(owner=who, start=lo, end=hi), names))
 
-    def endpoint_cost(self, ep: Endpoint, ready: int) -> dict[str, str]:
+    def endpoint_cost(self, ep: Endpoint, ready: int) -> EndpointCost:
         """This month's charges so far and the burn rate at the current ready count."""
         now = self.clock.now()
         lo, _ = month_bounds(month_of(now))
         lines = usage(self.store.intervals(endpoint_id=ep.id, start=lo, end=now), lo, now)
         exact = sum((line.exact_cents for line in lines), Fraction(0))
-        return {"cost_this_month_cents": str(round_cents(exact)),
-                "burn_rate_cents_per_minute": str(ep.cents_per_minute * ready)}
+        return EndpointCost(round_cents(exact), ep.cents_per_minute * ready)
 
     def costs_this_month(self) -> dict[str, Decimal]:
         """Every endpoint's charges this month so far (as ``endpoint_cost`` has them), from one read of the
@@ -108,34 +105,16 @@ class Billing:
         lines = usage(self.store.intervals(owner=owner, start=lo, end=now), lo, now)
         return round_cents(sum((line.exact_cents for line in lines), Fraction(0)))
 
-    def set_budget(self, principal: Principal, body: object, owner: str | None = None) -> dict[str, Any]:
+    def set_budget(self, principal: Principal, req: BudgetUpdate, owner: str | None = None) -> Budget:
         who = self._owner(principal, owner)
-        if not isinstance(body, dict):
-            raise InvalidRequest("the request body must be a JSON object")
-        raw = body.get("monthly_cents")
-        cents: Decimal | None = None
-        if raw is not None:
-            try:
-                cents = Decimal(str(raw))
-            except InvalidOperation as exc:
-                raise InvalidRequest("monthly_cents must be a number of cents, or null for none",
-                                     param="monthly_cents") from exc
-            if not cents.is_finite() or cents < 0:
-                raise InvalidRequest("monthly_cents must be a finite, non-negative number of cents",
-                                     param="monthly_cents")
-        stop = body.get("stop_at_limit", False)
-        if not isinstance(stop, bool):
-            raise InvalidRequest("stop_at_limit must be true or false", param="stop_at_limit")
-        self.store.set_budget(who, cents, stop, self.clock.now())
+        self.store.set_budget(who, req.monthly_cents, req.stop_at_limit, self.clock.now())
         return self.budget(principal, who)
 
-    def budget(self, principal: Principal, owner: str | None = None) -> dict[str, Any]:
+    def budget(self, principal: Principal, owner: str | None = None) -> Budget:
         who = self._owner(principal, owner)
         cents, stop = self.store.budget(who)
-        alerts = [{**a, "at": a["at"].isoformat()} for a in self.store.alerts(who)]
-        return {"object": "budget", "owner": who, "monthly_cents": None if cents is None else str(cents),
-                "stop_at_limit": stop, "month_to_date_cents": str(self.month_to_date(who, self.clock.now())),
-                "alerts": alerts}
+        alerts = [BudgetAlert(a["month"], a["threshold"], a["at"], a["message"]) for a in self.store.alerts(who)]
+        return Budget(who, cents, stop, self.month_to_date(who, self.clock.now()), alerts)
 
     def check_budgets(self, store: Store) -> list[str]:
         """Record 80% and 100% alerts once a month; stop opted-in owners' endpoints at 100%.

@@ -7,30 +7,42 @@ reconciler is then woken to act on it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from dedicate.autoscaler.policy import LastDecision, PolicyState, Target
+from dedicate.autoscaler.policy import PolicyState
 from dedicate.clock import Clock
 from dedicate.control.auth import Principal
 from dedicate.control.autoscaling import target_for
 from dedicate.control.billing import Billing
 from dedicate.control.capacity import engine_for, node_views
+from dedicate.control.inputs import CreateEndpoint, EndpointPatch, NewKey, QuotaUpdate, Scale
 from dedicate.control.models import model_dir
+from dedicate.control.views import (
+    AVAILABLE,
+    INSUFFICIENT,
+    UNAVAILABLE,
+    EndpointPage,
+    EndpointView,
+    HardwareOffer,
+    NodeReport,
+    OwnerQuota,
+    QueueEntry,
+    SlotHolder,
+)
 from dedicate.domain.capacity import GB, fits, memory_needed_bytes, usable_bytes
 from dedicate.domain.catalog import Catalog
 from dedicate.domain.endpoints import (
     EndpointState,
     Intent,
+    RequestedState,
     check_transition,
+    hardware_unchangeable,
     new_endpoint_id,
     new_endpoint_name,
     validate_autoscaling,
-    validate_display_name,
-    validate_inactive_timeout,
     validate_owner,
-    validate_target_concurrency,
 )
 from dedicate.domain.errors import (
     Forbidden,
@@ -44,38 +56,14 @@ from dedicate.domain.models import ModelSpec
 from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaStatus
 from dedicate.engines import registry
-from dedicate.metering.rating import PricePrediction, predict
+from dedicate.metering.rating import predict
 from dedicate.runtimes.base import Node
 from dedicate.scheduler.placement import NodeView, NoPlacement, place
 from dedicate.settings import Settings
 from dedicate.store.repos import Store
 
-AVAILABLE, INSUFFICIENT, UNAVAILABLE = "available", "insufficient", "unavailable"
-
-
-@dataclass(frozen=True)
-class EndpointView:
-    endpoint: Endpoint
-    replicas: list[Replica]
-    prediction: PricePrediction
-    cost: dict[str, str] | None = None
-    target: Target | None = None  # the autoscaler's target concurrency per replica
-    last_scaling: LastDecision | None = None  # the autoscaler's last decision, with its reason
-
-    def count(self, *statuses: ReplicaStatus) -> int:
-        return sum(1 for r in self.replicas if r.status in statuses)
-
-
-@dataclass(frozen=True)
-class HardwareOffer:
-    hardware: Hardware
-    availability: str | None
-
-
-def _require_dict(body: object, what: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"{what} must be a JSON object")
-    return body
+DEFAULT_PAGE = 100  # endpoints per page of GET /v1/endpoints when no limit is given
+MAX_PAGE = 1000
 
 
 class Services:
@@ -221,7 +209,7 @@ class Services:
                 f"this asks for {wanted} more ({min_replicas} x {hw.id}); stop another endpoint, lower "
                 "min_replicas, or ask an admin to raise the quota", param="autoscaling.min_replicas")
 
-    def quota(self, principal: Principal, owner: str) -> dict[str, Any]:
+    def quota(self, principal: Principal, owner: str) -> OwnerQuota:
         if owner != principal.owner and not principal.is_admin:
             raise NotFound(f"owner {owner!r} not found")
         in_use = 0
@@ -230,48 +218,28 @@ class Services:
             hw = shapes.get(r.endpoint_id)
             if hw is not None and not hw.is_cpu and r.facts.stop_requested_at is None:
                 in_use += hw.gpu_count
-        return {"object": "owner", "owner": owner, "gpu_quota": self.store.owner_quota(owner),
-                "gpus_committed": self._committed_gpus(owner), "gpus_in_use": in_use}
+        return OwnerQuota(owner, self.store.owner_quota(owner), self._committed_gpus(owner), in_use)
 
-    def set_quota(self, principal: Principal, owner: str, body: object) -> dict[str, Any]:
+    def set_quota(self, principal: Principal, owner: str, req: QuotaUpdate) -> OwnerQuota:
         if not principal.is_admin:
             raise Forbidden("only an admin can set quotas")
         validate_owner(owner)
-        b = _require_dict(body, "the request body")
-        gpus = b.get("gpus")
-        if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
-            raise InvalidRequest("gpus must be a whole number of GPUs, or null for no cap", param="gpus")
-        self.store.set_quota(owner, gpus, self.clock.now())
+        self.store.set_quota(owner, req.gpus, self.clock.now())
         return self.quota(principal, owner)
 
-    def create(self, principal: Principal, body: object, *, dry_run: bool,
+    def create(self, principal: Principal, req: CreateEndpoint, *, dry_run: bool,
                availability_zone: str | None = None) -> EndpointView:
-        b = _require_dict(body, "the request body")
-        spec = self.catalog.get_model(b.get("model") if isinstance(b.get("model"), str) else None)
-        hw_id = b.get("hardware")
-        hw = self.catalog.get_hardware(hw_id if isinstance(hw_id, str) else None)
-        auto = b.get("autoscaling")
-        if not isinstance(auto, dict):
-            raise InvalidRequest(
-                "autoscaling is required: pass {\"min_replicas\": N, \"max_replicas\": M}",
-                param="autoscaling")
-        bounds = validate_autoscaling(auto.get("min_replicas"), auto.get("max_replicas"))
-        target = validate_target_concurrency(auto.get("target_concurrency"))
-        timeout = validate_inactive_timeout(b.get("inactive_timeout"))
-        display = validate_display_name(b.get("display_name"))
-        state = b.get("state", "STARTED")
-        if state not in ("STARTED", "STOPPED", None):
-            raise InvalidRequest("state at creation must be STARTED (default) or STOPPED", param="state")
-        for flag in ("disable_prompt_cache", "disable_speculative_decoding"):
-            if b.get(flag) is not None and not isinstance(b.get(flag), bool):
-                raise InvalidRequest(f"{flag} must be true or false", param=flag)
-        zone = b.get("availability_zone") or availability_zone
+        """``req`` is checked as a body; what needs the installation is checked here, in the documented order."""
+        spec = self.catalog.get_model(req.model)
+        hw = self.catalog.get_hardware(req.hardware)
+        bounds = req.autoscaling
+        zone = req.availability_zone or availability_zone
         if zone is not None and zone not in self.availability_zones():
             raise InvalidRequest(
                 f"availability_zone {zone!r} does not exist here; choose one of "
                 f"{', '.join(self.availability_zones())} or leave it out", param="availability_zone")
         self._check_hardware(spec, hw, bounds.min_replicas)
-        run = state != "STOPPED"
+        run = req.state != "STOPPED"
         if run:
             self._check_quota(principal.owner, hw, bounds.min_replicas)
 
@@ -279,16 +247,16 @@ class Services:
         name = new_endpoint_name(principal.owner, spec.name)
         ep = Endpoint(
             id=new_endpoint_id(), name=name, owner=principal.owner, model=spec.name, hardware=hw.id,
-            display_name=display or name, min_replicas=bounds.min_replicas,
+            display_name=req.display_name or name, min_replicas=bounds.min_replicas,
             max_replicas=bounds.max_replicas, desired_replicas=bounds.min_replicas,
-            inactive_timeout=timeout, disable_prompt_cache=bool(b.get("disable_prompt_cache")),
-            disable_speculative_decoding=bool(b.get("disable_speculative_decoding")),
+            inactive_timeout=req.inactive_timeout, disable_prompt_cache=req.disable_prompt_cache,
+            disable_speculative_decoding=req.disable_speculative_decoding,
             availability_zone=zone, cents_per_minute=hw.cents_per_minute,
             intent=Intent.RUN if run else Intent.STOP,
             state=EndpointState.PENDING if run else EndpointState.STOPPED,
             state_changed_at=now, status_message="waiting for placement" if run else "stopped",
             failures_before_ready=0, created_at=now, updated_at=now, deleted_at=None, version=1,
-            min_queued_at=now if run else None, target_concurrency=target,
+            min_queued_at=now if run else None, target_concurrency=bounds.target_concurrency,
         )
         prediction = predict(hw.cents_per_minute, bounds.min_replicas, bounds.max_replicas)
         view = EndpointView(ep, [], prediction, target=target_for(self.settings, self.nodes(), ep))
@@ -316,42 +284,39 @@ class Services:
     def get(self, principal: Principal, key: str) -> EndpointView:
         return self.view(self._visible(principal, key))
 
-    def list_endpoints(self, principal: Principal, *, mine: bool) -> list[Endpoint]:
+    def list_endpoints(self, principal: Principal, *, mine: bool, limit: int = DEFAULT_PAGE,
+                       after: str | None = None) -> EndpointPage:
+        """A page of the endpoints the caller sees, oldest first, continuing after the endpoint ``after``."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", param="limit")
         owner = None if (principal.is_admin and not mine) else principal.owner
-        return self.store.list_endpoints(owner)
+        found = self.store.endpoints_after(owner, after, limit + 1)
+        if found is None:  # an unknown id, or another owner's: the same answer
+            raise InvalidRequest(f"after {after!r} is not an endpoint of this listing; pass the next_cursor "
+                                 "of the previous page", param="after")
+        return EndpointPage(found[:limit], has_more=len(found) > limit)
 
-    def update(self, principal: Principal, key: str, body: object) -> EndpointView:
-        b = _require_dict(body, "the request body")
-        known = {"autoscaling", "state", "display_name", "inactive_timeout", "hardware"}
-        unknown = sorted(set(b) - known)
-        if unknown:
-            raise InvalidRequest(f"cannot update {', '.join(unknown)}; updatable fields are "
-                                 f"{', '.join(sorted(known - {'hardware'}))}", param=unknown[0])
+    def update(self, principal: Principal, key: str, patch: EndpointPatch) -> EndpointView:
+        """Change only what ``patch`` gives; all of it or nothing."""
+        auto = patch.autoscaling
         for _ in range(5):  # retry on a concurrent change: the guarded write says who won
             ep = self._visible(principal, key)
             changes: dict[str, Any] = {}
             events = []
-            if "hardware" in b and b["hardware"] != ep.hardware:
-                raise InvalidRequest(
-                    "the hardware of an endpoint cannot be changed; create a new endpoint on the "
-                    "new hardware, then delete this one", param="hardware")
-            if "autoscaling" in b:
-                auto = b["autoscaling"]
-                if not isinstance(auto, dict):
-                    raise InvalidRequest("autoscaling must be an object with min_replicas, max_replicas "
-                                         "and/or target_concurrency", param="autoscaling")
-                if "target_concurrency" in auto:
-                    target = validate_target_concurrency(auto["target_concurrency"])
-                    if target != ep.target_concurrency:
-                        changes["target_concurrency"] = target
-                        events.append(f"target concurrency set to {target:g} per replica" if target is not None
-                                      else "target concurrency reset to the default of the hardware and model")
+            if patch.given("hardware") and patch.hardware != ep.hardware:
+                raise hardware_unchangeable()
+            if auto is not None and "target_concurrency" in auto.model_fields_set:
+                target = auto.target_concurrency
+                if target != ep.target_concurrency:
+                    changes["target_concurrency"] = target
+                    events.append(f"target concurrency set to {target:g} per replica" if target is not None
+                                  else "target concurrency reset to the default of the hardware and model")
             new_min, new_max = ep.min_replicas, ep.max_replicas
             hw = self.catalog.hardware.get(ep.hardware)
-            if "autoscaling" in b and ({"min_replicas", "max_replicas"} & set(b["autoscaling"])):
-                auto = b["autoscaling"]
-                bounds = validate_autoscaling(auto.get("min_replicas", ep.min_replicas),
-                                              auto.get("max_replicas", ep.max_replicas))
+            if auto is not None and auto.bounds_given:
+                bounds = validate_autoscaling(
+                    ep.min_replicas if auto.min_replicas is None else auto.min_replicas,
+                    ep.max_replicas if auto.max_replicas is None else auto.max_replicas)
                 new_min, new_max = bounds.min_replicas, bounds.max_replicas
                 if hw is not None:
                     self._check_capacity(self.catalog.get_model(ep.model), hw, new_min)
@@ -359,12 +324,12 @@ class Services:
                 if new_min > ep.min_replicas:
                     changes["min_queued_at"] = self.clock.now()  # the extra minimum joins the queue's back
                 events.append(f"autoscaling set to {new_min}..{new_max}")
-            if "inactive_timeout" in b:
-                changes["inactive_timeout"] = validate_inactive_timeout(b["inactive_timeout"])
-            if "display_name" in b:
-                changes["display_name"] = validate_display_name(b["display_name"]) or ep.name
-            if "state" in b:
-                changes.update(self._state_change(ep, b["state"], events, new_min))
+            if patch.given("inactive_timeout"):
+                changes["inactive_timeout"] = patch.inactive_timeout
+            if patch.given("display_name"):
+                changes["display_name"] = patch.display_name or ep.name
+            if patch.state is not None:
+                changes.update(self._state_change(ep, patch.state, events, new_min))
             # The quota is checked against what the endpoint will be: its new minimum, if it will run.
             runs = changes.get("intent", ep.intent) is Intent.RUN
             if runs and hw is not None and ({"min_replicas", "intent"} & set(changes)):
@@ -386,7 +351,8 @@ class Services:
             return self.store.change_state(ep, now, changes.pop("state"), event, **changes)
         return self.store.update_endpoint(ep, now, event, **changes)
 
-    def _state_change(self, ep: Endpoint, state: object, events: list[str], min_replicas: int) -> dict[str, Any]:
+    def _state_change(self, ep: Endpoint, state: RequestedState, events: list[str],
+                      min_replicas: int) -> dict[str, Any]:
         now = self.clock.now()
         if state == "STOPPED":
             if ep.intent is Intent.STOP:
@@ -396,17 +362,15 @@ class Services:
             check_transition(ep.state, target)
             return {"intent": Intent.STOP, "state": target, "state_changed_at": now,
                     "status_message": "stopping"}
-        if state == "STARTED":
-            if ep.intent is Intent.RUN and ep.state is not EndpointState.ERROR:
-                return {}
-            events.append("start requested")
-            target = EndpointState.PENDING
-            check_transition(ep.state, target)
-            return {"intent": Intent.RUN, "state": target, "state_changed_at": now,
-                    "failures_before_ready": 0, "desired_replicas": min_replicas,
-                    "status_message": "waiting for placement", "min_queued_at": now,
-                    "autoscale_state": None}  # a start begins afresh: no window held from before
-        raise InvalidRequest("state can be set to STARTED or STOPPED", param="state")
+        if ep.intent is Intent.RUN and ep.state is not EndpointState.ERROR:
+            return {}
+        events.append("start requested")
+        target = EndpointState.PENDING
+        check_transition(ep.state, target)
+        return {"intent": Intent.RUN, "state": target, "state_changed_at": now,
+                "failures_before_ready": 0, "desired_replicas": min_replicas,
+                "status_message": "waiting for placement", "min_queued_at": now,
+                "autoscale_state": None}  # a start begins afresh: no window held from before
 
     def set_desired_replicas(self, endpoint_id: str, replicas: int, *, reason: str) -> Endpoint:
         """The one interface that sets how many replicas should run, clamped to [min, max].
@@ -430,14 +394,9 @@ class Services:
                 return fresh
         raise InvalidRequest("the endpoint changed while scaling it; try again")
 
-    def scale(self, principal: Principal, key: str, body: object) -> EndpointView:
-        b = _require_dict(body, "the request body")
-        replicas = b.get("replicas")
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-            raise InvalidRequest("replicas must be a whole number; it is clamped to the endpoint's "
-                                 "[min_replicas, max_replicas]", param="replicas")
+    def scale(self, principal: Principal, key: str, req: Scale) -> EndpointView:
         ep = self._visible(principal, key)
-        self.set_desired_replicas(ep.id, replicas, reason=f"set by {principal.owner}")
+        self.set_desired_replicas(ep.id, req.replicas, reason=f"set by {principal.owner}")
         return self.get(principal, key)
 
     def delete(self, principal: Principal, key: str) -> None:
@@ -459,28 +418,17 @@ class Services:
     def events(self, principal: Principal, key: str) -> list[Event]:
         return list(self.store.events(self._visible(principal, key).id))
 
-    def nodes_view(self, principal: Principal) -> list[dict[str, Any]]:
+    def nodes_view(self, principal: Principal) -> list[NodeReport]:
         if not principal.is_admin:
             raise Forbidden("the node view is for admins")
         live = self.store.live_replicas()
         names = {e.id: e.name for e in self.store.list_endpoints(None, include_deleted=True)}
-        out = []
-        for n in self.nodes():
-            holders = []
-            for r in live:
-                if r.node == n.name:
-                    holders.append({"replica": r.id, "endpoint": names.get(r.endpoint_id, r.endpoint_id),
-                                    "slots": list(r.slots),
-                                    "status": r.status.value})
-            used = sum(len(h["slots"]) for h in holders)  # type: ignore[arg-type]
-            out.append({"object": "node", "name": n.name, "gpu_type": n.gpu_type, "slots": n.slots,
-                        "free": n.slots - used, "declared": n.declared, "engine": n.engine,
-                        "accounted_as": (f"{n.slots}x {n.gpu_type} (logical; replicas run the "
-                                         f"{n.engine} engine on this machine's CPU)") if n.declared else None,
-                        "replicas": holders})
-        return out
+        return [NodeReport(n.name, n.gpu_type, n.slots, n.declared, n.engine,
+                           [SlotHolder(r.id, names.get(r.endpoint_id, r.endpoint_id), r.slots, r.status)
+                            for r in live if r.node == n.name])
+                for n in self.nodes()]
 
-    def queue_view(self, principal: Principal) -> list[dict[str, Any]]:
+    def queue_view(self, principal: Principal) -> list[QueueEntry]:
         if not principal.is_admin:
             raise Forbidden("the queue view is for admins")
         out = []
@@ -488,13 +436,9 @@ class Services:
             if e.queued_replicas <= 0 and e.queue_position is None:
                 continue
             hw = self.catalog.hardware.get(e.hardware)
-            out.append({"object": "queue_entry", "pool": hw.gpu_type if hw else e.hardware,
-                        "position": e.queue_position, "endpoint": e.id, "name": e.name, "owner": e.owner,
-                        "hardware": e.hardware, "queued_replicas": e.queued_replicas,
-                        "waiting_since": e.min_queued_at.isoformat() if e.min_queued_at else None,
-                        "kind": "minimum" if e.queue_position else "surplus",
-                        "message": e.status_message})
-        out.sort(key=lambda q: (q["pool"], q["position"] is None, q["position"] or 0, q["name"]))
+            out.append(QueueEntry(hw.gpu_type if hw else e.hardware, e.queue_position, e, e.queued_replicas,
+                                  e.min_queued_at))
+        out.sort(key=lambda q: (q.pool, q.position is None, q.position or 0, q.endpoint.name))
         return out
 
     def availability_zones(self) -> list[str]:
@@ -502,19 +446,13 @@ class Services:
 
     # keys ------------------------------------------------------------------------
 
-    def create_key(self, principal: Principal, body: object) -> tuple[ApiKey, str]:
-        b = _require_dict(body if body is not None else {}, "the request body")
-        owner = b.get("owner", principal.owner)
-        validate_owner(owner)
+    def create_key(self, principal: Principal, req: NewKey) -> tuple[ApiKey, str]:
+        owner = req.owner or principal.owner
         if owner != principal.owner and not principal.is_admin:
             raise Forbidden("only an admin can create keys for another owner")
-        if b.get("admin") and not principal.is_admin:
+        if req.admin and not principal.is_admin:
             raise Forbidden("only an admin can create admin keys")
-        name = b.get("name")
-        if name is not None and (not isinstance(name, str) or len(name) > 200):
-            raise InvalidRequest("name must be a string of at most 200 characters", param="name")
-        return self.store.create_key(owner, is_admin=bool(b.get("admin")), name=name,
-                                     now=self.clock.now())
+        return self.store.create_key(owner, is_admin=req.admin, name=req.name, now=self.clock.now())
 
     def list_keys(self, principal: Principal, *, all_owners: bool = False) -> list[ApiKey]:
         return self.store.list_keys(None if (principal.is_admin and all_owners) else principal.owner)

@@ -82,6 +82,16 @@ def hardware_from_config(
     )
 
 
+def hardware_required() -> InvalidRequest:
+    """Also for ``""``: Together's CLI sends that when the user named no hardware."""
+    return InvalidRequest("hardware is required: pass a hardware id such as '1x_cpu' "
+                          "(list them with GET /v1/hardware?model=MODEL)", param="hardware")
+
+
+def model_required() -> InvalidRequest:
+    return InvalidRequest("model is required: pass a model name from GET /v1/catalog/models", param="model")
+
+
 @dataclass(frozen=True)
 class Catalog:
     """What can be deployed (models) and on what (hardware shapes)."""
@@ -102,11 +112,7 @@ class Catalog:
 
     def get_hardware(self, hardware_id: str | None) -> Hardware:
         if not hardware_id:
-            raise InvalidRequest(
-                "hardware is required: pass a hardware id such as '1x_cpu' "
-                "(list them with GET /v1/hardware?model=MODEL)",
-                param="hardware",
-            )
+            raise hardware_required()
         hw = self.hardware.get(hardware_id)
         if hw is None:
             parse_hardware_id(hardware_id)  # a malformed id gets the format hint
@@ -119,8 +125,7 @@ class Catalog:
 
     def get_model(self, name: str | None) -> ModelSpec:
         if not name:
-            raise InvalidRequest("model is required: pass a model name from GET /v1/catalog/models",
-                                 param="model")
+            raise model_required()
         model = self.models.get(name)
         if model is None:
             raise InvalidRequest(

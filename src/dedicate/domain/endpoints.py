@@ -11,6 +11,7 @@ import enum
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Literal
 
 from dedicate.domain.errors import Conflict, InvalidRequest
 
@@ -102,37 +103,47 @@ class Autoscaling:
     max_replicas: int
 
 
-def validate_autoscaling(min_replicas: object, max_replicas: object) -> Autoscaling:
-    for name, value in (("min_replicas", min_replicas), ("max_replicas", max_replicas)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidRequest(
-                f"autoscaling.{name} must be a whole number, got {value!r}", param=f"autoscaling.{name}"
-            )
-    assert isinstance(min_replicas, int) and isinstance(max_replicas, int)
-    if min_replicas < 0:
+def autoscaling_required() -> InvalidRequest:
+    return InvalidRequest(
+        "autoscaling is required: pass {\"min_replicas\": N, \"max_replicas\": M}", param="autoscaling")
+
+
+def validate_replica_bound(name: str, value: object) -> int:
+    """``min_replicas`` or ``max_replicas`` is a whole number (its range is checked with the other bound)."""
+    if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(
-            f"autoscaling.min_replicas must be at least 0 (got {min_replicas}); "
+            f"autoscaling.{name} must be a whole number, got {value!r}", param=f"autoscaling.{name}"
+        )
+    return value
+
+
+def validate_autoscaling(min_replicas: object, max_replicas: object) -> Autoscaling:
+    lo = validate_replica_bound("min_replicas", min_replicas)
+    hi = validate_replica_bound("max_replicas", max_replicas)
+    if lo < 0:
+        raise InvalidRequest(
+            f"autoscaling.min_replicas must be at least 0 (got {lo}); "
             "0 lets the endpoint scale to zero replicas when idle",
             param="autoscaling.min_replicas",
         )
-    if max_replicas < 1:
+    if hi < 1:
         raise InvalidRequest(
-            f"autoscaling.max_replicas must be at least 1 (got {max_replicas}); "
+            f"autoscaling.max_replicas must be at least 1 (got {hi}); "
             "to stop an endpoint, set its state to STOPPED",
             param="autoscaling.max_replicas",
         )
-    if max_replicas > MAX_REPLICAS:
+    if hi > MAX_REPLICAS:
         raise InvalidRequest(
-            f"autoscaling.max_replicas must be at most {MAX_REPLICAS} (got {max_replicas})",
+            f"autoscaling.max_replicas must be at most {MAX_REPLICAS} (got {hi})",
             param="autoscaling.max_replicas",
         )
-    if min_replicas > max_replicas:
+    if lo > hi:
         raise InvalidRequest(
-            f"autoscaling.min_replicas ({min_replicas}) must not exceed max_replicas ({max_replicas}); "
+            f"autoscaling.min_replicas ({lo}) must not exceed max_replicas ({hi}); "
             "raise max_replicas or lower min_replicas",
             param="autoscaling",
         )
-    return Autoscaling(min_replicas, max_replicas)
+    return Autoscaling(lo, hi)
 
 
 MAX_TARGET_CONCURRENCY = 4096
@@ -186,6 +197,48 @@ def validate_display_name(value: object) -> str | None:
     return value.strip() or None
 
 
+RequestedState = Literal["STARTED", "STOPPED"]  # the states a user may ask for
+
+
+def validate_start_state(value: object) -> RequestedState:
+    """The ``state`` a create asks for: STARTED (the default, also for null) or STOPPED."""
+    if value is None or value == "STARTED":
+        return "STARTED"
+    if value == "STOPPED":
+        return "STOPPED"
+    raise InvalidRequest("state at creation must be STARTED (default) or STOPPED", param="state")
+
+
+def validate_requested_state(value: object) -> RequestedState:
+    """The ``state`` an update asks for: STARTED or STOPPED."""
+    if value == "STARTED":
+        return "STARTED"
+    if value == "STOPPED":
+        return "STOPPED"
+    raise InvalidRequest("state can be set to STARTED or STOPPED", param="state")
+
+
+def validate_flag(name: str, value: object) -> bool:
+    """A boolean option; null or absent is false."""
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be true or false", param=name)
+    return bool(value)
+
+
+def hardware_unchangeable() -> InvalidRequest:
+    return InvalidRequest(
+        "the hardware of an endpoint cannot be changed; create a new endpoint on the "
+        "new hardware, then delete this one", param="hardware")
+
+
+def validate_replicas(value: object) -> int:
+    """A desired replica count asked for by hand."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequest("replicas must be a whole number; it is clamped to the endpoint's "
+                             "[min_replicas, max_replicas]", param="replicas")
+    return value
+
+
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -201,7 +254,8 @@ def new_endpoint_name(owner: str, model: str) -> str:
     return f"{owner}/{model_slug(model)}-{uuid.uuid4().hex[:8]}"
 
 
-_OWNER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+OWNER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_OWNER = re.compile(OWNER_PATTERN)
 
 
 def validate_owner(owner: object) -> str:

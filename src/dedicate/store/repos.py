@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dedicate.domain.endpoints import EndpointState, Intent, check_transition
@@ -224,6 +224,23 @@ class Store(UsageStore):
         if state != ep.state:
             changes.update(state=state, state_changed_at=now)
         return self._update_endpoint(ep, now, event, changes)
+
+    def endpoints_after(self, owner: str | None, after: str | None, limit: int) -> list[Endpoint] | None:
+        """Up to ``limit`` live endpoints in ``list_endpoints`` order (created, then id), after the endpoint
+        ``after`` (a keyset page: no offset to count). None when ``after`` is not one of ``owner``'s."""
+        with self.tx() as s:
+            q = select(EndpointRow).where(EndpointRow.deleted_at.is_(None))
+            if owner is not None:
+                q = q.where(EndpointRow.owner == owner)
+            if after is not None:
+                mark = s.execute(select(EndpointRow.created_at, EndpointRow.id).where(
+                    EndpointRow.id == after, *([EndpointRow.owner == owner] if owner is not None else []))).first()
+                if mark is None:
+                    return None
+                q = q.where(or_(EndpointRow.created_at > mark.created_at,
+                                and_(EndpointRow.created_at == mark.created_at, EndpointRow.id > mark.id)))
+            q = q.order_by(EndpointRow.created_at, EndpointRow.id).limit(limit)
+            return [_endpoint(r) for r in s.scalars(q)]
 
     def update_endpoint(
         self, ep: Endpoint, now: datetime, event: tuple[str, str] | None = None, **changes: Any

@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Response
 
-from dedicate.api.deps import call, json_body, principal, services
+from dedicate.api.deps import BoundedRoute, Caller, Svc, call, time_param
+from dedicate.api.errors import responses
+from dedicate.api.schemas import BudgetOut, Invoice, UsageOut
+from dedicate.control.inputs import BudgetUpdate
 
-router = APIRouter(prefix="/v1/billing")
-
-
-@router.get("/usage")
-async def usage(request: Request) -> dict[str, Any]:
-    p = await principal(request)
-    q = request.query_params
-    return await call(services(request).billing.usage, p, q.get("start"), q.get("end"), q.get("owner"))
+router = APIRouter(prefix="/v1/billing", route_class=BoundedRoute, tags=["billing"])
+Owner = Annotated[str | None, Query(description="admins: another owner's bill")]
 
 
-@router.get("/invoices/{month}")
-async def invoice(request: Request, month: str) -> Response:
-    p = await principal(request)
-    body = await call(services(request).billing.invoice, p, month, request.query_params.get("owner"))
-    return Response(body, media_type="application/json")
+@router.get("/usage", response_model=UsageOut, responses=responses(400, 403))
+async def usage(
+    p: Caller, svc: Svc, owner: Owner = None,
+    start: Annotated[datetime | None, time_param("start"),
+                     Query(description="ISO-8601, no zone: UTC; default: the start of this month")] = None,
+    end: Annotated[datetime | None, time_param("end"), Query(description="ISO-8601; default: now")] = None,
+) -> UsageOut:
+    return UsageOut.of(await call(svc.billing.usage, p, start, end, owner))
 
 
-@router.get("/budget")
-async def get_budget(request: Request) -> dict[str, Any]:
-    p = await principal(request)
-    return await call(services(request).billing.budget, p, request.query_params.get("owner"))
+@router.get("/invoices/{month}", response_model=Invoice, responses=responses(400, 403))
+async def invoice(p: Caller, svc: Svc, month: str, owner: Owner = None) -> Response:
+    """``month`` is YYYY-MM (UTC); the invoice's canonical bytes, as the ledger makes them."""
+    return Response(await call(svc.billing.invoice, p, month, owner), media_type="application/json")
 
 
-@router.put("/budget")
-async def set_budget(request: Request) -> dict[str, Any]:
-    p = await principal(request)
-    body = await json_body(request)
-    return await call(services(request).billing.set_budget, p, body, request.query_params.get("owner"))
+@router.get("/budget", response_model=BudgetOut, responses=responses(403))
+async def get_budget(p: Caller, svc: Svc, owner: Owner = None) -> BudgetOut:
+    return BudgetOut.of(await call(svc.billing.budget, p, owner))
+
+
+@router.put("/budget", response_model=BudgetOut, responses=responses(400, 403))
+async def set_budget(p: Caller, svc: Svc, body: BudgetUpdate, owner: Owner = None) -> BudgetOut:
+    return BudgetOut.of(await call(svc.billing.set_budget, p, body, owner))

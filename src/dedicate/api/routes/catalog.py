@@ -1,100 +1,109 @@
-"""Hardware, availability zones, the model catalog, keys and whoami."""
+"""Hardware, availability zones, the model catalog, keys, owners, the operator views and whoami."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Query
 
-from dedicate.api import schemas
-from dedicate.api.deps import call, flag, json_body, principal, services
+from dedicate.api.deps import BoundedRoute, Caller, Svc, call, flag
+from dedicate.api.errors import responses
+from dedicate.api.schemas import (
+    ApiKeyOut,
+    CatalogList,
+    CatalogModel,
+    Hardware,
+    HardwareList,
+    KeyList,
+    NewApiKey,
+    NodeList,
+    NodeOut,
+    OwnerOut,
+    QueueEntryOut,
+    QueueList,
+    WhoAmI,
+    Zones,
+)
+from dedicate.control.inputs import NewKey, QuotaUpdate
 from dedicate.domain.capacity import GB, memory_needed_bytes
 
-router = APIRouter()
+router = APIRouter(route_class=BoundedRoute)
+NO_KEY_BODY = NewKey()
 
 
-@router.get("/v1/hardware")
-async def list_hardware(request: Request) -> dict[str, Any]:
-    await principal(request)
-    svc = services(request)
-    offers = await call(svc.hardware, request.query_params.get("model") or None)
+@router.get("/v1/hardware", response_model=HardwareList, responses=responses(400), tags=["hardware"])
+async def list_hardware(
+    _: Caller, svc: Svc,
+    model: Annotated[str | None, Query(description="only the shapes this model fits and runs on here, "
+                                                   "each with its availability")] = None,
+) -> HardwareList:
+    offers = await call(svc.hardware, model or None)
     now = svc.clock.now()
-    return {"object": "list", "data": [schemas.hardware(o, now) for o in offers]}
+    return HardwareList(data=[Hardware.of(o, now) for o in offers])
 
 
-@router.get("/v1/clusters/availability-zones")
-async def availability_zones(request: Request) -> dict[str, Any]:
-    await principal(request)
-    return {"avzones": services(request).availability_zones()}
+@router.get("/v1/clusters/availability-zones", response_model=Zones, responses=responses(), tags=["hardware"])
+async def availability_zones(_: Caller, svc: Svc) -> Zones:
+    return Zones(avzones=svc.availability_zones())
 
 
-@router.get("/v1/catalog/models")
-async def catalog_models(request: Request) -> dict[str, Any]:
-    await principal(request)
-    catalog = services(request).settings.catalog
-    data = []
-    for m in sorted(catalog.models.values(), key=lambda m: m.name):
-        runnable = [e for e in m.engines if e in catalog.engines]
-        data.append({
-            "object": "model", "id": m.name, "family": m.family, "parameters_b": m.params_b,
-            "context_length": m.context_length, "dtype": m.dtype, "engines": list(m.engines),
-            "deployable": bool(runnable), "memory_needed_gb": round(memory_needed_bytes(m) / GB, 2),
-        })
-    return {"object": "list", "data": data}
+@router.get("/v1/catalog/models", response_model=CatalogList, responses=responses(), tags=["hardware"])
+async def catalog_models(_: Caller, svc: Svc) -> CatalogList:
+    """The models that can be deployed (dedicate's own listing; GET /v1/models lists your endpoints)."""
+    catalog = svc.settings.catalog
+    return CatalogList(data=[
+        CatalogModel.of(m, deployable=any(e in catalog.engines for e in m.engines),
+                        memory_needed_gb=round(memory_needed_bytes(m) / GB, 2))
+        for m in sorted(catalog.models.values(), key=lambda m: m.name)])
 
 
-@router.post("/v1/keys")
-async def create_key(request: Request) -> dict[str, Any]:
-    p = await principal(request)
-    key, secret = await call(services(request).create_key, p, await json_body(request))
-    return schemas.api_key(key, secret)
+@router.post("/v1/keys", response_model=NewApiKey, responses=responses(400, 403), tags=["keys"])
+async def create_key(p: Caller, svc: Svc, body: Annotated[NewKey, Body()] = NO_KEY_BODY) -> NewApiKey:
+    """The answer carries the secret, `key`, which is shown only here."""
+    key, secret = await call(svc.create_key, p, body)
+    return NewApiKey.made(key, secret)
 
 
-@router.get("/v1/keys")
-async def list_keys(request: Request) -> dict[str, Any]:
-    p = await principal(request)
-    all_owners = flag(request.query_params.get("all"), "all", False)
-    keys = await call(services(request).list_keys, p, all_owners=all_owners)
-    return {"object": "list", "data": [schemas.api_key(k) for k in keys]}
+@router.get("/v1/keys", response_model=KeyList, responses=responses(400), tags=["keys"])
+async def list_keys(
+    p: Caller, svc: Svc,
+    all_owners: Annotated[bool, flag("all", False),
+                          Query(alias="all", description="admins: every owner's keys")] = False,
+) -> KeyList:
+    keys = await call(svc.list_keys, p, all_owners=all_owners)
+    return KeyList(data=[ApiKeyOut.of(k) for k in keys])
 
 
-@router.delete("/v1/keys/{key_id}")
-async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
-    p = await principal(request)
-    return schemas.api_key(await call(services(request).revoke_key, p, key_id))
+@router.delete("/v1/keys/{key_id}", response_model=ApiKeyOut, responses=responses(404), tags=["keys"])
+async def revoke_key(p: Caller, svc: Svc, key_id: str) -> ApiKeyOut:
+    """Revokes the key at once; the answer is the key with its revoked_at."""
+    return ApiKeyOut.of(await call(svc.revoke_key, p, key_id))
 
 
-@router.get("/v1/owners/{owner}")
-async def get_owner(request: Request, owner: str) -> dict[str, Any]:
-    p = await principal(request)
-    return await call(services(request).quota, p, owner)
+@router.get("/v1/owners/{owner}", response_model=OwnerOut, responses=responses(404), tags=["operators"])
+async def get_owner(p: Caller, svc: Svc, owner: str) -> OwnerOut:
+    return OwnerOut.of(await call(svc.quota, p, owner))
 
 
-@router.put("/v1/owners/{owner}/quota")
-async def set_quota(request: Request, owner: str) -> dict[str, Any]:
-    p = await principal(request)
-    return await call(services(request).set_quota, p, owner, await json_body(request))
+@router.put("/v1/owners/{owner}/quota", response_model=OwnerOut, responses=responses(400, 403), tags=["operators"])
+async def set_quota(p: Caller, svc: Svc, owner: str, body: QuotaUpdate) -> OwnerOut:
+    """Admins: cap an owner's GPUs; the owner is created if it does not exist yet."""
+    return OwnerOut.of(await call(svc.set_quota, p, owner, body))
 
 
-@router.get("/v1/nodes")
-async def nodes(request: Request) -> dict[str, Any]:
-    p = await principal(request)
-    return {"object": "list", "data": await call(services(request).nodes_view, p)}
+@router.get("/v1/nodes", response_model=NodeList, responses=responses(403), tags=["operators"])
+async def nodes(p: Caller, svc: Svc) -> NodeList:
+    """Admins: every node and what holds its slots."""
+    return NodeList(data=[NodeOut.of(n) for n in await call(svc.nodes_view, p)])
 
 
-@router.get("/v1/queue")
-async def queue(request: Request) -> dict[str, Any]:
-    p = await principal(request)
-    return {"object": "list", "data": await call(services(request).queue_view, p)}
+@router.get("/v1/queue", response_model=QueueList, responses=responses(403), tags=["operators"])
+async def queue(p: Caller, svc: Svc) -> QueueList:
+    """Admins: what waits for hardware, per pool, in queue order."""
+    return QueueList(data=[QueueEntryOut.of(q) for q in await call(svc.queue_view, p)])
 
 
-@router.get("/v3/whoami")
-async def whoami(request: Request) -> dict[str, Any]:
-    p = await principal(request)
-    return {
-        "type": "project_api_key",
-        "api_key": {"id": p.key_id},
-        "organization": {"id": p.owner, "name": p.owner},
-        "project": {"id": p.owner, "name": p.owner, "slug": p.owner},
-        "admin": p.is_admin,
-    }
+@router.get("/v3/whoami", response_model=WhoAmI, responses=responses(), tags=["keys"])
+async def whoami(p: Caller) -> WhoAmI:
+    """At the host root: Together's newer CLI asks it first."""
+    return WhoAmI.of(p)

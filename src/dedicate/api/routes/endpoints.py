@@ -2,95 +2,98 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Response
 
-from dedicate.api import schemas
-from dedicate.api.deps import call, flag, json_body, principal, services
-from dedicate.domain.errors import InvalidRequest
+from dedicate.api.deps import BoundedRoute, Caller, Svc, call, flag, one_of, whole
+from dedicate.api.errors import responses
+from dedicate.api.schemas import DedicatedEndpoint, EndpointList, EventList, EventOut, ReplicaList, ReplicaOut
+from dedicate.control.inputs import STARTED, STOPPED, CreateEndpoint, EndpointPatch, Scale
+from dedicate.control.services import DEFAULT_PAGE, MAX_PAGE
+from dedicate.control.views import EndpointPage
 
-router = APIRouter(prefix="/v1")
-
-
-@router.get("/endpoints")
-async def list_endpoints(request: Request) -> dict[str, Any]:
-    p = await principal(request)
-    q = request.query_params
-    kind = q.get("type")
-    if kind not in (None, "", "dedicated", "serverless"):
-        raise InvalidRequest("type must be dedicated or serverless", param="type")
-    usage = q.get("usage_type")
-    if usage not in (None, "", "on-demand", "reserved"):
-        raise InvalidRequest("usage_type must be on-demand or reserved", param="usage_type")
-    mine = flag(q.get("mine"), "mine", True)
-    eps = [] if kind == "serverless" or usage == "reserved" else \
-        await call(services(request).list_endpoints, p, mine=mine)
-    return {"object": "list", "data": [schemas.list_endpoint(e) for e in eps]}
+router = APIRouter(prefix="/v1", tags=["endpoints"], route_class=BoundedRoute)
+ById = responses(400, 404)
 
 
-@router.post("/endpoints")
-async def create_endpoint(request: Request) -> dict[str, Any]:
-    p = await principal(request)
-    body = await json_body(request)
-    q = request.query_params
-    dry_run = flag(q.get("dry_run"), "dry_run", False)
-    view = await call(services(request).create, p, body, dry_run=dry_run,
-                      availability_zone=q.get("availability_zone"))
-    return schemas.dedicated_endpoint(view, dry_run=dry_run)
+@router.get("/endpoints", response_model=EndpointList, responses=responses(400))
+async def list_endpoints(
+    p: Caller, svc: Svc,
+    kind: Annotated[Literal["dedicated", "serverless"] | None, one_of("type", "dedicated", "serverless"),
+                    Query(alias="type", description="serverless: always empty here")] = None,
+    mine: Annotated[bool, flag("mine", True),
+                    Query(description="false: an admin sees every owner's endpoints (true/false, 1/0, yes/no)")] = True,
+    usage_type: Annotated[Literal["on-demand", "reserved"] | None, one_of("usage_type", "on-demand", "reserved"),
+                          Query(description="reserved: always empty here")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"endpoints per page, at most {MAX_PAGE}"),
+                     whole("limit", 1, MAX_PAGE)] = DEFAULT_PAGE,
+    after: Annotated[str | None, Query(description="the next_cursor of the previous page")] = None,
+) -> EndpointList:
+    """Oldest first, without deleted endpoints; a page at a time."""
+    if kind == "serverless" or usage_type == "reserved":
+        return EndpointList.of(EndpointPage([], has_more=False))
+    return EndpointList.of(await call(svc.list_endpoints, p, mine=mine, limit=limit, after=after))
 
 
-@router.get("/endpoints/{endpoint_id}")
-async def get_endpoint(request: Request, endpoint_id: str) -> dict[str, Any]:
-    p = await principal(request)
-    return schemas.dedicated_endpoint(await call(services(request).get, p, endpoint_id))
+@router.post("/endpoints", response_model=DedicatedEndpoint, responses=responses(400))
+async def create_endpoint(
+    p: Caller, svc: Svc, body: CreateEndpoint,
+    dry_run: Annotated[bool, flag("dry_run", False),
+                       Query(description="check everything, store nothing, answer what would be made")] = False,
+    availability_zone: Annotated[str | None, Query(description="if the body names none")] = None,
+) -> DedicatedEndpoint:
+    view = await call(svc.create, p, body, dry_run=dry_run, availability_zone=availability_zone or None)
+    return DedicatedEndpoint.of(view, dry_run=dry_run)
 
 
-@router.patch("/endpoints/{endpoint_id}")
-async def update_endpoint(request: Request, endpoint_id: str) -> dict[str, Any]:
-    p = await principal(request)
-    body = await json_body(request)
-    return schemas.dedicated_endpoint(await call(services(request).update, p, endpoint_id, body))
+@router.get("/endpoints/{endpoint_id}", response_model=DedicatedEndpoint, responses=ById)
+async def get_endpoint(p: Caller, svc: Svc, endpoint_id: str) -> DedicatedEndpoint:
+    return DedicatedEndpoint.of(await call(svc.get, p, endpoint_id))
 
 
-@router.delete("/endpoints/{endpoint_id}", status_code=204)
-async def delete_endpoint(request: Request, endpoint_id: str) -> Response:
-    p = await principal(request)
-    await call(services(request).delete, p, endpoint_id)
+@router.patch("/endpoints/{endpoint_id}", response_model=DedicatedEndpoint, responses=responses(400, 404, 409))
+async def update_endpoint(p: Caller, svc: Svc, endpoint_id: str, body: EndpointPatch) -> DedicatedEndpoint:
+    """Only the fields given change; a failed PATCH changes nothing."""
+    return DedicatedEndpoint.of(await call(svc.update, p, endpoint_id, body))
+
+
+@router.delete("/endpoints/{endpoint_id}", status_code=204, response_class=Response, responses=ById)
+async def delete_endpoint(p: Caller, svc: Svc, endpoint_id: str) -> Response:
+    """204 with an empty body; the replicas stop right after."""
+    await call(svc.delete, p, endpoint_id)
     return Response(status_code=204)
 
 
-@router.post("/endpoints/{endpoint_id}/start")
-async def start_endpoint(request: Request, endpoint_id: str) -> dict[str, Any]:
-    p = await principal(request)
-    return schemas.dedicated_endpoint(
-        await call(services(request).update, p, endpoint_id, {"state": "STARTED"}))
+@router.post("/endpoints/{endpoint_id}/start", response_model=DedicatedEndpoint, responses=responses(400, 404, 409))
+async def start_endpoint(p: Caller, svc: Svc, endpoint_id: str) -> DedicatedEndpoint:
+    """PATCH with {"state": "STARTED"}."""
+    return DedicatedEndpoint.of(await call(svc.update, p, endpoint_id, STARTED))
 
 
-@router.post("/endpoints/{endpoint_id}/stop")
-async def stop_endpoint(request: Request, endpoint_id: str) -> dict[str, Any]:
-    p = await principal(request)
-    return schemas.dedicated_endpoint(
-        await call(services(request).update, p, endpoint_id, {"state": "STOPPED"}))
+@router.post("/endpoints/{endpoint_id}/stop", response_model=DedicatedEndpoint, responses=responses(400, 404, 409))
+async def stop_endpoint(p: Caller, svc: Svc, endpoint_id: str) -> DedicatedEndpoint:
+    """PATCH with {"state": "STOPPED"}."""
+    return DedicatedEndpoint.of(await call(svc.update, p, endpoint_id, STOPPED))
 
 
-@router.post("/endpoints/{endpoint_id}/scale")
-async def scale_endpoint(request: Request, endpoint_id: str) -> dict[str, Any]:
-    p = await principal(request)
-    body = await json_body(request)
-    return schemas.dedicated_endpoint(await call(services(request).scale, p, endpoint_id, body))
+@router.post("/endpoints/{endpoint_id}/scale", response_model=DedicatedEndpoint, responses=ById)
+async def scale_endpoint(p: Caller, svc: Svc, endpoint_id: str, body: Scale) -> DedicatedEndpoint:
+    """Sets the desired replica count, clamped to the bounds; capacity decides how many run."""
+    return DedicatedEndpoint.of(await call(svc.scale, p, endpoint_id, body))
 
 
-@router.get("/endpoints/{endpoint_id}/replicas")
-async def endpoint_replicas(request: Request, endpoint_id: str) -> dict[str, Any]:
-    p = await principal(request)
-    all_ = flag(request.query_params.get("all"), "all", False)
-    replicas = await call(services(request).replicas, p, endpoint_id, include_stopped=all_)
-    return {"object": "list", "data": [schemas.replica(r) for r in replicas]}
+@router.get("/endpoints/{endpoint_id}/replicas", response_model=ReplicaList, responses=ById)
+async def endpoint_replicas(
+    p: Caller, svc: Svc, endpoint_id: str,
+    include_stopped: Annotated[bool, flag("all", False), Query(alias="all", description="also the stopped replicas")
+                               ] = False,
+) -> ReplicaList:
+    replicas = await call(svc.replicas, p, endpoint_id, include_stopped=include_stopped)
+    return ReplicaList(data=[ReplicaOut.of(r) for r in replicas])
 
 
-@router.get("/endpoints/{endpoint_id}/events")
-async def endpoint_events(request: Request, endpoint_id: str) -> dict[str, Any]:
-    p = await principal(request)
-    events = await call(services(request).events, p, endpoint_id)
-    return {"object": "list", "data": [schemas.event(e) for e in events]}
+@router.get("/endpoints/{endpoint_id}/events", response_model=EventList, responses=ById)
+async def endpoint_events(p: Caller, svc: Svc, endpoint_id: str) -> EventList:
+    """The latest 200 events, oldest first."""
+    return EventList(data=[EventOut.of(e) for e in await call(svc.events, p, endpoint_id)])
