@@ -30,6 +30,7 @@ from dedicate.domain.endpoints import EndpointState
 from dedicate.domain.models import ModelSpec
 from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaStatus
+from dedicate.domain.status import replica_counts
 from dedicate.metering.ledger import fmt_fraction
 
 
@@ -115,7 +116,7 @@ class AutoscalerOut(Wire):
 
 
 class ReplicaCounts(Wire):
-    desired: int = Field(description="0 while the endpoint is STOPPING or STOPPED")
+    desired: int = Field(description="0 while the endpoint is STOPPING, STOPPED or in ERROR: nothing should run")
     ready: int
     starting: int
     queued: int = Field(description="replicas waiting for hardware")
@@ -160,7 +161,7 @@ class DedicatedEndpoint(ListEndpoint):
     def of(cls, v: EndpointView, *, dry_run: bool = False) -> DedicatedEndpoint:
         ep = v.endpoint
         last = v.last_scaling
-        stopped = ep.state in (EndpointState.STOPPED, EndpointState.STOPPING)
+        counts = replica_counts(ep, v.replicas, ep.queued_replicas)
         return cls(
             id=ep.id, name=ep.name, model=ep.model, owner=ep.owner, state=ep.state, created_at=ep.created_at,
             display_name=ep.display_name, hardware=ep.hardware,
@@ -173,10 +174,9 @@ class DedicatedEndpoint(ListEndpoint):
             inactive_timeout=ep.inactive_timeout, disable_prompt_cache=ep.disable_prompt_cache,
             disable_speculative_decoding=ep.disable_speculative_decoding, availability_zone=ep.availability_zone,
             status_message=ep.status_message, state_changed_at=ep.state_changed_at,
-            replicas=ReplicaCounts(
-                desired=0 if stopped else ep.desired_replicas, ready=v.count(ReplicaStatus.READY),
-                starting=v.count(ReplicaStatus.STARTING, ReplicaStatus.PLACED), queued=ep.queued_replicas,
-                stopping=v.count(ReplicaStatus.STOPPING)),
+            replicas=ReplicaCounts(  # counted as the reconciler and the autoscaler count (domain/status.py)
+                desired=counts.desired, ready=counts.ready, starting=counts.starting, queued=counts.queued,
+                stopping=counts.stopping),
             queue_position=ep.queue_position,
             pricing=Pricing.model_validate(v.prediction.as_dict()),
             billing=None if v.cost is None else BillingOut(
