@@ -14,7 +14,7 @@ and placed by reconcile passes until every replica is ready. Then it measures:
 - a pass after 5 % of the replicas died (``FakeRuntime.crash``), over ``--churn-rounds`` rounds,
   and the passes after it until every endpoint has its 10 ready replicas again (the recovery);
 - ``GET /v1/endpoints`` (its default page) and ``GET /v1/endpoints/{id}`` under 32 concurrent
-  clients in another process;
+  clients in another process, after one untimed request a client;
 - ``POST /v1/endpoints`` one at a time, in the built installation;
 - the resident memory of the server process.
 
@@ -88,6 +88,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {spec['key']}"}
     concurrency = int(spec["concurrency"])
     jobs: list[tuple[str, str, Any]] = spec["jobs"]  # (method, path, body)
+    warmup = int(spec.get("warmup", 0))  # the first jobs, whose latencies are not kept
     deadline = time.monotonic() + float(spec["max_s"])
     latencies: list[float] = []
     statuses: dict[str, int] = {}
@@ -99,9 +100,10 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
                                  timeout=httpx.Timeout(120.0)) as client:
         async def worker() -> None:
             nonlocal position
-            # One request a client at least, however short the time left.
-            while position < len(jobs) and (position < concurrency or time.monotonic() < deadline):
+            # One measured request a client at least, however short the time left.
+            while position < len(jobs) and (position < warmup + concurrency or time.monotonic() < deadline):
                 method, path, body = jobs[position]
+                kept = position >= warmup
                 position += 1
                 t0 = time.perf_counter()
                 try:
@@ -109,7 +111,8 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
                 except httpx.HTTPError as exc:
                     statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
                     continue
-                latencies.append((time.perf_counter() - t0) * 1000)
+                if kept:
+                    latencies.append((time.perf_counter() - t0) * 1000)
                 statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
                 if r.status_code != 200:
                     shape.setdefault("error", r.text[:300])
@@ -285,10 +288,11 @@ async def _drive(opts: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
             serving.result()
         await asyncio.sleep(0.01)
 
-    async def load(jobs: list[tuple[str, str, Any]], concurrency: int, max_s: float) -> dict[str, Any]:
+    async def load(jobs: list[tuple[str, str, Any]], concurrency: int, max_s: float,
+                   warmup: int = 0) -> dict[str, Any]:
         spec = data_dir / "load.json"
         spec.write_text(json.dumps({"base": base, "key": secret, "jobs": jobs, "concurrency": concurrency,
-                                    "max_s": max_s}))
+                                    "max_s": max_s, "warmup": warmup}))
         child = await asyncio.create_subprocess_exec(
             sys.executable, str(SCRIPT), "--load", str(spec), stdout=asyncio.subprocess.PIPE)
         out, _ = await child.communicate()
@@ -341,12 +345,13 @@ async def _drive(opts: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
         # the API under 32 concurrent clients (no pass runs meanwhile)
         emit({"phase": "list and get"})
         requests, concurrency = int(opts["requests"]), int(opts["concurrency"])
-        listed = await load([("GET", "/v1/endpoints", None)] * requests, concurrency,
-                            (budget.left() - reserve_s) * 0.15)
+        # each after one request a client not timed: connections open, caches and thread pool warm
+        listed = await load([("GET", "/v1/endpoints", None)] * (concurrency + requests), concurrency,
+                            (budget.left() - reserve_s) * 0.1, warmup=concurrency)
         emit({"list": listed["latencies_ms"], "list_page_size": listed["shape"].get("page_size"),
               "list_page_keys": listed["shape"].get("keys")})
-        gets = [("GET", f"/v1/endpoints/{rng.choice(live_ids)}", None) for _ in range(requests)]
-        got = await load(gets, concurrency, (budget.left() - reserve_s) * 0.1)
+        gets = [("GET", f"/v1/endpoints/{rng.choice(live_ids)}", None) for _ in range(concurrency + requests)]
+        got = await load(gets, concurrency, (budget.left() - reserve_s) * 0.05, warmup=concurrency)
         emit({"get": got["latencies_ms"]})
         if len(listed["latencies_ms"]) < requests or len(got["latencies_ms"]) < requests:
             note(f"list and get were cut to {len(listed['latencies_ms'])} and {len(got['latencies_ms'])} "
@@ -488,6 +493,14 @@ class Postgres:
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"{self.url}/{name}"
 
+    def drop_database(self, name: str) -> None:
+        import psycopg
+
+        assert self.url
+        server = self.url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(server + "/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     def close(self) -> None:
         if self.root is not None:
             subprocess.run(self._as_postgres([self.pg_ctl, "-D", str(self.root / "data"), "-m", "immediate",
@@ -606,7 +619,7 @@ def print_tree(name: str, info: dict[str, Any], step: str, ratios: dict[str, flo
     for key, label in rows:
         cells = "".join(f"{fmt(info['sizes'][s].get(key)):>12}" for s in sizes)
         g = ratios.get(key)
-        print(f"  {label:<34}{cells}" + (f"{fmt(g) + '×':>18}" if step else ""))
+        print(f"  {label:<34}{cells}" + (f"{fmt(g) + ('' if g is None else '×'):>18}" if step else ""))
     for s in sizes:
         for note in info["sizes"][s].get("notes", []):
             print(f"  note at {int(s):,}: {note}")
@@ -657,12 +670,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 print(f"{label} at {size:,} endpoints ...", file=sys.stderr, flush=True)
                 args.work.mkdir(parents=True, exist_ok=True)
                 data_dir = Path(tempfile.mkdtemp(prefix=f"{label}-{size}-", dir=args.work))
+                database = f"bench_{label}_{size}_{os.getpid()}"
                 try:
-                    url = pg.new_database(f"bench_{label}_{size}_{os.getpid()}") if pg else \
-                        f"sqlite:///{data_dir / 'dedicate.db'}"
+                    url = pg.new_database(database) if pg else f"sqlite:///{data_dir / 'dedicate.db'}"
                     raw = run_driver(tree, label, size, args, url, data_dir)
                 finally:
                     shutil.rmtree(data_dir, ignore_errors=True)
+                    if pg is not None:
+                        pg.drop_database(database)
                 results[label]["sizes"][str(size)] = summarise(raw)
                 print(f"  done in {raw.get('wall_s')} s" + "".join(f"; {n}" for n in raw["notes"]),
                       file=sys.stderr, flush=True)
