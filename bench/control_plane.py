@@ -336,8 +336,10 @@ async def _drive(opts: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
                 raise RuntimeError(f"not converged after {len(build_passes)} passes")
             build_passes.append(await one_pass())
             say(f"build pass {len(build_passes)}: {build_passes[-1]:.0f} ms")
+        rss, _ = rss_mb()
         emit({"build_s": round(time.perf_counter() - t_build, 2), "build_passes": len(build_passes),
-              "build_pass_max_ms": round(max(build_passes), 1)})
+              "build_pass_max_ms": round(max(build_passes), 1),
+              "rss_mb": None if rss is None else round(rss, 1)})  # again at the end, if it gets there
         # what the creations at the end need, kept out of the other phases' shares
         made_ms = sorted(made["latencies_ms"])
         reserve_s = 5 + 3 * int(opts["creates"]) * made_ms[len(made_ms) // 2] / 1000
@@ -357,12 +359,14 @@ async def _drive(opts: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
             note(f"list and get were cut to {len(listed['latencies_ms'])} and {len(got['latencies_ms'])} "
                  f"of {requests} requests by --timeout-s")
 
-        # the idle pass: nothing to do (at least one; more while they fit in the phase's share)
+        # the idle pass: nothing to do (more while they fit in the phase's share)
         emit({"phase": "idle pass"})
         share = (budget.left() - reserve_s) * 0.35
+        # the last build pass probed every replica: no idle pass should take longer
         t0, idle = time.monotonic(), []
         while len(idle) < int(opts["passes"]) and \
-                (not idle or fits(idle[-1] / 1000, share - (time.monotonic() - t0))):
+                (fits(build_passes[-1] / 1000, budget.left() - reserve_s) if not idle
+                 else fits(idle[-1] / 1000, share - (time.monotonic() - t0))):
             idle.append(await one_pass())
             say(f"idle pass {len(idle)}: {idle[-1]:.0f} ms")
         emit({"idle_pass": idle})
@@ -377,7 +381,7 @@ async def _drive(opts: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
         cut = False
         while len(churn) < int(opts["churn_rounds"]) and not cut:
             # each pass of a round is about as long as an idle one: start a round only if its first pass fits
-            if not fits(max(idle) / 1000, budget.left() - reserve_s):
+            if not idle or not fits(max(idle) / 1000, budget.left() - reserve_s):
                 break
             ready = [r for r in store.live_replicas() if r.status.value == "ready"]
             for r in rng.sample(ready, max(1, round(CHURN_SHARE * len(ready)))):
