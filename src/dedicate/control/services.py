@@ -144,9 +144,11 @@ class Services:
         return engine
 
     def _check_hardware(self, spec: ModelSpec, hw: Hardware, min_replicas: int) -> None:
-        """Refuse hardware no node has (``hardware_unavailable``, whatever else is wrong with it), then
-        hardware this model cannot run on here, then a minimum the installation could never hold."""
-        if self.pool_capacity(hw) == 0:
+        """Refuse, in this order: a shape the model can never run on (its engine, its memory: the user's
+        choice is wrong, ``invalid hardware provided``); a shape no node here has (``hardware_unavailable``,
+        also where its engine is not configured either); an engine missing beside a node; a minimum the
+        installation could never hold."""
+        if self.pool_capacity(hw) == 0 and hw.engine in spec.engines and fits(spec, hw):
             self._check_capacity(spec, hw, min_replicas)
         self._check_deployable(spec, hw)
         self._check_capacity(spec, hw, min_replicas)
