@@ -34,7 +34,6 @@ from dedicate.clock import Clock, clock_from_env
 from dedicate.control.auth import authenticate
 from dedicate.control.autoscaling import Autoscaler
 from dedicate.control.handoff import LoopHandoff
-from dedicate.control.models import ensure_builtin
 from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
 from dedicate.domain.models import TINY_CHAT
@@ -177,11 +176,11 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
         stop = asyncio.Event()
         parts.handoff.bind(asyncio.get_running_loop())
         spec = parts.settings.catalog.models.get(TINY_CHAT)
-        # The demo model is built ahead of its first deploy where an enabled engine would load its weights.
+        # The demo model is built ahead of its first deploy where an enabled engine would load its weights,
+        # by the reconciler's own preparer: a deploy during the build waits for it instead of building again.
         if spec is not None and any(registry.engine(e).needs_local_weights
                                     for e in spec.engines if e in parts.settings.catalog.engines):
-            build = asyncio.create_task(asyncio.to_thread(ensure_builtin, parts.settings.models_dir, spec))
-            app.state.model_build = build
+            await parts.reconciler.weights.status(spec)
         loop_task = asyncio.create_task(parts.reconciler.run(stop))
         autoscaler = parts.autoscaler
         autoscale_task = asyncio.create_task(autoscaler.run(stop)) if autoscaler is not None else None

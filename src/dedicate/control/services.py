@@ -349,7 +349,6 @@ class Services:
     def _write(self, ep: Endpoint, now: datetime, event: tuple[str, str] | None, changes: dict[str, Any]) -> bool:
         """A guarded write of ``changes``; one holding a new state goes through the state machine."""
         if "state" in changes:
-            changes.pop("state_changed_at", None)
             return self.store.change_state(ep, now, changes.pop("state"), event, **changes)
         return self.store.update_endpoint(ep, now, event, **changes)
 
@@ -362,15 +361,13 @@ class Services:
             events.append("stop requested")
             target = EndpointState.STOPPING
             check_transition(ep.state, target)
-            return {"intent": Intent.STOP, "state": target, "state_changed_at": now,
-                    "status_message": "stopping"}
+            return {"intent": Intent.STOP, "state": target, "status_message": "stopping"}
         if ep.intent is Intent.RUN and ep.state is not EndpointState.ERROR:
             return {}
         events.append("start requested")
         target = EndpointState.PENDING
         check_transition(ep.state, target)
-        return {"intent": Intent.RUN, "state": target, "state_changed_at": now,
-                "failures_before_ready": 0, "desired_replicas": min_replicas,
+        return {"intent": Intent.RUN, "state": target, "failures_before_ready": 0, "desired_replicas": min_replicas,
                 "status_message": "waiting for placement", "min_queued_at": now,
                 "autoscale_state": None}  # a start begins afresh: no window held from before
 
