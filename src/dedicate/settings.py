@@ -42,6 +42,10 @@ from dedicate.domain.models import DTYPE_BYTES, ModelSpec
 from dedicate.engines.registry import ENGINES, OptionError, installed_engines
 from dedicate.runtimes.base import Node
 
+# Kubernetes' readiness probes default to every 10 s too: at 10,000 replicas a probe of each
+# every pass would be 10,000 requests a second, and would make a pass as long as its probes.
+DEFAULT_PROBE_INTERVAL_S = 10.0
+
 
 class ConfigError(Exception):
     """The config file is wrong; the message says where and how to fix it."""
@@ -160,6 +164,9 @@ class TimingTable(_Table):
     probe_failure_threshold: AtLeastOne = 3
     max_failures_before_ready: AtLeastOne = 3
     reconcile_interval_s: PositiveNumber = 1.0
+    # A ready replica that passed its last probe is probed again this often (0: every pass); one
+    # that is starting or failing, every pass. Each replica's probes are spread by its id.
+    probe_interval_s: Seconds = DEFAULT_PROBE_INTERVAL_S
 
 
 class GpuSettings(_Table):
@@ -423,7 +430,8 @@ class Settings:
     cpu_slot_memory_gb: int
     probe_failure_threshold: int = 3
     max_failures_before_ready: int = 3
-    reconcile_interval_s: float = 1.0  # also the probe interval: every pass probes every replica
+    reconcile_interval_s: float = 1.0
+    probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S  # of replicas ready and passing; 0: every pass
     engine_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # [engines.<name>], checked
     declared_nodes: tuple[Node, ...] = ()
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
@@ -535,6 +543,7 @@ def _settings(env: Mapping[str, str], place: Location, file: ConfigFile) -> Sett
         probe_failure_threshold=file.timing.probe_failure_threshold,
         max_failures_before_ready=file.timing.max_failures_before_ready,
         reconcile_interval_s=file.timing.reconcile_interval_s,
+        probe_interval_s=file.timing.probe_interval_s,
         engine_options=engine_options,
         declared_nodes=tuple(declared),
         gateway=file.gateway,

@@ -41,7 +41,7 @@ class Fleet:
                   for n in (1, 2, 4, 8)]
         catalog = Catalog.build([*shapes, cpu_hardware(12, Decimal("0.05"), "transformers")], [model],
                                 ["transformers"])
-        self.settings = replace(base, catalog=catalog)
+        self.settings = replace(base, catalog=catalog, probe_interval_s=0)  # every pass probes
         engine = make_engine(db_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
         migrate(engine)
         self.store = Store(engine)

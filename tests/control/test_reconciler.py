@@ -46,7 +46,8 @@ class World:
         from decimal import Decimal
 
         catalog = Catalog.build([cpu_hardware(12, Decimal("0.05"), "transformers")], [model], ["transformers"])
-        self.settings = replace(base, catalog=catalog, cpu_slots=slots)
+        # Every pass probes every replica: these tests count probes by passes (the cadence has its own).
+        self.settings = replace(base, catalog=catalog, cpu_slots=slots, probe_interval_s=0)
         engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
         migrate(engine)
         self.store = Store(engine)
@@ -231,7 +232,8 @@ def test_a_process_launched_before_a_crash_but_never_recorded_is_adopted(world: 
         from sqlalchemy import update
 
         from dedicate.store.tables import ReplicaRow
-        s.execute(update(ReplicaRow).values(launched_at=None, pid=None))
+        # A write, as every write to a row: its version moves.
+        s.execute(update(ReplicaRow).values(launched_at=None, pid=None, version=ReplicaRow.version + 1))
     (crashed,) = world.store.replicas_of(ep)
     assert crashed.facts.launched_at is None and crashed.pid is None, "the launch is not recorded"
     assert world.running_pids(r.id) == [r.pid], "while its process runs"

@@ -37,6 +37,7 @@ slots = 4
 
 [timing]
 reconcile_interval_s = 0.2
+probe_interval_s = 0  # every pass: these tests count probes by passes
 probe_failure_threshold = 3
 max_failures_before_ready = 3
 """

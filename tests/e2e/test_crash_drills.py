@@ -37,6 +37,7 @@ tokens_per_s = 200
 
 [timing]
 reconcile_interval_s = 0.2
+probe_interval_s = 0  # every pass: these tests count probes by passes
 """
 
 BODY = {"model": "meta-llama/Llama-3.1-8B-Instruct", "hardware": "1x_nvidia_h100_80gb_sxm",

@@ -132,9 +132,11 @@ class Converger:
                 store.update_replica, r, now, ("yielded", f"replica {r.id} drains: {reason}"),
                 stop_requested_at=now, stop_reason=reason)
             failpoints.hit("after_stop_request")
-        for endpoint_id, placements in decided.placements.items():
-            for p in placements:
-                await self.launcher.place(store, by_id[endpoint_id], p, nodes, now)
+        placing = [(by_id[endpoint_id], p) for endpoint_id, placements in decided.placements.items()
+                   for p in placements]
+        if placing:
+            await self.launcher.place(store, placing, nodes, now)
+        for endpoint_id in decided.placements:
             result.unplaceable.pop(endpoint_id, None)
         result.unplaceable.update(decided.reasons)
         if decided.drains or decided.placements:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from dedicate.domain.records import Endpoint, Replica
-from dedicate.store.repos import Store
+from dedicate.store.repos import EndpointWrite, Store
 
 
 class Failures:
@@ -27,10 +28,18 @@ class Failures:
 
     async def count(self, store: Store, ep: Endpoint, r: Replica, now: datetime, msg: str) -> None:
         """A replica of ``ep`` failed: back off ``min(60, 2^n)`` s; a failure before ready counts toward ERROR."""
-        fresh = await asyncio.to_thread(store.get_endpoint, ep.id, include_deleted=True)
-        if fresh is None:
-            return
-        failures = fresh.failures_before_ready + (1 if r.facts.first_ready_at is None else 0)
-        self._until[ep.id] = now + timedelta(seconds=min(60.0, 2.0 ** max(failures, 1)))
-        await asyncio.to_thread(store.update_endpoint, fresh, now, None,
-                                failures_before_ready=failures, status_message=msg[:2000])
+        await self.count_all(store, [(ep, r, msg)], now)
+
+    async def count_all(self, store: Store, failed: Sequence[tuple[Endpoint, Replica, str]], now: datetime) -> None:
+        """Replicas that failed (a pass's worth), counted per endpoint in one read and one write."""
+        by_endpoint: dict[str, list[tuple[Replica, str]]] = {}
+        for ep, r, msg in failed:
+            by_endpoint.setdefault(ep.id, []).append((r, msg))
+        writes = []
+        for fresh in await asyncio.to_thread(store.endpoints_by_id, by_endpoint):
+            mine = by_endpoint[fresh.id]
+            failures = fresh.failures_before_ready + sum(1 for r, _ in mine if r.facts.first_ready_at is None)
+            self._until[fresh.id] = now + timedelta(seconds=min(60.0, 2.0 ** max(failures, 1)))
+            writes.append(EndpointWrite(fresh, None, None, {"failures_before_ready": failures,
+                                                            "status_message": mine[-1][1][:2000]}))
+        await asyncio.to_thread(store.settle_endpoints, writes, now)

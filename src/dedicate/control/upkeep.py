@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +28,7 @@ from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.runtimes.base import Handle, ProcessState, Runtime
 from dedicate.settings import Settings
 from dedicate.store.base import StaleLease
-from dedicate.store.repos import Store
+from dedicate.store.repos import ReplicaWrite, Store
 
 log = logging.getLogger("dedicate.reconciler")
 
@@ -70,8 +71,9 @@ class ReplicaUpkeep:
         self.probe = probe
         self.wake = wake
         # A longer silence than this between good probes is an outage: it is not billed.
-        self.max_gap_s = max(30.0, 10 * settings.reconcile_interval_s)
+        self.max_gap_s = max(30.0, 10 * settings.reconcile_interval_s, 3 * settings.probe_interval_s)
         self.stopping: set[str] = set()
+        self._probed_at: dict[str, datetime] = {}  # when this process last probed each replica
         self._tasks: set[asyncio.Task[None]] = set()
 
     # the pass ---------------------------------------------------------------------------------
@@ -84,36 +86,88 @@ class ReplicaUpkeep:
         (the common case, which needs no re-read), or None where anything else may have been
         written and the caller must read again.
         """
+        now = self.clock.now()
         launched = [r for r in live if r.facts.launched_at is not None and r.id not in self.stopping]
         states = await asyncio.to_thread(self._poll_all, launched)
+        # A ready, passing replica costs a pass nothing until its next probe is due; only the
+        # others (starting, failing, exited, stopping, not launched) take a step of their own.
+        steady: list[Replica] = []
+        exited: list[Replica] = []
+        others: list[Replica] = []
+        for r in live:
+            if r.id in self.stopping:
+                continue
+            state = states.get(r.id)
+            if self._passing(r, state):
+                if self._due(r, now):
+                    steady.append(r)
+            elif r.facts.launched_at is not None and (state is None or not state.running):
+                exited.append(r)
+            else:
+                others.append(r)
+        self._forget_gone(live)
+        if exited:
+            await self._record_exits(store, exited, states, endpoints)
+        probed = await asyncio.gather(*(self._probe_steady(r) for r in steady))
         results = await asyncio.gather(
-            *(self._observe(store, r, processes, states.get(r.id), endpoints.get(r.endpoint_id)) for r in live),
+            *(self._observe(store, r, processes, states.get(r.id), endpoints.get(r.endpoint_id)) for r in others),
+            *(self._probed(store, r, False, endpoints.get(r.endpoint_id), now)
+              for r, ok in zip(steady, probed, strict=True) if not ok),
             return_exceptions=True)
-        steady: list[_Steady] = []
-        other = False
-        for r, res in zip(live, results, strict=True):  # one bad replica never stops the pass
+        good = [_Steady(r, endpoints.get(r.endpoint_id)) for r, ok in zip(steady, probed, strict=True) if ok]
+        for res in results:  # one bad replica never stops the pass
             if isinstance(res, StaleLease):
                 raise res
             if isinstance(res, BaseException):
-                log.error("observing replica %s failed: %r", r.id, res)
-            if isinstance(res, _Steady):
-                steady.append(res)
-            else:
-                other = True
-        done = await self._record_steady(store, steady) if steady else set()
-        if other or len(done) < len(steady):
+                log.error("observing a replica failed: %r", res)
+            elif isinstance(res, _Steady):
+                good.append(res)
+        done = await self._record_steady(store, good) if good else set()
+        if exited or others or len(probed) > len(good) or len(done) < len(good):
             return None
         return list(live)  # only their last good probe moved (no version changes with it)
 
     def _poll_all(self, replicas: Sequence[Replica]) -> dict[str, ProcessState]:
         return {r.id: self.runtime.poll(Handle(r.pid or -1, r.process_started or "")) for r in replicas}
 
+    @staticmethod
+    def _passing(r: Replica, state: ProcessState | None) -> bool:
+        """Ready, running, reachable, not asked to stop and not failing its probes."""
+        f = r.facts
+        return state is not None and state.running and r.address is not None and f.stop_requested_at is None \
+            and f.first_ready_at is not None and f.probe_failures == 0
+
+    def _due(self, r: Replica, now: datetime) -> bool:
+        """A passing replica's probe is due once a ``probe_interval_s`` tick of its own has passed.
+
+        Each replica's ticks are offset by its id, so the probes of replicas that became ready
+        together spread over the interval instead of all falling on one pass.
+        """
+        interval = self.settings.probe_interval_s
+        last = self._probed_at.get(r.id)
+        if interval <= 0 or last is None:
+            return True
+        offset = zlib.crc32(r.id.encode()) % 1000 / 1000 * interval
+        return (now.timestamp() - offset) // interval > (last.timestamp() - offset) // interval
+
+    def _forget_gone(self, live: Sequence[Replica]) -> None:
+        if len(self._probed_at) > len(live):
+            ids = {r.id for r in live}
+            self._probed_at = {rid: at for rid, at in self._probed_at.items() if rid in ids}
+
+    async def _probe_steady(self, r: Replica) -> bool:
+        assert r.address is not None
+        self._probed_at[r.id] = self.clock.now()
+        try:
+            return await self.probe(r.address)
+        except Exception as exc:  # a probe that raises is a failed probe
+            log.warning("probing replica %s failed: %r", r.id, exc)
+            return False
+
     async def _observe(self, store: Store, r: Replica, processes: Mapping[str, Handle],
                        state: ProcessState | None, ep: Endpoint | None) -> _Steady | None:
-        now = self.clock.now()
-        if r.id in self.stopping:
-            return None
         if r.facts.launched_at is None:
+            now = self.clock.now()
             found = processes.get(r.id)
             if found is not None:  # launched before a crash, never recorded: adopt it
                 await asyncio.to_thread(
@@ -122,7 +176,7 @@ class ReplicaUpkeep:
             elif r.facts.stop_requested_at is not None:
                 await asyncio.to_thread(store.update_replica, r, now, None, stopped_at=now)
             elif ep is not None:
-                await self.launcher.launch(store, ep, r)
+                await self.launcher.launch(store, [(ep, r)])
             return None
         handle = Handle(r.pid or -1, r.process_started or "")
         if state is None or not state.running:
@@ -131,19 +185,35 @@ class ReplicaUpkeep:
         if r.facts.stop_requested_at is not None:
             self.spawn(self.stop(store, r, handle))
             return None
-        return await self._probe(store, r, handle, ep)
+        return await self._probe(store, r, ep)
 
     async def _record_exit(self, store: Store, r: Replica, code: int | None, ep: Endpoint | None) -> None:
-        now = self.clock.now()
-        asked = r.facts.stop_requested_at is not None
-        tail = "" if asked else await asyncio.to_thread(log_tail, r.log_path)
-        msg = f"replica {r.id} stopped" if asked else f"replica {r.id} exited with code {code}: {tail}"
-        ok = await asyncio.to_thread(
-            store.update_replica, r, now, ("stopped" if asked else "failed", msg), stopped_at=now, exit_code=code)
-        if ok and not asked and ep is not None:
-            await self.failures.count(store, ep, r, now, msg)
+        await self._record_exits(store, [r], {r.id: ProcessState(False, code)},
+                                 {ep.id: ep} if ep is not None else {})
 
-    async def _probe(self, store: Store, r: Replica, handle: Handle, ep: Endpoint | None) -> _Steady | None:
+    async def _record_exits(self, store: Store, exited: Sequence[Replica], states: Mapping[str, ProcessState],
+                            endpoints: Mapping[str, Endpoint]) -> None:
+        """Replicas whose process ended, recorded in one write; the unasked ones count as failures."""
+        now = self.clock.now()
+        unasked = [r for r in exited if r.facts.stop_requested_at is None]
+        tails = await asyncio.to_thread(lambda: {r.id: log_tail(r.log_path) for r in unasked})
+        writes: list[ReplicaWrite] = []
+        for r in exited:
+            state = states.get(r.id)
+            code = state.exit_code if state is not None else None
+            if r.facts.stop_requested_at is not None:
+                event = ("stopped", f"replica {r.id} stopped")
+            else:
+                event = ("failed", f"replica {r.id} exited with code {code}: {tails.get(r.id, '')}")
+            writes.append(ReplicaWrite(r, event, {"stopped_at": now, "exit_code": code}))
+        done = await asyncio.to_thread(store.update_replicas, writes, now)
+        failed = [(ep, w.replica, w.event[1]) for w in writes
+                  if w.replica.id in done and w.replica.facts.stop_requested_at is None and w.event is not None
+                  and (ep := endpoints.get(w.replica.endpoint_id)) is not None]
+        if failed:
+            await self.failures.count_all(store, failed, now)
+
+    async def _probe(self, store: Store, r: Replica, ep: Endpoint | None) -> _Steady | None:
         now = self.clock.now()
         address = r.address
         if address is None:
@@ -157,7 +227,13 @@ class ReplicaUpkeep:
             if fresh is None:
                 return None
             r = fresh
-        if await self.probe(address):
+        self._probed_at[r.id] = now
+        return await self._probed(store, r, await self.probe(address), ep, now)
+
+    async def _probed(self, store: Store, r: Replica, ok: bool, ep: Endpoint | None, now: datetime
+                      ) -> _Steady | None:
+        """Record one probe's outcome (a steady good one is recorded with the others by the caller)."""
+        if ok:
             if r.facts.first_ready_at is not None and r.facts.probe_failures == 0:
                 return _Steady(r, ep)
             await self._record_ok(store, r, ep, now)

@@ -26,6 +26,7 @@ class KeyCache:
         self.ttl_s = min(ttl_s, 1.0)
         self._cache: dict[bytes, tuple[float, Principal | Unauthorized]] = {}
         self._pending: dict[bytes, asyncio.Future[Principal | Unauthorized]] = {}
+        self._forgotten = 0  # moves at each forget: a look-up begun before one is not cached
 
     async def principal(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -49,11 +50,14 @@ class KeyCache:
         return answer
 
     async def _look_up(self, authorization: str, digest: bytes) -> Principal | Unauthorized:
+        began = self._forgotten
         try:
             try:
                 answer: Principal | Unauthorized = await asyncio.to_thread(self.lookup, authorization)
             except Unauthorized as exc:
                 answer = exc
+            if began != self._forgotten:  # it may have read a key revoked meanwhile: answer, keep nothing
+                return answer
             if len(self._cache) > 50_000:
                 now = self.monotonic()
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
@@ -64,6 +68,7 @@ class KeyCache:
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop cached answers for one key (revoked here), or all of them."""
+        self._forgotten += 1
         if key_id is None:
             self._cache.clear()
             return

@@ -34,7 +34,8 @@ class StoreBase:
 
     def fenced(self, name: str, token: int) -> Self:
         view = type(self).__new__(type(self))
-        view.engine, view._sessions, view._fence = self.engine, self._sessions, (name, token)
+        view.__dict__.update(self.__dict__)  # the engine, the sessions and the caches are shared
+        view._fence = (name, token)
         return view
 
     @contextmanager

@@ -10,19 +10,23 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import String, Table, and_, bindparam, or_, select, type_coerce, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from dedicate.domain.endpoints import EndpointState, Intent, check_transition
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Address, ApiKey, Endpoint, Event, Replica, Slots
 from dedicate.domain.replicas import ReplicaFacts
 from dedicate.metering.ledger import Interval
+from dedicate.store.snapshot import RowCache
 from dedicate.store.tables import (
     ApiKeyRow,
     EndpointRow,
@@ -93,6 +97,25 @@ def _replica_columns(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class ReplicaWrite:
+    """One guarded replica write of a batch: what ``update_replica`` takes."""
+
+    replica: Replica
+    event: tuple[str, str] | None
+    changes: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EndpointWrite:
+    """One guarded endpoint write of a batch: a new state (checked), an event, other changes."""
+
+    endpoint: Endpoint
+    state: EndpointState | None
+    event: tuple[str, str] | None
+    changes: Mapping[str, Any]
+
+
 def _key(r: ApiKeyRow) -> ApiKey:
     return ApiKey(r.id, r.owner, r.prefix, r.is_admin, r.name, r.created_at, r.revoked_at)
 
@@ -102,7 +125,16 @@ class Store(UsageStore):
     ``fenced(name, token)`` gives a view of the store whose replica and endpoint
     writes commit only while lease ``name`` still carries ``token``: a
     reconciler that lost its lease (paused, partitioned) cannot act any more.
+
+    The live replicas and the active endpoints are read through ``RowCache``s: a read
+    fetches every row's version (and the columns that move in place), and builds records
+    only for rows that changed since the last read.
     """
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._live_rows: RowCache[Replica] = RowCache()
+        self._active_rows: RowCache[Endpoint] = RowCache()
 
     # owners and keys -------------------------------------------------------
 
@@ -198,9 +230,19 @@ class Store(UsageStore):
         endpoints cost a pass nothing.
         """
         with self.tx() as s:
-            q = select(EndpointRow.__table__).where(EndpointRow.state.in_([e.value for e in ACTIVE_STATES])).order_by(
+            # last_request_at moves in place (gateway signals), and the idle stop decides on it.
+            moved = type_coerce(EndpointRow.last_request_at, String)
+            active = EndpointRow.state.in_([e.value for e in ACTIVE_STATES])
+            q = select(EndpointRow.id, EndpointRow.version, moved).where(active).order_by(
                 EndpointRow.created_at, EndpointRow.id)
-            return [_endpoint(r) for r in s.execute(q)]  # type: ignore[arg-type]
+            keys = [(rid, (version, at)) for rid, version, at in s.execute(q)]
+        return self._active_rows.read(keys, self._endpoint_rows, complete=True)
+
+    def _endpoint_rows(self, ids: list[str]) -> Iterable[tuple[str, Endpoint]]:
+        with self.tx() as s:
+            for i in range(0, len(ids), CHUNK):
+                q = select(EndpointRow.__table__).where(EndpointRow.id.in_(ids[i:i + CHUNK]))
+                yield from ((r.id, _endpoint(r)) for r in s.execute(q))  # type: ignore[arg-type]
 
     def endpoints_by_id(self, ids: Iterable[str]) -> list[Endpoint]:
         """The endpoints of ``ids`` (deleted ones included), in creation order."""
@@ -253,50 +295,97 @@ class Store(UsageStore):
 
     def _update_endpoint(self, ep: Endpoint, now: datetime, event: tuple[str, str] | None,
                          changes: dict[str, Any]) -> bool:
-        values = {k: (v.value if isinstance(v, (EndpointState, Intent)) else v) for k, v in changes.items()}
         with self.tx() as s:
             self._check_fence(s)
-            res = s.execute(
-                update(EndpointRow)
-                .where(EndpointRow.id == ep.id, EndpointRow.version == ep.version)
-                .values(**values, updated_at=now, version=ep.version + 1)
-            )
-            if res.rowcount != 1:  # type: ignore[attr-defined]
-                return False
-            if event is not None:
-                s.add(EventRow(endpoint_id=ep.id, at=now, kind=event[0], message=event[1]))
-            return True
+            return self._write_endpoint(s, ep, now, event, changes)
+
+    @staticmethod
+    def _write_endpoint(s: Session, ep: Endpoint, now: datetime, event: tuple[str, str] | None,
+                        changes: dict[str, Any]) -> bool:
+        values = {k: (v.value if isinstance(v, (EndpointState, Intent)) else v) for k, v in changes.items()}
+        res = s.execute(
+            update(EndpointRow)
+            .where(EndpointRow.id == ep.id, EndpointRow.version == ep.version)
+            .values(**values, updated_at=now, version=ep.version + 1)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if event is not None:
+            s.add(EventRow(endpoint_id=ep.id, at=now, kind=event[0], message=event[1]))
+        return True
+
+    def settle_endpoints(self, writes: Sequence[EndpointWrite], now: datetime) -> set[str]:
+        """Many endpoints' guarded writes in one transaction (a pass's settling); the ids written.
+
+        Each is what ``change_state`` (a new state given: the transition is checked) or
+        ``update_endpoint`` would write; one whose version moved on is left out, and one whose
+        transition is not allowed raises ``Conflict`` before anything is written.
+        """
+        for w in writes:
+            if w.state is not None:
+                check_transition(w.endpoint.state, w.state)
+        done: set[str] = set()
+        with self.tx() as s:
+            self._check_fence(s)
+            for w in writes:
+                changes = dict(w.changes)
+                if w.state is not None and w.state != w.endpoint.state:
+                    changes.update(state=w.state, state_changed_at=now)
+                if self._write_endpoint(s, w.endpoint, now, w.event, changes):
+                    done.add(w.endpoint.id)
+        return done
 
     # replicas --------------------------------------------------------------
 
     def insert_replica(self, replica: Replica, event: tuple[str, str] | None = None) -> None:
-        f = replica.facts
+        self.insert_replicas([(replica, event)])
+
+    def insert_replicas(self, replicas: Sequence[tuple[Replica, tuple[str, str] | None]]) -> None:
+        """New replica rows (a pass's placements), with their events, in one transaction."""
         with self.tx() as s:
             self._check_fence(s)
-            s.add(ReplicaRow(
-                id=replica.id, endpoint_id=replica.endpoint_id, engine=replica.engine,
-                node=replica.node, slots=format_slots(replica.slots), token=replica.token,
-                host=replica.address.host if replica.address else None,
-                port=replica.address.port if replica.address else None,
-                pid=replica.pid, process_started=replica.process_started, log_path=replica.log_path,
-                created_at=replica.created_at, placed_at=f.placed_at, launched_at=f.launched_at,
-                first_ready_at=f.first_ready_at, last_probe_ok_at=f.last_probe_ok_at,
-                probe_failures=f.probe_failures, exit_code=f.exit_code,
-                stop_requested_at=f.stop_requested_at, stop_reason=replica.stop_reason,
-                stopped_at=f.stopped_at, version=1,
-            ))
-            if event is not None:
-                s.add(EventRow(endpoint_id=replica.endpoint_id, at=replica.created_at,
-                               kind=event[0], message=event[1]))
+            for replica, event in replicas:
+                f = replica.facts
+                s.add(ReplicaRow(
+                    id=replica.id, endpoint_id=replica.endpoint_id, engine=replica.engine,
+                    node=replica.node, slots=format_slots(replica.slots), token=replica.token,
+                    host=replica.address.host if replica.address else None,
+                    port=replica.address.port if replica.address else None,
+                    pid=replica.pid, process_started=replica.process_started, log_path=replica.log_path,
+                    created_at=replica.created_at, placed_at=f.placed_at, launched_at=f.launched_at,
+                    first_ready_at=f.first_ready_at, last_probe_ok_at=f.last_probe_ok_at,
+                    probe_failures=f.probe_failures, exit_code=f.exit_code,
+                    stop_requested_at=f.stop_requested_at, stop_reason=replica.stop_reason,
+                    stopped_at=f.stopped_at, version=1,
+                ))
+                if event is not None:
+                    s.add(EventRow(endpoint_id=replica.endpoint_id, at=replica.created_at,
+                                   kind=event[0], message=event[1]))
 
     def live_replicas(self, endpoint_id: str | None = None) -> list[Replica]:
+        """Every replica not stopped (or one endpoint's), oldest first.
+
+        All of them come as of their row's version, through the cache: a steady good probe moves
+        ``last_probe_ok_at`` in place (``record_probes_ok``), so here it may be older than the
+        row's. Nothing that reads every replica decides on it; one endpoint's are read whole.
+        """
         with self.tx() as s:
-            # Plain rows, not ORM objects: a pass reads every live replica, and this is 3x faster.
-            q = select(ReplicaRow.__table__).where(ReplicaRow.stopped_at.is_(None)).order_by(
-                ReplicaRow.created_at, ReplicaRow.id)
             if endpoint_id is not None:
-                q = q.where(ReplicaRow.endpoint_id == endpoint_id)
-            return [_replica(r) for r in s.execute(q)]  # type: ignore[arg-type]
+                q = select(ReplicaRow.__table__).where(ReplicaRow.stopped_at.is_(None),
+                                                       ReplicaRow.endpoint_id == endpoint_id)
+                rows = [_replica(r) for r in s.execute(q)]  # type: ignore[arg-type]
+                return sorted(rows, key=lambda r: (r.created_at, r.id))
+            q = select(ReplicaRow.id, ReplicaRow.version).where(ReplicaRow.stopped_at.is_(None)).order_by(
+                ReplicaRow.created_at, ReplicaRow.id)
+            keys = [(rid, version) for rid, version in s.execute(q)]
+        return self._live_rows.read(keys, self._replica_rows, complete=True)
+
+    def _replica_rows(self, ids: list[str]) -> Iterable[tuple[str, Replica]]:
+        with self.tx() as s:
+            for i in range(0, len(ids), CHUNK):
+                # Plain rows, not ORM objects: 3x faster to build.
+                q = select(ReplicaRow.__table__).where(ReplicaRow.id.in_(ids[i:i + CHUNK]))
+                yield from ((r.id, _replica(r)) for r in s.execute(q))  # type: ignore[arg-type]
 
     def replicas_of(self, endpoint_id: str) -> list[Replica]:
         with self.tx() as s:
@@ -312,22 +401,38 @@ class Store(UsageStore):
     def update_replica(
         self, r: Replica, now: datetime, event: tuple[str, str] | None = None, **changes: Any
     ) -> bool:
+        """Guarded write: applies only if ``r.version`` is still current."""
         with self.tx() as s:
             self._check_fence(s)
-            res = s.execute(
-                update(ReplicaRow)
-                .where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
-                .values(**_replica_columns(changes), version=r.version + 1)
-            )
-            if res.rowcount != 1:  # type: ignore[attr-defined]
-                return False
-            if event is not None:
-                s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=event[0], message=event[1]))
-            if changes.get("stopped_at") is not None:
-                # A stopped replica's billing ends at its last good probe, never later.
-                s.execute(update(IntervalRow).where(IntervalRow.replica_id == r.id, IntervalRow.closed.is_(False))
-                          .values(closed=True, closed_reason="stopped"))
-            return True
+            return self._write_replica(s, r, now, event, changes)
+
+    def update_replicas(self, writes: Sequence[ReplicaWrite], now: datetime) -> set[str]:
+        """Many replicas' guarded writes in one transaction (a pass's exits, launches); the ids written."""
+        done: set[str] = set()
+        with self.tx() as s:
+            self._check_fence(s)
+            for w in writes:
+                if self._write_replica(s, w.replica, now, w.event, dict(w.changes)):
+                    done.add(w.replica.id)
+        return done
+
+    @staticmethod
+    def _write_replica(s: Session, r: Replica, now: datetime, event: tuple[str, str] | None,
+                       changes: dict[str, Any]) -> bool:
+        res = s.execute(
+            update(ReplicaRow)
+            .where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
+            .values(**_replica_columns(changes), version=r.version + 1)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if event is not None:
+            s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=event[0], message=event[1]))
+        if changes.get("stopped_at") is not None:
+            # A stopped replica's billing ends at its last good probe, never later.
+            s.execute(update(IntervalRow).where(IntervalRow.replica_id == r.id, IntervalRow.closed.is_(False))
+                      .values(closed=True, closed_reason="stopped"))
+        return True
 
     # the billing ledger ------------------------------------------------------
 
@@ -369,30 +474,27 @@ class Store(UsageStore):
         ``max_gap_s``, is left out (the caller records it with ``record_probe_ok``). Returns the
         ids recorded.
         """
-        by_id = {r.id: r for r in replicas}
-        done: set[str] = set()
+        if not replicas:
+            return set()
         cutoff = now - timedelta(seconds=max_gap_s)
-        ids = sorted(by_id)
+        r_t, i_t = cast(Table, ReplicaRow.__table__), cast(Table, IntervalRow.__table__)
         with self.tx() as s:
             self._check_fence(s)
-            for i in range(0, len(ids), CHUNK):
-                chunk = ids[i:i + CHUNK]
-                rows = s.execute(select(ReplicaRow.id, ReplicaRow.version).where(ReplicaRow.id.in_(chunk))
-                                 .where(ReplicaRow.stopped_at.is_(None)))
-                current = {rid: version for rid, version in rows}
-                open_ = set(s.scalars(select(IntervalRow.replica_id).where(
-                    IntervalRow.replica_id.in_(chunk), IntervalRow.closed.is_(False),
-                    IntervalRow.last_seen_at >= cutoff)))
-                ok = [rid for rid in chunk if current.get(rid) == by_id[rid].version and rid in open_]
-                if not ok:
-                    continue
-                # The version stays: only the last good probe moves, and no decision rests on it, so a
-                # guarded write made from the row as read before still holds.
-                s.execute(update(ReplicaRow).where(ReplicaRow.id.in_(ok)).values(last_probe_ok_at=now))
-                s.execute(update(IntervalRow).where(IntervalRow.replica_id.in_(ok), IntervalRow.closed.is_(False),
-                                                    IntervalRow.last_seen_at < now).values(last_seen_at=now))
-                done.update(ok)
-        return done
+            # Two reads bounded by the live replicas, whatever the number probed: no IN lists to build.
+            live = select(r_t.c.id, r_t.c.version).where(r_t.c.stopped_at.is_(None))
+            current = {rid: version for rid, version in s.execute(live)}
+            open_ = set(s.scalars(select(i_t.c.replica_id).where(i_t.c.closed.is_(False),
+                                                                 i_t.c.last_seen_at >= cutoff)))
+            ok = [r.id for r in replicas if current.get(r.id) == r.version and r.id in open_]
+            if not ok:
+                return set()
+            params = [{"rid": rid} for rid in ok]
+            # The version stays: only the last good probe moves, and no decision rests on it, so a
+            # guarded write made from the row as read before still holds.
+            s.execute(update(r_t).where(r_t.c.id == bindparam("rid")).values(last_probe_ok_at=now), params)
+            s.execute(update(i_t).where(i_t.c.replica_id == bindparam("rid"), i_t.c.closed.is_(False),
+                                        i_t.c.last_seen_at < now).values(last_seen_at=now), params)
+        return set(ok)
 
     def close_intervals(self, replica_id: str | None, reason: str) -> int:
         """Close open intervals at their last good probe (one replica's, or every one)."""
