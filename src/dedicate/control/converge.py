@@ -27,7 +27,7 @@ from dedicate.runtimes.base import Runtime
 from dedicate.scheduler.placement import FleetIndex
 from dedicate.scheduler.queue import Demand, Plan, SurplusReplica, plan
 from dedicate.settings import Settings
-from dedicate.store.repos import Store
+from dedicate.store.repos import ReplicaWrite, Store
 
 
 def least_useful_first(replicas: Sequence[Replica]) -> list[Replica]:
@@ -65,22 +65,22 @@ class Converger:
         """Ask the replicas beyond each endpoint's target to stop; whether any was asked."""
         now = self.clock.now()
         active = by_endpoint(live, active_only=True)
-        asked = False
+        writes: list[ReplicaWrite] = []
         for ep in endpoints:
             mine = active.get(ep.id, [])
             desired = ep.within_bounds(ep.desired_replicas) if ep.should_run else 0
             if len(mine) <= desired:
                 continue
             reason = "endpoint stopped" if ep.intent is Intent.STOP or ep.deleted_at else "scaled down"
-            for r in least_useful_first(mine)[: len(mine) - desired]:
-                await asyncio.to_thread(
-                    store.update_replica, r, now, ("stopping", f"replica {r.id} stopping: {reason}"),
-                    stop_requested_at=now, stop_reason=reason)
-                failpoints.hit("after_stop_request")
-                asked = True
-        if asked:
-            self.wake()
-        return asked
+            writes.extend(ReplicaWrite(r, ("stopping", f"replica {r.id} stopping: {reason}"),
+                                       {"stop_requested_at": now, "stop_reason": reason})
+                          for r in least_useful_first(mine)[: len(mine) - desired])
+        if not writes:
+            return False
+        await asyncio.to_thread(store.update_replicas, writes, now)
+        failpoints.hit("after_stop_request")
+        self.wake()
+        return True
 
     async def place(self, store: Store, endpoints: Sequence[Endpoint], live: Sequence[Replica]) -> PlanResult:
         """Plan with the free slots of every node, and carry the plan out."""

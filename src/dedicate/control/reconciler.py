@@ -28,13 +28,14 @@ from dedicate.control.launching import Launcher
 from dedicate.control.lease import LeaseKeeper, lease_ttl_s
 from dedicate.control.upkeep import Probe, ReplicaUpkeep
 from dedicate.control.weights import WeightsPreparer
+from dedicate.domain.endpoints import check_transition
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.domain.status import Waiting, endpoint_status
 from dedicate.runtimes.base import Handle, Runtime
 from dedicate.settings import Settings
 from dedicate.store.base import StaleLease
-from dedicate.store.repos import Store
+from dedicate.store.repos import EndpointWrite, Store
 
 log = logging.getLogger("dedicate.reconciler")
 
@@ -153,19 +154,24 @@ class Reconciler:
 
     async def _settle(self, store: Store, endpoints: Sequence[Endpoint], live: Sequence[Replica],
                       planned: PlanResult) -> None:
-        """Record each endpoint's state, counts, queue position and message where they changed."""
+        """Record each endpoint's state, counts, queue position and message where they changed (one write)."""
         now = self.clock.now()
         mine = by_endpoint(live)
+        writes: list[EndpointWrite] = []
         for ep in endpoints:
             try:
-                await self._settle_one(store, ep, mine.get(ep.id, []), planned, now)
-            except StaleLease:
-                raise
+                w = self._settled(ep, mine.get(ep.id, []), planned, now)
             except Exception:
-                log.exception("updating endpoint %s failed", ep.id)
+                log.exception("settling endpoint %s failed", ep.id)
+                continue
+            if w is not None:
+                writes.append(w)
+        if writes:
+            await asyncio.to_thread(store.settle_endpoints, writes, now)
 
-    async def _settle_one(self, store: Store, ep: Endpoint, replicas: list[Replica], planned: PlanResult,
-                          now: datetime) -> None:
+    def _settled(self, ep: Endpoint, replicas: list[Replica], planned: PlanResult, now: datetime
+                 ) -> EndpointWrite | None:
+        """What settling ``ep`` writes, if anything."""
         hw = self.settings.catalog.hardware.get(ep.hardware)
         model = self.settings.catalog.models.get(ep.model)
         preparing = self.weights.preparing(model) if model is not None else None
@@ -186,16 +192,17 @@ class Reconciler:
             changes["min_queued_at"] = None  # its minimum is placed: it left the queue
         if status.state != ep.state:
             try:
-                await asyncio.to_thread(store.change_state, ep, now, status.state,
-                                        ("state", f"{ep.state} → {status.state}: {status.message}"), **changes)
+                check_transition(ep.state, status.state)
             except Conflict:
                 log.warning("endpoint %s: refusing %s → %s", ep.id, ep.state, status.state)
-            return
+                return None
+            return EndpointWrite(ep, status.state, ("state", f"{ep.state} → {status.state}: {status.message}"),
+                                 changes)
         if not changes:
-            return
+            return None
         event = ("queued", status.message) if waiting.position is not None and \
             waiting.position != ep.queue_position else None
-        await asyncio.to_thread(store.update_endpoint, ep, now, event, **changes)
+        return EndpointWrite(ep, None, event, changes)
 
     # shutdown ---------------------------------------------------------------------------------
 
