@@ -28,7 +28,7 @@ from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.runtimes.base import Handle, ProcessState, Runtime
 from dedicate.settings import Settings
 from dedicate.store.base import StaleLease
-from dedicate.store.repos import ReplicaWrite, Store
+from dedicate.store.repos import EndpointWrite, GoodProbe, ReplicaWrite, Store
 
 log = logging.getLogger("dedicate.reconciler")
 
@@ -55,6 +55,14 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> str:
 @dataclass(frozen=True)
 class _Steady:
     """A good probe of a replica that was ready already: recorded with the others in one write."""
+
+    replica: Replica
+    endpoint: Endpoint | None
+
+
+@dataclass(frozen=True)
+class _Good:
+    """Any other good probe (a first one, or one after failures): recorded with its facts, a pass at a time."""
 
     replica: Replica
     endpoint: Endpoint | None
@@ -115,6 +123,7 @@ class ReplicaUpkeep:
               for r, ok in zip(steady, probed, strict=True) if not ok),
             return_exceptions=True)
         good = [_Steady(r, endpoints.get(r.endpoint_id)) for r, ok in zip(steady, probed, strict=True) if ok]
+        moved: list[_Good] = []
         for res in results:  # one bad replica never stops the pass
             if isinstance(res, StaleLease):
                 raise res
@@ -122,8 +131,11 @@ class ReplicaUpkeep:
                 log.error("observing a replica failed: %r", res)
             elif isinstance(res, _Steady):
                 good.append(res)
+            elif isinstance(res, _Good):
+                moved.append(res)
+        await self._record_good(store, moved)
         done = await self._record_steady(store, good) if good else set()
-        if exited or others or len(probed) > len(good) or len(done) < len(good):
+        if exited or others or moved or len(probed) > len(good) or len(done) < len(good):
             return None
         return list(live)  # only their last good probe moved (no version changes with it)
 
@@ -165,7 +177,7 @@ class ReplicaUpkeep:
             return False
 
     async def _observe(self, store: Store, r: Replica, processes: Mapping[str, Handle],
-                       state: ProcessState | None, ep: Endpoint | None) -> _Steady | None:
+                       state: ProcessState | None, ep: Endpoint | None) -> _Steady | _Good | None:
         if r.facts.launched_at is None:
             now = self.clock.now()
             found = processes.get(r.id)
@@ -213,7 +225,7 @@ class ReplicaUpkeep:
         if failed:
             await self.failures.count_all(store, failed, now)
 
-    async def _probe(self, store: Store, r: Replica, ep: Endpoint | None) -> _Steady | None:
+    async def _probe(self, store: Store, r: Replica, ep: Endpoint | None) -> _Steady | _Good | None:
         now = self.clock.now()
         address = r.address
         if address is None:
@@ -231,13 +243,12 @@ class ReplicaUpkeep:
         return await self._probed(store, r, await self.probe(address), ep, now)
 
     async def _probed(self, store: Store, r: Replica, ok: bool, ep: Endpoint | None, now: datetime
-                      ) -> _Steady | None:
-        """Record one probe's outcome (a steady good one is recorded with the others by the caller)."""
+                      ) -> _Steady | _Good | None:
+        """Record one failed probe; a good one is returned, to be recorded with the others by the caller."""
         if ok:
             if r.facts.first_ready_at is not None and r.facts.probe_failures == 0:
                 return _Steady(r, ep)
-            await self._record_ok(store, r, ep, now)
-            return None
+            return _Good(r, ep)
         if r.facts.first_ready_at is None:
             await self._check_start_timeout(store, r, now)
             return None
@@ -257,29 +268,40 @@ class ReplicaUpkeep:
         """Record the steady good probes in one write; the ids recorded so."""
         now = self.clock.now()
         done = await asyncio.to_thread(store.record_probes_ok, [s.replica for s in steady], now, self.max_gap_s)
-        for s in steady:  # a gap, a closed interval or a row that moved on: recorded one by one
-            if s.replica.id not in done:
-                await self._record_ok(store, s.replica, s.endpoint, now)
+        # a gap, a closed interval or a row that moved on: recorded with their facts
+        await self._record_good(store, [_Good(s.replica, s.endpoint) for s in steady if s.replica.id not in done])
         return done
 
-    async def _record_ok(self, store: Store, r: Replica, ep: Endpoint | None, now: datetime) -> None:
-        first = r.facts.first_ready_at is None
-        changes: dict[str, Any] = {"last_probe_ok_at": now, "probe_failures": 0}
-        if first:
-            changes["first_ready_at"] = now
-        event = ("ready", f"replica {r.id} ready") if first else None
-        hw = self.settings.catalog.hardware.get(ep.hardware) if ep is not None else None
-        price = hw.cents_per_minute if hw is not None else (ep.cents_per_minute if ep else Decimal(0))
-        ok = await asyncio.to_thread(
-            store.record_probe_ok, r, now, event, changes, owner=ep.owner if ep else "",
-            hardware=ep.hardware if ep else "", cents_per_minute=price, max_gap_s=self.max_gap_s)
-        if ok and first:
-            failpoints.hit("after_first_probe")
-        if ok and first and ep is not None:
-            self.failures.clear(ep.id)
-            ep_now = await asyncio.to_thread(store.get_endpoint, ep.id, include_deleted=True)
-            if ep_now is not None and ep_now.failures_before_ready:
-                await asyncio.to_thread(store.update_endpoint, ep_now, now, None, failures_before_ready=0)
+    async def _record_good(self, store: Store, good: Sequence[_Good]) -> None:
+        """Good probes that move a replica's facts (first ready, failures cleared), in one write."""
+        if not good:
+            return
+        now = self.clock.now()
+        probes: list[GoodProbe] = []
+        for g in good:
+            r, ep = g.replica, g.endpoint
+            first = r.facts.first_ready_at is None
+            changes: dict[str, Any] = {"last_probe_ok_at": now, "probe_failures": 0}
+            if first:
+                changes["first_ready_at"] = now
+            hw = self.settings.catalog.hardware.get(ep.hardware) if ep is not None else None
+            price = hw.cents_per_minute if hw is not None else (ep.cents_per_minute if ep else Decimal(0))
+            probes.append(GoodProbe(r, ("ready", f"replica {r.id} ready") if first else None, changes,
+                                    owner=ep.owner if ep else "", hardware=ep.hardware if ep else "",
+                                    cents_per_minute=price))
+        done = await asyncio.to_thread(store.record_good_probes, probes, now, self.max_gap_s)
+        firsts = [g for g in good if g.replica.id in done and g.replica.facts.first_ready_at is None]
+        if not firsts:
+            return
+        failpoints.hit("after_first_probe")
+        ready_endpoints = {g.endpoint.id for g in firsts if g.endpoint is not None}
+        for endpoint_id in ready_endpoints:
+            self.failures.clear(endpoint_id)
+        counted = [ep for ep in await asyncio.to_thread(store.endpoints_by_id, ready_endpoints)
+                   if ep.failures_before_ready]
+        if counted:  # a replica became ready: the failures before it no longer count toward ERROR
+            writes = [EndpointWrite(ep, None, None, {"failures_before_ready": 0}) for ep in counted]
+            await asyncio.to_thread(store.settle_endpoints, writes, now)
 
     async def _check_start_timeout(self, store: Store, r: Replica, now: datetime) -> None:
         launched = r.facts.launched_at

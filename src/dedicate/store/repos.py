@@ -107,6 +107,18 @@ class ReplicaWrite:
 
 
 @dataclass(frozen=True)
+class GoodProbe:
+    """One good probe that moves a replica's facts (``record_probe_ok``'s arguments)."""
+
+    replica: Replica
+    event: tuple[str, str] | None
+    changes: Mapping[str, Any]
+    owner: str
+    hardware: str
+    cents_per_minute: Decimal
+
+
+@dataclass(frozen=True)
 class EndpointWrite:
     """One guarded endpoint write of a batch: a new state (checked), an event, other changes."""
 
@@ -445,26 +457,39 @@ class Store(UsageStore):
         (its price copied onto it). A gap longer than ``max_gap_s`` since the last good probe is
         time nobody observed: the old interval stays closed at its last probe, a new one opens.
         """
+        probe = GoodProbe(r, event, changes, owner=owner, hardware=hardware, cents_per_minute=cents_per_minute)
+        return r.id in self.record_good_probes([probe], now, max_gap_s)
+
+    def record_good_probes(self, probes: Sequence[GoodProbe], now: datetime, max_gap_s: float) -> set[str]:
+        """``record_probe_ok`` for each of ``probes``, in one transaction; the ids recorded."""
+        done: set[str] = set()
         with self.tx() as s:
             self._check_fence(s)
-            res = s.execute(update(ReplicaRow).where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
-                            .values(**_replica_columns(changes), version=r.version + 1))
-            if res.rowcount != 1:  # type: ignore[attr-defined]
-                return False
-            if event is not None:
-                s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=event[0], message=event[1]))
-            open_ = s.scalars(select(IntervalRow).where(IntervalRow.replica_id == r.id,
-                                                        IntervalRow.closed.is_(False))).first()
-            if open_ is not None and (now - open_.last_seen_at).total_seconds() <= max_gap_s:
-                open_.last_seen_at = max(open_.last_seen_at, now)
-                return True
-            if open_ is not None:
-                open_.closed, open_.closed_reason = True, "unobserved gap"
-                s.flush()
-            s.add(IntervalRow(replica_id=r.id, endpoint_id=r.endpoint_id, owner=owner, hardware=hardware,
-                              cents_per_minute=cents_per_minute, started_at=now, last_seen_at=now,
-                              closed=False))
+            for p in probes:
+                if self._write_probe_ok(s, p, now, max_gap_s):
+                    done.add(p.replica.id)
+        return done
+
+    @staticmethod
+    def _write_probe_ok(s: Session, p: GoodProbe, now: datetime, max_gap_s: float) -> bool:
+        r = p.replica
+        res = s.execute(update(ReplicaRow).where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
+                        .values(**_replica_columns(dict(p.changes)), version=r.version + 1))
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if p.event is not None:
+            s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=p.event[0], message=p.event[1]))
+        open_ = s.scalars(select(IntervalRow).where(IntervalRow.replica_id == r.id,
+                                                    IntervalRow.closed.is_(False))).first()
+        if open_ is not None and (now - open_.last_seen_at).total_seconds() <= max_gap_s:
+            open_.last_seen_at = max(open_.last_seen_at, now)
             return True
+        if open_ is not None:
+            open_.closed, open_.closed_reason = True, "unobserved gap"
+            s.flush()
+        s.add(IntervalRow(replica_id=r.id, endpoint_id=r.endpoint_id, owner=p.owner, hardware=p.hardware,
+                          cents_per_minute=p.cents_per_minute, started_at=now, last_seen_at=now, closed=False))
+        return True
 
     def record_probes_ok(self, replicas: Sequence[Replica], now: datetime, max_gap_s: float) -> set[str]:
         """Good probes of replicas already ready and not failing, in one transaction: the steady case.
