@@ -70,7 +70,8 @@ def scrape(parts: Parts, secret: str | None) -> tuple[httpx.Response, int]:
         response = asyncio.run(get())
     finally:
         event.remove(parts.store.engine, "before_cursor_execute", count)
-    return response, len(statements)
+    # The caller's key is looked up through a cache with a one-second lifetime: when, depends on the clock.
+    return response, len([st for st in statements if "FROM api_keys" not in st])
 
 
 def samples(text: str) -> dict[str, float]:

@@ -202,6 +202,7 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
     app = FastAPI(title="dedicate", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.services = parts.services
     app.state.gateway = parts.gateway
+    app.state.principal = parts.gateway.keys.principal  # the management API's callers, through one cache
     api_errors.install(app)
     app.include_router(endpoint_routes.router)
     app.include_router(catalog_routes.router)
