@@ -10,7 +10,8 @@ replicas each (Llama-3.1-8B on ``1x_nvidia_h100_80gb_sxm``, over declared 8-GPU 
 STOPPED endpoints, as a long-lived installation has, all created through ``POST /v1/endpoints``
 and placed by reconcile passes until every replica is ready. Then it measures:
 
-- an idle reconcile pass (nothing to do), over ``--passes`` passes;
+- an idle reconcile pass (nothing to do), over ``--passes`` passes, and how many probes it made
+  (a tree that probes ready replicas on a cadence probes a share of them each pass);
 - a pass after 5 % of the replicas died (``FakeRuntime.crash``), over ``--churn-rounds`` rounds,
   and the passes after it until every endpoint has its 10 ready replicas again (the recovery);
 - ``GET /v1/endpoints`` (its default page) and ``GET /v1/endpoints/{id}`` under 32 concurrent
@@ -76,7 +77,7 @@ SAMPLED = (("idle_pass", "idle pass"), ("churn_pass", "pass after 5 % died"),
            ("get", "GET /v1/endpoints/{id}"), ("create", "POST /v1/endpoints"))
 VALUES = (("rss_mb", "resident memory MB"), ("peak_rss_mb", "peak resident memory MB"),
           ("recovery_passes", "passes to recover"), ("list_page_size", "list page size"),
-          ("build_s", "build s"))
+          ("build_s", "build s"), ("idle_probes_per_pass", "probes an idle pass"))
 
 
 # the load generator: a child of the driver; stdlib and httpx only ---------------------------------
@@ -238,7 +239,10 @@ async def _drive(opts: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
             if p is not None and p.running:
                 p.running, p.exit_code = False, code
 
+    probes = [0]  # probes made, so the figures say how many a pass made
+
     async def healthy(port: int) -> bool:
+        probes[0] += 1
         return True
 
     takes_probe = "probe" in inspect.signature(Reconciler.__init__).parameters
@@ -364,12 +368,14 @@ async def _drive(opts: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
         share = (budget.left() - reserve_s) * 0.35
         # the last build pass probed every replica: no idle pass should take longer
         t0, idle = time.monotonic(), []
+        probes_before = probes[0]
         while len(idle) < int(opts["passes"]) and \
                 (fits(build_passes[-1] / 1000, budget.left() - reserve_s) if not idle
                  else fits(idle[-1] / 1000, share - (time.monotonic() - t0))):
             idle.append(await one_pass())
             say(f"idle pass {len(idle)}: {idle[-1]:.0f} ms")
-        emit({"idle_pass": idle})
+        emit({"idle_pass": idle,
+              "idle_probes_per_pass": round((probes[0] - probes_before) / len(idle), 1) if idle else None})
         if len(idle) < int(opts["passes"]):
             note(f"{len(idle)} of {opts['passes']} idle passes fitted in --timeout-s")
 

@@ -189,6 +189,13 @@ def test_timing_section_sets_the_loop_timings(tmp_path: Path) -> None:
     assert (s.probe_failure_threshold, s.max_failures_before_ready, s.reconcile_interval_s) == (5, 2, 0.5)
 
 
+def test_ready_replicas_are_probed_every_ten_seconds_unless_timing_says_otherwise(tmp_path: Path) -> None:
+    assert settings_with(tmp_path, "").probe_interval_s == 10.0
+    assert settings_with(tmp_path, "[timing]\nprobe_interval_s = 0\n").probe_interval_s == 0.0
+    with pytest.raises(ConfigError, match="probe_interval_s"):
+        settings_with(tmp_path, "[timing]\nprobe_interval_s = -1\n")
+
+
 # errors -----------------------------------------------------------------------------------------
 
 

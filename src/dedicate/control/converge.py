@@ -21,6 +21,7 @@ from dedicate.control.capacity import engine_for, node_views
 from dedicate.control.failures import Failures
 from dedicate.control.launching import Launcher
 from dedicate.domain.endpoints import Intent
+from dedicate.domain.hardware import Hardware
 from dedicate.domain.records import Endpoint, Replica
 from dedicate.domain.replicas import ReplicaStatus
 from dedicate.runtimes.base import Runtime
@@ -86,13 +87,14 @@ class Converger:
         """Plan with the free slots of every node, and carry the plan out."""
         now = self.clock.now()
         nodes = self.runtime.nodes()
-        index = FleetIndex.build(node_views(nodes, live))
         catalog = self.settings.catalog
         active = by_endpoint(live, active_only=True)
         demands: list[Demand] = []
         usage: dict[str, int] = {}
         result = PlanResult()
         runs_here: dict[tuple[str, str], bool] = {}  # (model, hardware) → an engine here runs it; once a pass
+        candidates: list[tuple[Endpoint, Hardware, list[Replica]]] = []
+        wanting = False
         for ep in endpoints:
             hw = catalog.hardware.get(ep.hardware)
             mine = active.get(ep.id, [])
@@ -109,6 +111,11 @@ class Converger:
             if hw is None or model is None or not runs_here[model.name, hw.id]:
                 result.unplaceable[ep.id] = f"no engine here can run {ep.model} on {ep.hardware}"
                 continue
+            candidates.append((ep, hw, mine))
+            wanting = wanting or len(mine) < ep.within_bounds(ep.desired_replicas)
+        if not wanting:  # every endpoint that runs has its replicas: the common pass plans nothing
+            return result
+        for ep, hw, mine in candidates:  # with the surplus each could yield to a queued minimum
             surplus = least_useful_first(mine)[: max(0, len(mine) - ep.min_replicas)]
             demands.append(Demand(
                 endpoint_id=ep.id, owner=ep.owner, pool=hw.gpu_type, gpus=hw.gpu_count,
@@ -116,6 +123,7 @@ class Converger:
                 min_queued_at=ep.min_queued_at, created_at=ep.created_at, quota_applies=not hw.is_cpu,
                 surplus=tuple(SurplusReplica(r.id, r.node or "", r.slots) for r in surplus),
             ))
+        index = FleetIndex.build(node_views(nodes, live))
         releasing = [SurplusReplica(r.id, r.node, r.slots)
                      for r in live if r.facts.stop_requested_at is not None and r.node]
         decided = plan(index, demands, await asyncio.to_thread(store.quotas), usage, releasing)

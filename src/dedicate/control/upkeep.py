@@ -81,7 +81,7 @@ class ReplicaUpkeep:
         # A longer silence than this between good probes is an outage: it is not billed.
         self.max_gap_s = max(30.0, 10 * settings.reconcile_interval_s, 3 * settings.probe_interval_s)
         self.stopping: set[str] = set()
-        self._probed_at: dict[str, datetime] = {}  # when this process last probed each replica
+        self._next_probe: dict[str, float] = {}  # when each replica's next probe is due (epoch s), in this process
         self._tasks: set[asyncio.Task[None]] = set()
 
     # the pass ---------------------------------------------------------------------------------
@@ -150,26 +150,28 @@ class ReplicaUpkeep:
             and f.first_ready_at is not None and f.probe_failures == 0
 
     def _due(self, r: Replica, now: datetime) -> bool:
-        """A passing replica's probe is due once a ``probe_interval_s`` tick of its own has passed.
+        """A passing replica's probe is due once a ``probe_interval_s`` tick of its own has passed."""
+        due = self._next_probe.get(r.id)
+        return due is None or now.timestamp() >= due
 
-        Each replica's ticks are offset by its id, so the probes of replicas that became ready
-        together spread over the interval instead of all falling on one pass.
-        """
+    def _probed_now(self, replica_id: str, now: datetime) -> None:
+        """Its next probe is due at its next tick. Each replica's ticks are offset by its id, so the
+        probes of replicas that became ready together spread over the interval, not all on one pass."""
         interval = self.settings.probe_interval_s
-        last = self._probed_at.get(r.id)
-        if interval <= 0 or last is None:
-            return True
-        offset = zlib.crc32(r.id.encode()) % 1000 / 1000 * interval
-        return (now.timestamp() - offset) // interval > (last.timestamp() - offset) // interval
+        if interval <= 0:
+            self._next_probe.pop(replica_id, None)
+            return
+        offset = zlib.crc32(replica_id.encode()) % 1000 / 1000 * interval
+        self._next_probe[replica_id] = ((now.timestamp() - offset) // interval + 1) * interval + offset
 
     def _forget_gone(self, live: Sequence[Replica]) -> None:
-        if len(self._probed_at) > len(live):
+        if len(self._next_probe) > len(live):
             ids = {r.id for r in live}
-            self._probed_at = {rid: at for rid, at in self._probed_at.items() if rid in ids}
+            self._next_probe = {rid: at for rid, at in self._next_probe.items() if rid in ids}
 
     async def _probe_steady(self, r: Replica) -> bool:
         assert r.address is not None
-        self._probed_at[r.id] = self.clock.now()
+        self._probed_now(r.id, self.clock.now())
         try:
             return await self.probe(r.address)
         except Exception as exc:  # a probe that raises is a failed probe
@@ -239,7 +241,7 @@ class ReplicaUpkeep:
             if fresh is None:
                 return None
             r = fresh
-        self._probed_at[r.id] = now
+        self._probed_now(r.id, now)
         return await self._probed(store, r, await self.probe(address), ep, now)
 
     async def _probed(self, store: Store, r: Replica, ok: bool, ep: Endpoint | None, now: datetime

@@ -147,6 +147,7 @@ class Store(UsageStore):
         super().__init__(engine)
         self._live_rows: RowCache[Replica] = RowCache()
         self._active_rows: RowCache[Endpoint] = RowCache()
+        self._page_rows: RowCache[Endpoint] = RowCache(max_rows=20_000)
 
     # owners and keys -------------------------------------------------------
 
@@ -220,11 +221,11 @@ class Store(UsageStore):
         """By id or by name."""
         with self.tx() as s:
             col = EndpointRow.id if key.startswith("endpoint-") else EndpointRow.name
-            q = select(EndpointRow).where(col == key)
+            q = select(EndpointRow.__table__).where(col == key)
             if not include_deleted:
                 q = q.where(EndpointRow.deleted_at.is_(None))
-            row = s.scalars(q).first()
-            return None if row is None else _endpoint(row)
+            row = s.execute(q).first()
+            return None if row is None else _endpoint(row)  # type: ignore[arg-type]
 
     def list_endpoints(self, owner: str | None = None, *, include_deleted: bool = False) -> list[Endpoint]:
         with self.tx() as s:
@@ -283,7 +284,8 @@ class Store(UsageStore):
         """Up to ``limit`` live endpoints in ``list_endpoints`` order (created, then id), after the endpoint
         ``after`` (a keyset page: no offset to count). None when ``after`` is not one of ``owner``'s."""
         with self.tx() as s:
-            q = select(EndpointRow).where(EndpointRow.deleted_at.is_(None))
+            q = select(EndpointRow.id, EndpointRow.version, type_coerce(EndpointRow.last_request_at, String)).where(
+                EndpointRow.deleted_at.is_(None))
             if owner is not None:
                 q = q.where(EndpointRow.owner == owner)
             if after is not None:
@@ -294,7 +296,8 @@ class Store(UsageStore):
                 q = q.where(or_(EndpointRow.created_at > mark.created_at,
                                 and_(EndpointRow.created_at == mark.created_at, EndpointRow.id > mark.id)))
             q = q.order_by(EndpointRow.created_at, EndpointRow.id).limit(limit)
-            return [_endpoint(r) for r in s.scalars(q)]
+            keys = [(rid, (version, at)) for rid, version, at in s.execute(q)]
+        return self._page_rows.read(keys, self._endpoint_rows)  # a page of records built once, until they move
 
     def update_endpoint(
         self, ep: Endpoint, now: datetime, event: tuple[str, str] | None = None, **changes: Any
@@ -534,7 +537,7 @@ class Store(UsageStore):
     def intervals(self, *, owner: str | None = None, endpoint_id: str | None = None,
                   start: datetime | None = None, end: datetime | None = None) -> list[Interval]:
         with self.tx() as s:
-            q = select(IntervalRow).order_by(IntervalRow.id)
+            q = select(IntervalRow.__table__).order_by(IntervalRow.id)
             if owner is not None:
                 q = q.where(IntervalRow.owner == owner)
             if endpoint_id is not None:
@@ -544,7 +547,7 @@ class Store(UsageStore):
             if end is not None:
                 q = q.where(IntervalRow.started_at < end)
             return [Interval(r.replica_id, r.endpoint_id, r.owner, r.hardware, Decimal(r.cents_per_minute),
-                             r.started_at, r.last_seen_at) for r in s.scalars(q)]
+                             r.started_at, r.last_seen_at) for r in s.execute(q)]
 
     def open_interval_count(self) -> int:
         with self.tx() as s:

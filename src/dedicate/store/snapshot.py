@@ -24,9 +24,10 @@ T = TypeVar("T")
 
 
 class RowCache(Generic[T]):
-    def __init__(self) -> None:
+    def __init__(self, max_rows: int | None = None) -> None:
         self._rows: dict[str, tuple[Hashable, T]] = {}
         self._lock = threading.Lock()
+        self._max_rows = max_rows  # past it, rows the read did not ask for are forgotten
 
     def read(self, keys: Sequence[tuple[str, Hashable]], fetch: Callable[[list[str]], Iterable[tuple[str, T]]],
              *, complete: bool = False) -> list[T]:
@@ -50,7 +51,8 @@ class RowCache(Generic[T]):
                 got = self._rows.get(rid)
                 if got is not None and (rid in fresh or got[0] == wanted[rid]):
                     out.append(got[1])
-            if complete and len(self._rows) > len(keys):  # forget rows that left (stopped, deleted)
+            full = self._max_rows is not None and len(self._rows) > self._max_rows
+            if (complete or full) and len(self._rows) > len(keys):  # forget rows that left (stopped, deleted)
                 self._rows = {rid: v for rid, v in self._rows.items() if rid in wanted}
         return out
 
