@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Self
+from typing import Any, Self
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from dedicate.store.db import session_factory
-from dedicate.store.tables import LeaseRow, OwnerRow
+from dedicate.store.tables import LeaseRow, OwnerRow, UTCDateTime
 
 
 class StaleLease(Exception):
@@ -42,6 +42,27 @@ class StoreBase:
     def tx(self) -> Iterator[Session]:
         with self._sessions.begin() as s:
             yield s
+
+    @staticmethod
+    def raw(s: Session, sql: str, params: Sequence[Any] | Sequence[Sequence[Any]] | None = None
+            ) -> Any:  # a CursorResult of plain tuples
+        """A hot statement in plain SQL through the driver, skipping the per-row work of SQLAlchemy.
+
+        ``?`` marks a parameter (rewritten for drivers that mark them otherwise); a list of tuples
+        is an executemany. Times go in as ``db_time`` gives them. Only for reads and writes a
+        pass makes per replica; everything else is SQLAlchemy.
+        """
+        conn = s.connection()
+        if conn.dialect.paramstyle != "qmark":
+            sql = sql.replace("?", "%s")
+        return conn.exec_driver_sql(sql, params)  # type: ignore[arg-type]
+
+    @staticmethod
+    def db_time(s: Session, at: datetime) -> Any:
+        """``at`` as the driver stores it in a ``UTCDateTime`` column (what SQLAlchemy would send)."""
+        dialect = s.get_bind().dialect
+        process = UTCDateTime().bind_processor(dialect)
+        return process(at) if process is not None else at
 
     def _check_fence(self, s: Session) -> None:
         if self._fence is None:

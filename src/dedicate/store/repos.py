@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import String, Table, and_, bindparam, or_, select, type_coerce, update
+from sqlalchemy import String, and_, or_, select, type_coerce, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -244,11 +244,10 @@ class Store(UsageStore):
         """
         with self.tx() as s:
             # last_request_at moves in place (gateway signals), and the idle stop decides on it.
-            moved = type_coerce(EndpointRow.last_request_at, String)
-            active = EndpointRow.state.in_([e.value for e in ACTIVE_STATES])
-            q = select(EndpointRow.id, EndpointRow.version, moved).where(active).order_by(
-                EndpointRow.created_at, EndpointRow.id)
-            keys = [(rid, (version, at)) for rid, version, at in s.execute(q)]
+            states = ", ".join("?" for _ in ACTIVE_STATES)
+            keys = [(rid, (version, at)) for rid, version, at in self.raw(
+                s, f"SELECT id, version, last_request_at FROM endpoints WHERE state IN ({states}) "
+                "ORDER BY created_at, id", tuple(e.value for e in ACTIVE_STATES))]
         return self._active_rows.read(keys, self._endpoint_rows, complete=True)
 
     def _endpoint_rows(self, ids: list[str]) -> Iterable[tuple[str, Endpoint]]:
@@ -390,9 +389,8 @@ class Store(UsageStore):
                                                        ReplicaRow.endpoint_id == endpoint_id)
                 rows = [_replica(r) for r in s.execute(q)]  # type: ignore[arg-type]
                 return sorted(rows, key=lambda r: (r.created_at, r.id))
-            q = select(ReplicaRow.id, ReplicaRow.version).where(ReplicaRow.stopped_at.is_(None)).order_by(
-                ReplicaRow.created_at, ReplicaRow.id)
-            keys = [(rid, version) for rid, version in s.execute(q)]
+            keys = [(rid, version) for rid, version in self.raw(
+                s, "SELECT id, version FROM replicas WHERE stopped_at IS NULL ORDER BY created_at, id")]
         return self._live_rows.read(keys, self._replica_rows, complete=True)
 
     def _replica_rows(self, ids: list[str]) -> Iterable[tuple[str, Replica]]:
@@ -505,24 +503,45 @@ class Store(UsageStore):
         if not replicas:
             return set()
         cutoff = now - timedelta(seconds=max_gap_s)
-        r_t, i_t = cast(Table, ReplicaRow.__table__), cast(Table, IntervalRow.__table__)
         with self.tx() as s:
             self._check_fence(s)
-            # Two reads bounded by the live replicas, whatever the number probed: no IN lists to build.
-            live = select(r_t.c.id, r_t.c.version).where(r_t.c.stopped_at.is_(None))
-            current = {rid: version for rid, version in s.execute(live)}
-            open_ = set(s.scalars(select(i_t.c.replica_id).where(i_t.c.closed.is_(False),
-                                                                 i_t.c.last_seen_at >= cutoff)))
-            ok = [r.id for r in replicas if current.get(r.id) == r.version and r.id in open_]
-            if not ok:
-                return set()
-            params = [{"rid": rid} for rid in ok]
+            at, since = self.db_time(s, now), self.db_time(s, cutoff)
+            # Each write checks its own row (the version as read, an open and recent interval) in the
+            # statement; when every one of them applied, as in a steady pass, nothing else is read.
+            moved = self.raw(s, "UPDATE billing_intervals SET last_seen_at = ? WHERE replica_id = ? AND closed = ? "
+                             "AND last_seen_at >= ? AND last_seen_at < ?",
+                             [(at, r.id, False, since, at) for r in replicas]).rowcount
+            if moved != len(replicas):  # some were not: find which, and write only those that were
+                open_ = {rid for (rid,) in self.raw(
+                    s, "SELECT replica_id FROM billing_intervals WHERE closed = ? AND last_seen_at = ?", (False, at))}
+                replicas = [r for r in replicas if r.id in open_]
+                if not replicas:
+                    return set()
             # The version stays: only the last good probe moves, and no decision rests on it, so a
             # guarded write made from the row as read before still holds.
-            s.execute(update(r_t).where(r_t.c.id == bindparam("rid")).values(last_probe_ok_at=now), params)
-            s.execute(update(i_t).where(i_t.c.replica_id == bindparam("rid"), i_t.c.closed.is_(False),
-                                        i_t.c.last_seen_at < now).values(last_seen_at=now), params)
-        return set(ok)
+            done = self.raw(s, "UPDATE replicas SET last_probe_ok_at = ? WHERE id = ? AND version = ? "
+                            "AND stopped_at IS NULL", [(at, r.id, r.version) for r in replicas]).rowcount
+            if done == len(replicas):
+                return {r.id for r in replicas}
+        return self._record_probes_one_by_one(replicas, now, max_gap_s)
+
+    def _record_probes_one_by_one(self, replicas: Sequence[Replica], now: datetime, max_gap_s: float) -> set[str]:
+        """The rare pass where a replica's row moved between its read and its probe: checked row by row."""
+        cutoff = now - timedelta(seconds=max_gap_s)
+        done: set[str] = set()
+        with self.tx() as s:
+            self._check_fence(s)
+            for r in replicas:
+                res = s.execute(update(ReplicaRow).where(ReplicaRow.id == r.id, ReplicaRow.version == r.version,
+                                                         ReplicaRow.stopped_at.is_(None))
+                                .values(last_probe_ok_at=now))
+                if res.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                s.execute(update(IntervalRow).where(IntervalRow.replica_id == r.id, IntervalRow.closed.is_(False),
+                                                    IntervalRow.last_seen_at >= cutoff,
+                                                    IntervalRow.last_seen_at < now).values(last_seen_at=now))
+                done.add(r.id)
+        return done
 
     def close_intervals(self, replica_id: str | None, reason: str) -> int:
         """Close open intervals at their last good probe (one replica's, or every one)."""
