@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import String, and_, or_, select, type_coerce, update
+from sqlalchemy import String, Table, and_, insert, or_, select, type_coerce, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -60,6 +60,11 @@ def _endpoint(r: EndpointRow) -> Endpoint:
         target_concurrency=r.target_concurrency, autoscale_state=r.autoscale_state,
         last_request_at=r.last_request_at,
     )
+
+
+def _table(row: type[Any]) -> Table:
+    """A mapped class's table: statements on it skip the ORM (no autoflush, no identity map)."""
+    return cast(Table, row.__table__)
 
 
 def parse_slots(text: str) -> Slots:
@@ -317,11 +322,9 @@ class Store(UsageStore):
     def _write_endpoint(s: Session, ep: Endpoint, now: datetime, event: tuple[str, str] | None,
                         changes: dict[str, Any]) -> bool:
         values = {k: (v.value if isinstance(v, (EndpointState, Intent)) else v) for k, v in changes.items()}
-        res = s.execute(
-            update(EndpointRow)
-            .where(EndpointRow.id == ep.id, EndpointRow.version == ep.version)
-            .values(**values, updated_at=now, version=ep.version + 1)
-        )
+        et = _table(EndpointRow)
+        res = s.execute(update(et).where(et.c.id == ep.id, et.c.version == ep.version)
+                        .values(**values, updated_at=now, version=ep.version + 1))
         if res.rowcount != 1:  # type: ignore[attr-defined]
             return False
         if event is not None:
@@ -432,18 +435,17 @@ class Store(UsageStore):
     @staticmethod
     def _write_replica(s: Session, r: Replica, now: datetime, event: tuple[str, str] | None,
                        changes: dict[str, Any]) -> bool:
-        res = s.execute(
-            update(ReplicaRow)
-            .where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
-            .values(**_replica_columns(changes), version=r.version + 1)
-        )
+        rt = _table(ReplicaRow)
+        res = s.execute(update(rt).where(rt.c.id == r.id, rt.c.version == r.version)
+                        .values(**_replica_columns(changes), version=r.version + 1))
         if res.rowcount != 1:  # type: ignore[attr-defined]
             return False
         if event is not None:
             s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=event[0], message=event[1]))
         if changes.get("stopped_at") is not None:
             # A stopped replica's billing ends at its last good probe, never later.
-            s.execute(update(IntervalRow).where(IntervalRow.replica_id == r.id, IntervalRow.closed.is_(False))
+            it = _table(IntervalRow)
+            s.execute(update(it).where(it.c.replica_id == r.id, it.c.closed.is_(False))
                       .values(closed=True, closed_reason="stopped"))
         return True
 
@@ -473,23 +475,24 @@ class Store(UsageStore):
 
     @staticmethod
     def _write_probe_ok(s: Session, p: GoodProbe, now: datetime, max_gap_s: float) -> bool:
-        r = p.replica
-        res = s.execute(update(ReplicaRow).where(ReplicaRow.id == r.id, ReplicaRow.version == r.version)
+        # Table statements, not ORM objects: a pass may write thousands in one session.
+        r, rt, it = p.replica, _table(ReplicaRow), _table(IntervalRow)
+        res = s.execute(update(rt).where(rt.c.id == r.id, rt.c.version == r.version)
                         .values(**_replica_columns(dict(p.changes)), version=r.version + 1))
         if res.rowcount != 1:  # type: ignore[attr-defined]
             return False
         if p.event is not None:
             s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=p.event[0], message=p.event[1]))
-        open_ = s.scalars(select(IntervalRow).where(IntervalRow.replica_id == r.id,
-                                                    IntervalRow.closed.is_(False))).first()
+        open_ = s.execute(select(it.c.id, it.c.last_seen_at).where(it.c.replica_id == r.id,
+                                                                   it.c.closed.is_(False))).first()
         if open_ is not None and (now - open_.last_seen_at).total_seconds() <= max_gap_s:
-            open_.last_seen_at = max(open_.last_seen_at, now)
+            s.execute(update(it).where(it.c.id == open_.id, it.c.last_seen_at < now).values(last_seen_at=now))
             return True
         if open_ is not None:
-            open_.closed, open_.closed_reason = True, "unobserved gap"
-            s.flush()
-        s.add(IntervalRow(replica_id=r.id, endpoint_id=r.endpoint_id, owner=p.owner, hardware=p.hardware,
-                          cents_per_minute=p.cents_per_minute, started_at=now, last_seen_at=now, closed=False))
+            s.execute(update(it).where(it.c.id == open_.id).values(closed=True, closed_reason="unobserved gap"))
+        s.execute(insert(it).values(replica_id=r.id, endpoint_id=r.endpoint_id, owner=p.owner, hardware=p.hardware,
+                                    cents_per_minute=p.cents_per_minute, started_at=now, last_seen_at=now,
+                                    closed=False))
         return True
 
     def record_probes_ok(self, replicas: Sequence[Replica], now: datetime, max_gap_s: float) -> set[str]:
