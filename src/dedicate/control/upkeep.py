@@ -15,7 +15,7 @@ import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -116,6 +116,7 @@ class ReplicaUpkeep:
         self._forget_gone(live)
         if exited:
             await self._record_exits(store, exited, states, endpoints)
+        others = await self._address(store, others, states)
         probed = await asyncio.gather(*(self._probe_steady(r) for r in steady))
         results = await asyncio.gather(
             *(self._observe(store, r, processes, states.get(r.id), endpoints.get(r.endpoint_id)) for r in others),
@@ -138,6 +139,25 @@ class ReplicaUpkeep:
         if exited or others or moved or len(probed) > len(good) or len(done) < len(good):
             return None
         return list(live)  # only their last good probe moved (no version changes with it)
+
+    async def _address(self, store: Store, replicas: list[Replica], states: Mapping[str, ProcessState]
+                       ) -> list[Replica]:
+        """Record where the running replicas without an address answer, all in one write.
+
+        Returns ``replicas`` with those recorded as they now are (their probe comes next).
+        """
+        unaddressed = [r for r in replicas if r.address is None and r.facts.launched_at is not None
+                       and r.facts.stop_requested_at is None and (st := states.get(r.id)) is not None and st.running]
+        if not unaddressed:
+            return replicas
+        found = await asyncio.to_thread(lambda: {r.id: self.runtime.address_of(r.id) for r in unaddressed})
+        writes = [ReplicaWrite(r, None, {"address": a}) for r in unaddressed if (a := found.get(r.id)) is not None]
+        done = await asyncio.to_thread(store.update_replicas, writes, self.clock.now()) if writes else set()
+        # A guarded write that applied leaves the row exactly as read, plus its changes.
+        fresh = {w.replica.id: replace(w.replica, address=found[w.replica.id], version=w.replica.version + 1)
+                 for w in writes if w.replica.id in done}
+        moved = {w.replica.id for w in writes} - set(fresh)  # its row moved on: the next pass reads it again
+        return [fresh.get(r.id, r) for r in replicas if r.id not in moved]
 
     def _poll_all(self, replicas: Sequence[Replica]) -> dict[str, ProcessState]:
         return {r.id: self.runtime.poll(Handle(r.pid or -1, r.process_started or "")) for r in replicas}
