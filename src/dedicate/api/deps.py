@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
@@ -21,9 +26,14 @@ T = TypeVar("T")
 MAX_BODY = 1 << 20
 
 
-def services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
+
+
+async def services(request: Request) -> Services:
+    """A coroutine, so FastAPI does not hand it to a worker thread as it does a plain function."""
+    return services_of(request)
 
 
 # Documents the scheme in /openapi.json (and /docs' "Authorize"); the header itself is read by
@@ -37,7 +47,7 @@ async def principal(request: Request, _: Annotated[object, Depends(bearer)]) -> 
     cached: Callable[[str | None], Awaitable[Principal]] | None = getattr(request.app.state, "principal", None)
     if cached is not None:
         return await cached(request.headers.get("authorization"))
-    return await run_in_threadpool(authenticate, services(request).store,
+    return await run_in_threadpool(authenticate, services_of(request).store,
                                    request.headers.get("authorization"))
 
 
@@ -54,9 +64,23 @@ Caller = Annotated[Principal, Depends(principal)]
 Admin = Annotated[Principal, Depends(admin)]
 
 
+# Service calls run in a few worker threads, not one each: 32 callers in 32 threads spend their time
+# handing the GIL and the database connections round, and every one of them waits longer.
+SERVICE_THREADS = 4
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        limiter = _limiters[loop] = anyio.CapacityLimiter(SERVICE_THREADS)
+    return limiter
+
+
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run blocking service code (database) off the event loop."""
-    return await run_in_threadpool(fn, *args, **kwargs)
+    """Run blocking service code (database) off the event loop, in one of ``SERVICE_THREADS`` threads."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=_limiter())
 
 
 class BoundedRoute(APIRoute):

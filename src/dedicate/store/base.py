@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Self
 
 from sqlalchemy import update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session
 
 from dedicate.store.db import session_factory
 from dedicate.store.tables import LeaseRow, OwnerRow, UTCDateTime
+
+
+@functools.cache
+def _time_processor(dialect: Dialect) -> Callable[[Any], Any] | None:
+    return UTCDateTime().bind_processor(dialect)
 
 
 class StaleLease(Exception):
@@ -60,8 +66,7 @@ class StoreBase:
     @staticmethod
     def db_time(s: Session, at: datetime) -> Any:
         """``at`` as the driver stores it in a ``UTCDateTime`` column (what SQLAlchemy would send)."""
-        dialect = s.get_bind().dialect
-        process = UTCDateTime().bind_processor(dialect)
+        process = _time_processor(s.get_bind().dialect)
         return process(at) if process is not None else at
 
     def _check_fence(self, s: Session) -> None:
