@@ -51,17 +51,23 @@ class StoreBase:
 
     @staticmethod
     def raw(s: Session, sql: str, params: Sequence[Any] | Sequence[Sequence[Any]] | None = None
-            ) -> Any:  # a CursorResult of plain tuples
-        """A hot statement in plain SQL through the driver, skipping the per-row work of SQLAlchemy.
+            ) -> Any:  # the driver's cursor: iterate it for rows, ``rowcount`` for writes
+        """A hot statement in plain SQL on the driver's cursor, in the session's transaction.
 
         ``?`` marks a parameter (rewritten for drivers that mark them otherwise); a list of tuples
-        is an executemany. Times go in as ``db_time`` gives them. Only for reads and writes a
-        pass makes per replica; everything else is SQLAlchemy.
+        is an executemany. Values go in as the driver takes them (times as ``db_time`` gives them).
+        Only for the reads and writes a pass makes per replica: SQLAlchemy's own handling of each
+        parameter set costs more than the statement itself there. Everything else is SQLAlchemy.
         """
         conn = s.connection()
         if conn.dialect.paramstyle != "qmark":
             sql = sql.replace("?", "%s")
-        return conn.exec_driver_sql(sql, params)  # type: ignore[arg-type]
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        if params and isinstance(params, list):
+            cursor.executemany(sql, params)
+        else:
+            cursor.execute(sql, params or ())
+        return cursor
 
     @staticmethod
     def db_time(s: Session, at: datetime) -> Any:

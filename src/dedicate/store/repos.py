@@ -169,6 +169,7 @@ class Store(UsageStore):
         self._live_rows: RowCache[Replica] = RowCache()
         self._active_rows: RowCache[Endpoint] = RowCache()
         self._page_rows: RowCache[Endpoint] = RowCache(max_rows=20_000)
+        self._endpoint_live_rows: RowCache[Replica] = RowCache(max_rows=50_000)
 
     # owners and keys -------------------------------------------------------
 
@@ -241,12 +242,12 @@ class Store(UsageStore):
     def get_endpoint(self, key: str, *, include_deleted: bool = False) -> Endpoint | None:
         """By id or by name."""
         with self.tx() as s:
-            col = EndpointRow.id if key.startswith("endpoint-") else EndpointRow.name
-            q = select(EndpointRow.__table__).where(col == key)
-            if not include_deleted:
-                q = q.where(EndpointRow.deleted_at.is_(None))
-            row = s.execute(q).first()
-            return None if row is None else _endpoint(row)  # type: ignore[arg-type]
+            col = "id" if key.startswith("endpoint-") else "name"
+            live = "" if include_deleted else " AND deleted_at IS NULL"
+            keys = [(rid, (version, at)) for rid, version, at in self.raw(
+                s, f"SELECT id, version, last_request_at FROM endpoints WHERE {col} = ?{live}", (key,))]
+        found = self._page_rows.read(keys, self._endpoint_rows)
+        return found[0] if found else None
 
     def list_endpoints(self, owner: str | None = None, *, include_deleted: bool = False) -> list[Endpoint]:
         with self.tx() as s:
@@ -404,14 +405,14 @@ class Store(UsageStore):
 
         All of them come as of their row's version, through the cache: a steady good probe moves
         ``last_probe_ok_at`` in place (``record_probes_ok``), so here it may be older than the
-        row's. Nothing that reads every replica decides on it; one endpoint's are read whole.
+        row's. Nothing that reads every replica decides on it; one endpoint's are exact.
         """
         with self.tx() as s:
-            if endpoint_id is not None:
-                q = select(ReplicaRow.__table__).where(ReplicaRow.stopped_at.is_(None),
-                                                       ReplicaRow.endpoint_id == endpoint_id)
-                rows = [_replica(r) for r in s.execute(q)]  # type: ignore[arg-type]
-                return sorted(rows, key=lambda r: (r.created_at, r.id))
+            if endpoint_id is not None:  # exact: the last good probe is part of the key
+                keyed = [(rid, (version, at)) for rid, version, at in self.raw(
+                    s, "SELECT id, version, last_probe_ok_at FROM replicas WHERE endpoint_id = ? "
+                    "AND stopped_at IS NULL ORDER BY created_at, id", (endpoint_id,))]
+                return self._endpoint_live_rows.read(keyed, self._replica_rows)
             keys = [(rid, version) for rid, version in self.raw(
                 s, "SELECT id, version FROM replicas WHERE stopped_at IS NULL ORDER BY created_at, id")]
         return self._live_rows.read(keys, self._replica_rows, complete=True)

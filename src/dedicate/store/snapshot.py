@@ -38,23 +38,30 @@ class RowCache(Generic[T]):
         fetches it once more; a row gone in between is left out. ``complete``: ``keys`` are
         all the rows this cache is for, and the others are forgotten.
         """
+        out: list[T | None] = []
+        stale: list[str] = []
         with self._lock:
             rows = self._rows
-            stale = [rid for rid, key in keys if (got := rows.get(rid)) is None or got[0] != key]
-        fresh = dict(fetch(stale)) if stale else {}
-        wanted = dict(keys)
-        out: list[T] = []
-        with self._lock:
-            for rid, record in fresh.items():
-                self._rows[rid] = (wanted[rid], record)
-            for rid, _ in keys:
-                got = self._rows.get(rid)
-                if got is not None and (rid in fresh or got[0] == wanted[rid]):
+            for rid, key in keys:
+                got = rows.get(rid)
+                if got is not None and got[0] == key:
                     out.append(got[1])
+                else:
+                    stale.append(rid)
+                    out.append(None)
+        if stale:
+            fresh = dict(fetch(stale))
+            wanted = dict(keys)
+            with self._lock:
+                for rid, record in fresh.items():
+                    self._rows[rid] = (wanted[rid], record)
+            out = [fresh.get(rid) if record is None else record for (rid, _), record in zip(keys, out, strict=True)]
+        with self._lock:
             full = self._max_rows is not None and len(self._rows) > self._max_rows
             if (complete or full) and len(self._rows) > len(keys):  # forget rows that left (stopped, deleted)
-                self._rows = {rid: v for rid, v in self._rows.items() if rid in wanted}
-        return out
+                ids = {rid for rid, _ in keys}
+                self._rows = {rid: v for rid, v in self._rows.items() if rid in ids}
+        return [record for record in out if record is not None]
 
     def clear(self) -> None:
         with self._lock:
