@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import String, Table, and_, insert, or_, select, type_coerce, update
+from sqlalchemy import String, Table, and_, or_, select, type_coerce, update
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -69,6 +69,12 @@ def _endpoint(r: EndpointRow) -> Endpoint:
 def _bind_processor(dialect: Dialect, table: str, column: str) -> Callable[[Any], Any] | None:
     """What SQLAlchemy does to a value of ``table.column`` before the driver gets it."""
     return Base.metadata.tables[table].c[column].type.bind_processor(dialect)
+
+
+@functools.cache
+def _result_processor(dialect: Dialect, table: str, column: str) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy does to a value of ``table.column`` the driver returns."""
+    return Base.metadata.tables[table].c[column].type.result_processor(dialect, None)
 
 
 def _to_driver(dialect: Dialect, table: str, column: str, value: Any) -> Any:
@@ -513,35 +519,51 @@ class Store(UsageStore):
 
     def record_good_probes(self, probes: Sequence[GoodProbe], now: datetime, max_gap_s: float) -> set[str]:
         """``record_probe_ok`` for each of ``probes``, in one transaction; the ids recorded."""
-        done: set[str] = set()
+        events: list[tuple[str, datetime, str, str]] = []
         with self.tx() as s:
             self._check_fence(s)
-            for p in probes:
-                if self._write_probe_ok(s, p, now, max_gap_s):
-                    done.add(p.replica.id)
-        return done
+            dialect = s.get_bind().dialect
+            applied = [p for p in probes if self._raw_guarded(s, "replicas", p.replica.id, p.replica.version,
+                                                              _replica_columns(dict(p.changes)))]
+            if not applied:
+                return set()
+            open_ = self._open_intervals(s, [p.replica.id for p in applied])
+            at = self.db_time(s, now)
+            extend, close, opened = [], [], []
+            for p in applied:
+                r = p.replica
+                if p.event is not None:
+                    events.append((r.endpoint_id, now, *p.event))
+                got = open_.get(r.id)
+                if got is not None and (now - got[1]).total_seconds() <= max_gap_s:
+                    extend.append((at, got[0], at))
+                    continue
+                if got is not None:  # time nobody observed: the old interval stays closed at its last probe
+                    close.append((True, "unobserved gap", got[0]))
+                opened.append((r.id, r.endpoint_id, p.owner, p.hardware,
+                               _to_driver(dialect, "billing_intervals", "cents_per_minute", p.cents_per_minute),
+                               at, at, False))
+            if extend:
+                self.raw(s, "UPDATE billing_intervals SET last_seen_at = ? WHERE id = ? AND last_seen_at < ?", extend)
+            if close:  # before the new ones: one open interval a replica
+                self.raw(s, "UPDATE billing_intervals SET closed = ?, closed_reason = ? WHERE id = ?", close)
+            if opened:
+                self.raw(s, "INSERT INTO billing_intervals (replica_id, endpoint_id, owner, hardware, "
+                         "cents_per_minute, started_at, last_seen_at, closed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", opened)
+            self._raw_events(s, events)
+        return {p.replica.id for p in applied}
 
-    @staticmethod
-    def _write_probe_ok(s: Session, p: GoodProbe, now: datetime, max_gap_s: float) -> bool:
-        # Table statements, not ORM objects: a pass may write thousands in one session.
-        r, rt, it = p.replica, _table(ReplicaRow), _table(IntervalRow)
-        res = s.execute(update(rt).where(rt.c.id == r.id, rt.c.version == r.version)
-                        .values(**_replica_columns(dict(p.changes)), version=r.version + 1))
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        if p.event is not None:
-            s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=p.event[0], message=p.event[1]))
-        open_ = s.execute(select(it.c.id, it.c.last_seen_at).where(it.c.replica_id == r.id,
-                                                                   it.c.closed.is_(False))).first()
-        if open_ is not None and (now - open_.last_seen_at).total_seconds() <= max_gap_s:
-            s.execute(update(it).where(it.c.id == open_.id, it.c.last_seen_at < now).values(last_seen_at=now))
-            return True
-        if open_ is not None:
-            s.execute(update(it).where(it.c.id == open_.id).values(closed=True, closed_reason="unobserved gap"))
-        s.execute(insert(it).values(replica_id=r.id, endpoint_id=r.endpoint_id, owner=p.owner, hardware=p.hardware,
-                                    cents_per_minute=p.cents_per_minute, started_at=now, last_seen_at=now,
-                                    closed=False))
-        return True
+    def _open_intervals(self, s: Session, replica_ids: Sequence[str]) -> dict[str, tuple[int, datetime]]:
+        """Each replica's open interval: its id and its last good probe."""
+        seen = _result_processor(s.get_bind().dialect, "billing_intervals", "last_seen_at")
+        out: dict[str, tuple[int, datetime]] = {}
+        for i in range(0, len(replica_ids), CHUNK):
+            chunk = replica_ids[i:i + CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            for rid, iid, last in self.raw(s, f"SELECT replica_id, id, last_seen_at FROM billing_intervals "
+                                              f"WHERE closed = ? AND replica_id IN ({marks})", (False, *chunk)):
+                out[rid] = (iid, seen(last) if seen is not None else last)
+        return out
 
     def record_probes_ok(self, replicas: Sequence[Replica], now: datetime, max_gap_s: float) -> set[str]:
         """Good probes of replicas already ready and not failing, in one transaction: the steady case.
