@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+
+from sqlalchemy import String, select, type_coerce
 
 from dedicate.domain.endpoints import EndpointState
 from dedicate.domain.records import EndpointSignals
 from dedicate.store.db import make_engine
 from dedicate.store.repos import ReplicaWrite, Store
 from dedicate.store.snapshot import RowCache
+from dedicate.store.tables import IntervalRow
 from tests.store.test_store import T0, endpoint, replica
 
 
@@ -69,3 +73,39 @@ def test_an_endpoints_last_request_moved_in_place_is_seen_by_the_next_read(db_ur
     (after,) = store.active_endpoints()
     assert after.version == before.version, "a signal does not bump the version..."
     assert after.last_request_at == later, "...and the cache still sees the idle clock move"
+
+
+def test_the_plain_sql_writes_store_times_as_sqlalchemy_does_and_read_them_back(db_url: str) -> None:
+    """Whole-second times (the manual clock's) are where a driver's own format would differ."""
+    from decimal import Decimal
+
+    from dedicate.store.db import migrate
+    from dedicate.store.repos import GoodProbe
+
+    engine = make_engine(db_url)
+    migrate(engine)
+    store = Store(engine)
+    store.insert_endpoint(endpoint(), ("created", "test"))
+    store.insert_replica(replica("r1"))
+    t0 = T0.replace(microsecond=0)
+    (r,) = store.live_replicas()
+    first = GoodProbe(r, ("ready", "r1 ready"), {"first_ready_at": t0, "last_probe_ok_at": t0, "launched_at": t0},
+                      owner="alice", hardware="1x_cpu", cents_per_minute=Decimal("1.5"))
+    assert store.record_good_probes([first], t0, 30) == {"r1"}
+    (r,) = store.live_replicas("endpoint-1")
+    t1 = t0 + timedelta(seconds=5)
+    assert store.record_probes_ok([r], t1, 30) == {"r1"}, "the steady write finds the interval opened at t0"
+    (r,) = store.live_replicas("endpoint-1")
+    t2 = t1 + timedelta(seconds=5)
+    again = GoodProbe(r, None, {"last_probe_ok_at": t2, "probe_failures": 0}, owner="alice", hardware="1x_cpu",
+                      cents_per_minute=Decimal("1.5"))
+    assert store.record_good_probes([again], t2, 30) == {"r1"}, "and the row-by-row write extends it"
+    (interval,) = store.intervals(endpoint_id="endpoint-1")
+    assert (interval.started_at, interval.last_seen_at) == (t0, t2)
+    assert interval.cents_per_minute == Decimal("1.5")
+    (r,) = store.live_replicas("endpoint-1")
+    assert r.facts.first_ready_at == t0 and r.facts.last_probe_ok_at == t2
+    if db_url.startswith("sqlite"):  # stored as SQLAlchemy stores them, so comparisons in SQL hold
+        with store.tx() as s:
+            (raw,) = s.execute(select(type_coerce(IntervalRow.last_seen_at, String))).one()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", raw), raw

@@ -18,7 +18,9 @@ from dedicate.store.tables import LeaseRow, OwnerRow, UTCDateTime
 
 @functools.cache
 def _time_processor(dialect: Dialect) -> Callable[[Any], Any] | None:
-    return UTCDateTime().bind_processor(dialect)
+    # The dialect's own implementation (SQLite's DATETIME writes "YYYY-MM-DD HH:MM:SS.ffffff"), as
+    # SQLAlchemy itself binds: the plain type would leave the value to the driver's own format.
+    return UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
 
 
 class StaleLease(Exception):

@@ -68,13 +68,13 @@ def _endpoint(r: EndpointRow) -> Endpoint:
 @functools.cache
 def _bind_processor(dialect: Dialect, table: str, column: str) -> Callable[[Any], Any] | None:
     """What SQLAlchemy does to a value of ``table.column`` before the driver gets it."""
-    return Base.metadata.tables[table].c[column].type.bind_processor(dialect)
+    return Base.metadata.tables[table].c[column].type.dialect_impl(dialect).bind_processor(dialect)
 
 
 @functools.cache
 def _result_processor(dialect: Dialect, table: str, column: str) -> Callable[[Any], Any] | None:
     """What SQLAlchemy does to a value of ``table.column`` the driver returns."""
-    return Base.metadata.tables[table].c[column].type.result_processor(dialect, None)
+    return Base.metadata.tables[table].c[column].type.dialect_impl(dialect).result_processor(dialect, None)
 
 
 def _to_driver(dialect: Dialect, table: str, column: str, value: Any) -> Any:
