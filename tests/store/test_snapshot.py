@@ -80,7 +80,7 @@ def test_the_plain_sql_writes_store_times_as_sqlalchemy_does_and_read_them_back(
     from decimal import Decimal
 
     from dedicate.store.db import migrate
-    from dedicate.store.repos import GoodProbe
+    from dedicate.store.ledger import GoodProbe
 
     engine = make_engine(db_url)
     migrate(engine)

@@ -28,7 +28,8 @@ from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.runtimes.base import Handle, ProcessState, Runtime
 from dedicate.settings import Settings
 from dedicate.store.base import StaleLease
-from dedicate.store.repos import EndpointWrite, GoodProbe, ReplicaWrite, Store
+from dedicate.store.ledger import GoodProbe
+from dedicate.store.repos import EndpointWrite, ReplicaWrite, Store
 
 log = logging.getLogger("dedicate.reconciler")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Self
@@ -12,6 +12,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session
 
+from dedicate.store.columns import to_driver
 from dedicate.store.db import session_factory
 from dedicate.store.tables import LeaseRow, OwnerRow, UTCDateTime
 
@@ -76,6 +77,24 @@ class StoreBase:
         """``at`` as the driver stores it in a ``UTCDateTime`` column (what SQLAlchemy would send)."""
         process = _time_processor(s.get_bind().dialect)
         return process(at) if process is not None else at
+
+    # A pass's batches in plain SQL: a guarded write a row, the events in one executemany.
+
+    def _raw_guarded(self, s: Session, table: str, row_id: str, version: int, values: Mapping[str, Any]) -> bool:
+        """``UPDATE table SET values, version+1 WHERE id AND version``; whether it applied.
+
+        The column names are this module's own, never a caller's input.
+        """
+        cols = ", ".join(f"{c} = ?" for c in values)
+        dialect = s.get_bind().dialect
+        params = (*(to_driver(dialect, table, c, v) for c, v in values.items()), version + 1, row_id, version)
+        return bool(self.raw(s, f"UPDATE {table} SET {cols}, version = ? WHERE id = ? AND version = ?",
+                             params).rowcount == 1)
+
+    def _raw_events(self, s: Session, events: Sequence[tuple[str, datetime, str, str]]) -> None:
+        if events:
+            self.raw(s, "INSERT INTO endpoint_events (endpoint_id, at, kind, message) VALUES (?, ?, ?, ?)",
+                     [(e, self.db_time(s, at), kind, msg) for e, at, kind, msg in events])
 
     def _check_fence(self, s: Session) -> None:
         if self._fence is None:
