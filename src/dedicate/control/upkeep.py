@@ -120,7 +120,7 @@ class ReplicaUpkeep:
         others = await self._address(store, others, states)
         probed = await asyncio.gather(*(self._probe_steady(r) for r in steady))
         results = await asyncio.gather(
-            *(self._observe(store, r, processes, states.get(r.id), endpoints.get(r.endpoint_id)) for r in others),
+            *(self._observe(store, r, processes, endpoints.get(r.endpoint_id)) for r in others),
             *(self._probed(store, r, False, endpoints.get(r.endpoint_id), now)
               for r, ok in zip(steady, probed, strict=True) if not ok),
             return_exceptions=True)
@@ -200,7 +200,7 @@ class ReplicaUpkeep:
             return False
 
     async def _observe(self, store: Store, r: Replica, processes: Mapping[str, Handle],
-                       state: ProcessState | None, ep: Endpoint | None) -> _Steady | _Good | None:
+                       ep: Endpoint | None) -> _Steady | _Good | None:
         if r.facts.launched_at is None:
             now = self.clock.now()
             found = processes.get(r.id)
@@ -213,18 +213,11 @@ class ReplicaUpkeep:
             elif ep is not None:
                 await self.launcher.launch(store, [(ep, r)])
             return None
-        handle = Handle(r.pid or -1, r.process_started or "")
-        if state is None or not state.running:
-            await self._record_exit(store, r, state.exit_code if state else None, ep)
-            return None
+        # launched and running: ``observe`` records the exits of the others itself
         if r.facts.stop_requested_at is not None:
-            self.spawn(self.stop(store, r, handle))
+            self.spawn(self.stop(store, r, Handle(r.pid or -1, r.process_started or "")))
             return None
         return await self._probe(store, r, ep)
-
-    async def _record_exit(self, store: Store, r: Replica, code: int | None, ep: Endpoint | None) -> None:
-        await self._record_exits(store, [r], {r.id: ProcessState(False, code)},
-                                 {ep.id: ep} if ep is not None else {})
 
     async def _record_exits(self, store: Store, exited: Sequence[Replica], states: Mapping[str, ProcessState],
                             endpoints: Mapping[str, Endpoint]) -> None:

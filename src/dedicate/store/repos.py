@@ -19,20 +19,18 @@ from typing import Any
 from sqlalchemy import String, and_, or_, select, type_coerce, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from dedicate.domain.endpoints import EndpointState, Intent, check_transition
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Address, ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaFacts
-from dedicate.store.columns import CHUNK, format_slots, parse_slots, replica_columns, table
+from dedicate.store.columns import CHUNK, format_slots, parse_slots, replica_columns
 from dedicate.store.ledger import LedgerStore
 from dedicate.store.snapshot import RowCache
 from dedicate.store.tables import (
     ApiKeyRow,
     EndpointRow,
     EventRow,
-    IntervalRow,
     ReplicaRow,
 )
 
@@ -277,22 +275,7 @@ class Store(LedgerStore):
 
     def _update_endpoint(self, ep: Endpoint, now: datetime, event: tuple[str, str] | None,
                          changes: dict[str, Any]) -> bool:
-        with self.tx() as s:
-            self._check_fence(s)
-            return self._write_endpoint(s, ep, now, event, changes)
-
-    @staticmethod
-    def _write_endpoint(s: Session, ep: Endpoint, now: datetime, event: tuple[str, str] | None,
-                        changes: dict[str, Any]) -> bool:
-        values = {k: (v.value if isinstance(v, (EndpointState, Intent)) else v) for k, v in changes.items()}
-        et = table(EndpointRow)
-        res = s.execute(update(et).where(et.c.id == ep.id, et.c.version == ep.version)
-                        .values(**values, updated_at=now, version=ep.version + 1))
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        if event is not None:
-            s.add(EventRow(endpoint_id=ep.id, at=now, kind=event[0], message=event[1]))
-        return True
+        return ep.id in self.settle_endpoints([EndpointWrite(ep, None, event, changes)], now)
 
     def settle_endpoints(self, writes: Sequence[EndpointWrite], now: datetime) -> set[str]:
         """Many endpoints' guarded writes in one transaction (a pass's settling); the ids written.
@@ -385,9 +368,7 @@ class Store(LedgerStore):
         self, r: Replica, now: datetime, event: tuple[str, str] | None = None, **changes: Any
     ) -> bool:
         """Guarded write: applies only if ``r.version`` is still current."""
-        with self.tx() as s:
-            self._check_fence(s)
-            return self._write_replica(s, r, now, event, changes)
+        return r.id in self.update_replicas([ReplicaWrite(r, event, changes)], now)
 
     def update_replicas(self, writes: Sequence[ReplicaWrite], now: datetime) -> set[str]:
         """Many replicas' guarded writes in one transaction (a pass's exits, launches); the ids written."""
@@ -407,23 +388,6 @@ class Store(LedgerStore):
                          "AND closed = ?", stopped)
             self._raw_events(s, events)
         return done
-
-    @staticmethod
-    def _write_replica(s: Session, r: Replica, now: datetime, event: tuple[str, str] | None,
-                       changes: dict[str, Any]) -> bool:
-        rt = table(ReplicaRow)
-        res = s.execute(update(rt).where(rt.c.id == r.id, rt.c.version == r.version)
-                        .values(**replica_columns(changes), version=r.version + 1))
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        if event is not None:
-            s.add(EventRow(endpoint_id=r.endpoint_id, at=now, kind=event[0], message=event[1]))
-        if changes.get("stopped_at") is not None:
-            # A stopped replica's billing ends at its last good probe, never later.
-            it = table(IntervalRow)
-            s.execute(update(it).where(it.c.replica_id == r.id, it.c.closed.is_(False))
-                      .values(closed=True, closed_reason="stopped"))
-        return True
 
     def events(self, endpoint_id: str, limit: int = 200) -> Sequence[Event]:
         with self.tx() as s:
