@@ -235,12 +235,30 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP. Without it
+    # every answer written in two parts waited for the client's delayed ACK: 40 ms a request.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+# The cyclic collector's youngest generation holds 700 allocations by default. A pass over 10,000
+# replicas makes its short-lived objects far faster than that, so they reach the oldest generation
+# before they die, and every few passes a full collection walks everything the store's caches hold
+# (150 ms at 10,000 replicas). With room for 50,000 a pass's objects die young. Reference counting
+# still frees every object outside a cycle at once: this only delays the cycles, a few MB at most.
+COLLECTOR_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_collector() -> None:
+    """Once, before serving: start-up objects (framework, ORM) are never scanned again, and a pass's
+    objects are collected young."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def serve(settings: Settings) -> None:
@@ -261,8 +279,7 @@ def serve(settings: Settings) -> None:
     print(f"dedicate is serving on {url}  (API and OpenAI-compatible gateway at {url}/v1)",
           flush=True)
     app = create_app(parts)
-    gc.collect()
-    gc.freeze()  # start-up objects (framework, ORM) are never scanned again: no long collector pauses
+    tune_collector()
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10,
                             access_log=False, lifespan="on", proxy_headers=False)
     server = uvicorn.Server(config)

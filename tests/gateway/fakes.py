@@ -56,7 +56,7 @@ def free_port() -> int:
 @contextlib.asynccontextmanager
 async def serve(app: Any) -> AsyncIterator[int]:
     """Serve an ASGI app on 127.0.0.1:<free port> in this loop; yields the port."""
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # so asyncio sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(512)

@@ -66,7 +66,7 @@ Scrape = Callable[[Replica], Awaitable[EngineSample | None]]
 
 
 class Autoscaler:
-    def __init__(self, store: Store, settings: Settings, clock: Clock, nodes: Callable[[], list[Node]],
+    def __init__(self, store: Store, settings: Settings, clock: Clock, nodes: Callable[[], Sequence[Node]],
                  leader: Callable[[], Store | None], wake: Callable[[], None],
                  scrape: Scrape | None = None) -> None:
         """``leader`` gives the fenced store while this process holds the reconciler lease, else None."""
@@ -133,7 +133,7 @@ class Autoscaler:
         return {r.id: s for r, s in zip(ready, got, strict=True) if isinstance(s, EngineSample)}
 
     async def _endpoint(self, store: Store, ep: Endpoint, sig: EndpointSignals | None, replicas: list[Replica],
-                        samples: dict[str, EngineSample], nodes: list[Node], now: datetime) -> None:
+                        samples: dict[str, EngineSample], nodes: Sequence[Node], now: datetime) -> None:
         if ep.intent is not Intent.RUN or ep.state is EndpointState.ERROR:
             if ep.intent is Intent.STOP and ep.autoscale_state is not None:
                 # A start begins afresh: it goes back to min_replicas, with no window to hold.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -13,7 +14,7 @@ from dedicate.control.views import Budget, BudgetAlert, EndpointCost, Usage, Usa
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Forbidden, InvalidRequest
 from dedicate.domain.records import Endpoint
-from dedicate.metering.ledger import invoice, invoice_bytes, month_bounds, month_of, usage
+from dedicate.metering.ledger import Interval, invoice, invoice_bytes, month_bounds, month_of, usage
 from dedicate.metering.rating import round_cents
 from dedicate.store.repos import Store
 
@@ -82,12 +83,19 @@ class Billing:
         names = {e.id: e.name for e in self.store.list_endpoints(who, include_deleted=True)}
         return invoice_bytes(invoice(who, m, self.store.intervals(owner=who, start=lo, end=hi), names))
 
-    def endpoint_cost(self, ep: Endpoint, ready: int) -> EndpointCost:
-        """This month's charges so far and the burn rate at the current ready count."""
+    def month_so_far(self) -> tuple[datetime, datetime]:
+        """[the start of this month, now): the period ``endpoint_cost`` charges."""
         now = self.clock.now()
-        lo, _ = month_bounds(month_of(now))
-        lines = usage(self.store.intervals(endpoint_id=ep.id, start=lo, end=now), lo, now)
-        exact = sum((line.exact_cents for line in lines), Fraction(0))
+        return month_bounds(month_of(now))[0], now
+
+    def endpoint_cost(self, ep: Endpoint, ready: int, intervals: Sequence[Interval] | None = None,
+                      period: tuple[datetime, datetime] | None = None) -> EndpointCost:
+        """This month's charges so far and the burn rate at the current ready count; from ``intervals``
+        of ``period`` (``month_so_far``) where the caller read them already."""
+        lo, now = period or self.month_so_far()
+        if intervals is None:
+            intervals = self.store.intervals(endpoint_id=ep.id, start=lo, end=now)
+        exact = sum((line.exact_cents for line in usage(intervals, lo, now)), Fraction(0))
         return EndpointCost(round_cents(exact), ep.cents_per_minute * ready)
 
     def costs_this_month(self) -> dict[str, Decimal]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from dedicate.domain.catalog import Catalog
 from dedicate.domain.hardware import Hardware
@@ -36,8 +36,31 @@ def engine_for(catalog: Catalog, model: ModelSpec, hw: Hardware, nodes: Sequence
     CPU engine while accounted as GPUs); otherwise the hardware shape's engine
     is used. Nodes of one GPU type are expected to agree.
     """
-    overrides = {n.engine for n in nodes if n.gpu_type == hw.gpu_type and n.engine}
-    for engine in sorted(overrides):
+    overrides = node_engines(nodes).get(hw.gpu_type, ())
+    for engine in overrides:
         if engine in model.engines and engine in catalog.engines:
             return engine
     return None if overrides else catalog.engine_for(model, hw)
+
+
+_last: tuple[Sequence[Node], Mapping[str, tuple[str, ...]]] | None = None
+
+
+def node_engines(nodes: Sequence[Node]) -> Mapping[str, tuple[str, ...]]:
+    """Per GPU type, the engines that nodes name for themselves, sorted.
+
+    Kept for the last large tuple asked about: the runtimes hand out the same tuple while their
+    nodes stay as they are, so a GET of an endpoint does not walk 1,000 nodes to find its engine.
+    """
+    global _last
+    last = _last
+    if last is not None and last[0] is nodes:
+        return last[1]
+    found: dict[str, set[str]] = {}
+    for n in nodes:
+        if n.engine:
+            found.setdefault(n.gpu_type, set()).add(n.engine)
+    engines = {gpu: tuple(sorted(names)) for gpu, names in found.items()}
+    if isinstance(nodes, tuple) and len(nodes) > 16:
+        _last = (nodes, engines)
+    return engines

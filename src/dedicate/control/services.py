@@ -6,7 +6,7 @@ reconciler is then woken to act on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -60,16 +60,20 @@ from dedicate.metering.rating import predict
 from dedicate.runtimes.base import Node
 from dedicate.scheduler.placement import NodeView, NoPlacement, place
 from dedicate.settings import Settings
-from dedicate.store.repos import Store
+from dedicate.store.repos import EndpointDetail, Store
 
 DEFAULT_PAGE = 100  # endpoints per page of GET /v1/endpoints when no limit is given
 MAX_PAGE = 1000
 
 
+def not_found(key: str) -> NotFound:
+    return NotFound(f"endpoint {key!r} not found; list yours with GET /v1/endpoints", code="endpoint_not_found")
+
+
 class Services:
     def __init__(
         self, store: Store, settings: Settings, clock: Clock,
-        nodes: Callable[[], list[Node]], wake: Callable[[], None],
+        nodes: Callable[[], Sequence[Node]], wake: Callable[[], None],
     ) -> None:
         self.store = store
         self.settings = settings
@@ -272,19 +276,26 @@ class Services:
     def _visible(self, principal: Principal, key: str) -> Endpoint:
         ep = self.store.get_endpoint(key)
         if ep is None or (ep.owner != principal.owner and not principal.is_admin):
-            raise NotFound(f"endpoint {key!r} not found; list yours with GET /v1/endpoints",
-                           code="endpoint_not_found")
+            raise not_found(key)
         return ep
 
-    def view(self, ep: Endpoint) -> EndpointView:
-        replicas = self.store.live_replicas(ep.id)
+    def view(self, ep: Endpoint, detail: EndpointDetail | None = None) -> EndpointView:
+        """What GET shows of ``ep``: from ``detail`` where the caller read it already."""
+        replicas = self.store.live_replicas(ep.id) if detail is None else detail.replicas
         ready = sum(1 for r in replicas if r.status is ReplicaStatus.READY)
+        cost = self.billing.endpoint_cost(ep, ready) if detail is None else \
+            self.billing.endpoint_cost(ep, ready, detail.intervals, detail.period)
         return EndpointView(ep, replicas, predict(ep.cents_per_minute, ep.min_replicas, ep.max_replicas),
-                            self.billing.endpoint_cost(ep, ready), target=target_for(self.settings, self.nodes(), ep),
+                            cost, target=target_for(self.settings, self.nodes(), ep),
                             last_scaling=PolicyState.from_json(ep.autoscale_state).last)
 
     def get(self, principal: Principal, key: str) -> EndpointView:
-        return self.view(self._visible(principal, key))
+        """One transaction for the endpoint, its replicas and this month's intervals."""
+        lo, now = self.billing.month_so_far()
+        detail = self.store.endpoint_detail(key, start=lo, end=now)
+        if detail is None or (detail.endpoint.owner != principal.owner and not principal.is_admin):
+            raise not_found(key)
+        return self.view(detail.endpoint, detail)
 
     def list_endpoints(self, principal: Principal, *, mine: bool, limit: int = DEFAULT_PAGE,
                        after: str | None = None) -> EndpointPage:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus, replica_status
@@ -85,8 +86,10 @@ class Replica:
     stop_reason: str | None
     version: int
 
-    @property
+    @cached_property
     def status(self) -> ReplicaStatus:
+        """Its facts never change (a change is a new record), so it is worked out once: a pass asks
+        it of every replica a few times."""
         return replica_status(self.facts)
 
     @property

@@ -65,7 +65,9 @@ class ProcessState:
 class Runtime(Protocol):
     instance: str
 
-    def nodes(self) -> list[Node]: ...
+    def nodes(self) -> tuple[Node, ...]:
+        """The nodes now: the same tuple while they do not change, so what is derived from them keeps."""
+        ...
 
     def launch(self, spec: LaunchSpec) -> Handle: ...
 

@@ -26,9 +26,13 @@ class FakeRuntime:
     next_port: int = 20000
     fail_launch: bool = False
     host: str = "127.0.0.1"  # where its pretend replicas are reached
+    _handed_out: tuple[Node, ...] | None = field(default=None, repr=False, compare=False)
 
-    def nodes(self) -> list[Node]:
-        return list(self.node_list)
+    def nodes(self) -> tuple[Node, ...]:
+        # node_list is the tests' to change; the tuple is made anew only when it has changed
+        if self._handed_out is None or list(self._handed_out) != self.node_list:
+            self._handed_out = tuple(self.node_list)
+        return self._handed_out
 
     def launch(self, spec: LaunchSpec) -> Handle:
         if self.fail_launch:

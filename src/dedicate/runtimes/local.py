@@ -47,11 +47,11 @@ class LocalRuntime:
     def __init__(self, data_dir: Path, instance: str, nodes: list[Node]) -> None:
         self.data_dir = data_dir
         self.instance = instance
-        self._nodes = nodes
+        self._nodes = tuple(nodes)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def nodes(self) -> list[Node]:
-        return list(self._nodes)
+    def nodes(self) -> tuple[Node, ...]:
+        return self._nodes
 
     def replica_dir(self, replica_id: str) -> Path:
         return self.data_dir / "replicas" / replica_id

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable
+from collections import namedtuple
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table
+from sqlalchemy import Column, Table
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import InvalidRequestError
 
 from dedicate.domain.records import Slots
 from dedicate.store.tables import Base
@@ -50,7 +52,15 @@ def bind_processor(dialect: Dialect, table: str, column: str) -> Callable[[Any],
 @functools.cache
 def result_processor(dialect: Dialect, table: str, column: str) -> Callable[[Any], Any] | None:
     """What SQLAlchemy does to a value of ``table.column`` the driver returns."""
-    return Base.metadata.tables[table].c[column].type.dialect_impl(dialect).result_processor(dialect, None)
+    return _result_processor(dialect, Base.metadata.tables[table].c[column])
+
+
+def _result_processor(dialect: Dialect, column: Column[Any]) -> Callable[[Any], Any] | None:
+    try:
+        return column.type.dialect_impl(dialect).result_processor(dialect, None)
+    except (TypeError, InvalidRequestError):
+        # PostgreSQL's NUMERIC asks for the column's type code; psycopg returns a Decimal for it itself
+        return None
 
 
 def to_driver(dialect: Dialect, table: str, column: str, value: Any) -> Any:
@@ -58,3 +68,20 @@ def to_driver(dialect: Dialect, table: str, column: str, value: Any) -> Any:
         value = value.value
     process = bind_processor(dialect, table, column)
     return value if process is None or value is None else process(value)
+
+
+@functools.cache
+def row_reader(dialect: Dialect, table: str) -> tuple[str, Callable[[Sequence[Any]], Any]]:
+    """Every column of ``table`` for a plain ``SELECT``, and what turns a driver's row of them into
+    one with attributes, its values as SQLAlchemy would give them: a hot read skips the ORM."""
+    columns = list(Base.metadata.tables[table].c)
+    shape = namedtuple(f"{table}_row", [c.name for c in columns])  # type: ignore[misc]
+    processors = [(i, p) for i, c in enumerate(columns) if (p := _result_processor(dialect, c)) is not None]
+
+    def read(values: Sequence[Any]) -> Any:
+        out = list(values)
+        for i, process in processors:
+            out[i] = process(out[i])
+        return shape._make(out)
+
+    return ", ".join(c.name for c in columns), read

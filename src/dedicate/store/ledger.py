@@ -18,6 +18,10 @@ from dedicate.store.tables import IntervalRow, ReplicaRow
 from dedicate.store.usage import UsageStore
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 @dataclass(frozen=True)
 class GoodProbe:
     """One good probe that moves a replica's facts (``record_probe_ok``'s arguments)."""
@@ -157,17 +161,25 @@ class LedgerStore(UsageStore):
     def intervals(self, *, owner: str | None = None, endpoint_id: str | None = None,
                   start: datetime | None = None, end: datetime | None = None) -> list[Interval]:
         with self.tx() as s:
-            q = select(IntervalRow.__table__).order_by(IntervalRow.id)
-            if owner is not None:
-                q = q.where(IntervalRow.owner == owner)
-            if endpoint_id is not None:
-                q = q.where(IntervalRow.endpoint_id == endpoint_id)
-            if start is not None:
-                q = q.where(IntervalRow.last_seen_at > start)
-            if end is not None:
-                q = q.where(IntervalRow.started_at < end)
-            return [Interval(r.replica_id, r.endpoint_id, r.owner, r.hardware, Decimal(r.cents_per_minute),
-                             r.started_at, r.last_seen_at) for r in s.execute(q)]
+            return self._intervals(s, owner=owner, endpoint_id=endpoint_id, start=start, end=end)
+
+    def _intervals(self, s: Session, *, owner: str | None = None, endpoint_id: str | None = None,
+                   start: datetime | None = None, end: datetime | None = None) -> list[Interval]:
+        """Intervals that overlap [start, end), oldest first, in plain SQL: GET of an endpoint reads its own."""
+        where, params = [], []
+        for sql, value in (("owner = ?", owner), ("endpoint_id = ?", endpoint_id),
+                           ("last_seen_at > ?", start), ("started_at < ?", end)):
+            if value is not None:
+                where.append(sql)
+                params.append(self.db_time(s, value) if isinstance(value, datetime) else value)
+        dialect = s.get_bind().dialect
+        price, started, seen = (result_processor(dialect, "billing_intervals", c) or _same
+                                for c in ("cents_per_minute", "started_at", "last_seen_at"))
+        rows = self.raw(s, "SELECT replica_id, endpoint_id, owner, hardware, cents_per_minute, started_at, "
+                           "last_seen_at FROM billing_intervals" + (" WHERE " + " AND ".join(where) if where else "")
+                        + " ORDER BY id", tuple(params))
+        return [Interval(rid, eid, who, hw, Decimal(price(cents)), started(at), seen(last))
+                for rid, eid, who, hw, cents, at, last in rows]
 
     def open_interval_count(self) -> int:
         with self.tx() as s:

@@ -19,12 +19,14 @@ from typing import Any
 from sqlalchemy import String, and_, or_, select, type_coerce, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from dedicate.domain.endpoints import EndpointState, Intent, check_transition
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Address, ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaFacts
-from dedicate.store.columns import CHUNK, format_slots, parse_slots, replica_columns
+from dedicate.metering.ledger import Interval
+from dedicate.store.columns import CHUNK, format_slots, parse_slots, replica_columns, row_reader
 from dedicate.store.ledger import LedgerStore
 from dedicate.store.snapshot import RowCache
 from dedicate.store.tables import (
@@ -72,6 +74,14 @@ def _replica(r: ReplicaRow) -> Replica:
         ),
         stop_reason=r.stop_reason, version=r.version,
     )
+
+
+@dataclass(frozen=True)
+class EndpointDetail:
+    endpoint: Endpoint
+    replicas: list[Replica]  # live, oldest first
+    intervals: list[Interval]  # billing intervals overlapping the period
+    period: tuple[datetime, datetime]  # [start, end) asked for
 
 
 @dataclass(frozen=True)
@@ -186,12 +196,34 @@ class Store(LedgerStore):
     def get_endpoint(self, key: str, *, include_deleted: bool = False) -> Endpoint | None:
         """By id or by name."""
         with self.tx() as s:
-            col = "id" if key.startswith("endpoint-") else "name"
-            live = "" if include_deleted else " AND deleted_at IS NULL"
-            keys = [(rid, (version, at)) for rid, version, at in self.raw(
-                s, f"SELECT id, version, last_request_at FROM endpoints WHERE {col} = ?{live}", (key,))]
+            keys = self._endpoint_key(s, key, include_deleted)
         found = self._page_rows.read(keys, self._endpoint_rows)
         return found[0] if found else None
+
+    def endpoint_detail(self, key: str, *, start: datetime, end: datetime) -> EndpointDetail | None:
+        """An endpoint (by id or name, not deleted) with its live replicas and its billing intervals
+        overlapping [start, end): all that GET shows, in one transaction of three plain reads."""
+        with self.tx() as s:
+            dialect = s.get_bind().dialect
+            cols, endpoint = row_reader(dialect, "endpoints")
+            col = "id" if key.startswith("endpoint-") else "name"
+            found = [_endpoint(endpoint(r)) for r in self.raw(
+                s, f"SELECT {cols} FROM endpoints WHERE {col} = ? AND deleted_at IS NULL", (key,))]
+            if not found:
+                return None
+            ep = found[0]
+            cols, replica = row_reader(dialect, "replicas")
+            replicas = [_replica(replica(r)) for r in self.raw(
+                s, f"SELECT {cols} FROM replicas WHERE endpoint_id = ? AND stopped_at IS NULL "
+                   "ORDER BY created_at, id", (ep.id,))]
+            intervals = self._intervals(s, endpoint_id=ep.id, start=start, end=end)
+        return EndpointDetail(ep, replicas, intervals, (start, end))
+
+    def _endpoint_key(self, s: Session, key: str, include_deleted: bool) -> list[tuple[str, tuple[int, Any]]]:
+        col = "id" if key.startswith("endpoint-") else "name"
+        live = "" if include_deleted else " AND deleted_at IS NULL"
+        return [(rid, (version, at)) for rid, version, at in self.raw(
+            s, f"SELECT id, version, last_request_at FROM endpoints WHERE {col} = ?{live}", (key,))]
 
     def list_endpoints(self, owner: str | None = None, *, include_deleted: bool = False) -> list[Endpoint]:
         with self.tx() as s:
@@ -338,13 +370,16 @@ class Store(LedgerStore):
         """
         with self.tx() as s:
             if endpoint_id is not None:  # exact: the last good probe is part of the key
-                keyed = [(rid, (version, at)) for rid, version, at in self.raw(
-                    s, "SELECT id, version, last_probe_ok_at FROM replicas WHERE endpoint_id = ? "
-                    "AND stopped_at IS NULL ORDER BY created_at, id", (endpoint_id,))]
+                keyed = self._live_keys(s, endpoint_id)
                 return self._endpoint_live_rows.read(keyed, self._replica_rows)
             keys = [(rid, version) for rid, version in self.raw(
                 s, "SELECT id, version FROM replicas WHERE stopped_at IS NULL ORDER BY created_at, id")]
         return self._live_rows.read(keys, self._replica_rows, complete=True)
+
+    def _live_keys(self, s: Session, endpoint_id: str) -> list[tuple[str, tuple[int, Any]]]:
+        return [(rid, (version, at)) for rid, version, at in self.raw(
+            s, "SELECT id, version, last_probe_ok_at FROM replicas WHERE endpoint_id = ? "
+            "AND stopped_at IS NULL ORDER BY created_at, id", (endpoint_id,))]
 
     def _replica_rows(self, ids: list[str]) -> Iterable[tuple[str, Replica]]:
         with self.tx() as s:
