@@ -290,6 +290,13 @@ async def _drive(opts: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
             p = self.processes.get(self.by_replica.get(replica_id, -1))
             return None if p is None else p.port
 
+        if hasattr(FakeRuntime, "address_of"):  # the runtime reports addresses (the baseline has port_of)
+            def address_of(self, replica_id: str) -> Any:
+                from dedicate.domain.records import Address
+
+                p = self.processes.get(self.by_replica.get(replica_id, -1))
+                return None if p is None or p.port is None else Address(self.host, p.port)
+
         def crash(self, replica_id: str, code: int = 1) -> None:
             p = self.processes.get(self.by_replica.get(replica_id, -1))
             if p is not None and p.running:

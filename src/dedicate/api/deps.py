@@ -66,7 +66,7 @@ Admin = Annotated[Principal, Depends(admin)]
 
 # Service calls run in a few worker threads, not one each: 32 callers in 32 threads spend their time
 # handing the GIL and the database connections round, and every one of them waits longer.
-SERVICE_THREADS = 4
+SERVICE_THREADS = 2
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
 
 

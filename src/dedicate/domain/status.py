@@ -8,7 +8,6 @@ desired count the reconciler took as 0 and the API showed as the user's).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,15 +37,18 @@ class EndpointStatus:
 
 def replica_counts(ep: Endpoint, replicas: Iterable[Replica], queued: int = 0) -> ReplicaCounts:
     """How many of ``ep``'s replicas are ready, starting, stopping, and how many it should have."""
-    status = Counter(r.status for r in replicas)
+    ready = starting = stopping = 0
+    for r in replicas:  # a plain loop: a pass counts every endpoint's replicas
+        s = r.status
+        if s is ReplicaStatus.READY:
+            ready += 1
+        elif s is ReplicaStatus.STARTING or s is ReplicaStatus.PLACED:
+            starting += 1
+        elif s is ReplicaStatus.STOPPING:
+            stopping += 1
     run = ep.should_run
-    return ReplicaCounts(
-        desired=ep.within_bounds(ep.desired_replicas) if run else 0,
-        ready=status[ReplicaStatus.READY],
-        starting=status[ReplicaStatus.STARTING] + status[ReplicaStatus.PLACED],
-        queued=queued if run else 0,
-        stopping=status[ReplicaStatus.STOPPING],
-    )
+    return ReplicaCounts(desired=ep.within_bounds(ep.desired_replicas) if run else 0, ready=ready,
+                         starting=starting, queued=queued if run else 0, stopping=stopping)
 
 
 def endpoint_status(ep: Endpoint, replicas: Iterable[Replica], waiting: Waiting, *, shape: str,

@@ -16,7 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import String, and_, or_, select, type_coerce, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -26,7 +26,7 @@ from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Address, ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaFacts
 from dedicate.metering.ledger import Interval
-from dedicate.store.columns import CHUNK, format_slots, parse_slots, replica_columns, row_reader
+from dedicate.store.columns import CHUNK, format_slots, parse_slots, replica_columns, row_reader, table
 from dedicate.store.ledger import LedgerStore
 from dedicate.store.snapshot import RowCache
 from dedicate.store.tables import (
@@ -279,21 +279,26 @@ class Store(LedgerStore):
 
     def endpoints_after(self, owner: str | None, after: str | None, limit: int) -> list[Endpoint] | None:
         """Up to ``limit`` live endpoints in ``list_endpoints`` order (created, then id), after the endpoint
-        ``after`` (a keyset page: no offset to count). None when ``after`` is not one of ``owner``'s."""
+        ``after`` (a keyset page: no offset to count). None when ``after`` is not one of ``owner``'s.
+
+        Plain SQL on the listing indexes (``ix_endpoints_listing``, ``ix_endpoints_owner_listing``).
+        """
+        where, params = ["deleted_at IS NULL"], []
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
         with self.tx() as s:
-            q = select(EndpointRow.id, EndpointRow.version, type_coerce(EndpointRow.last_request_at, String)).where(
-                EndpointRow.deleted_at.is_(None))
-            if owner is not None:
-                q = q.where(EndpointRow.owner == owner)
             if after is not None:
-                mark = s.execute(select(EndpointRow.created_at, EndpointRow.id).where(
-                    EndpointRow.id == after, *([EndpointRow.owner == owner] if owner is not None else []))).first()
+                mark = self.raw(s, "SELECT created_at, id FROM endpoints WHERE id = ?"
+                                   + (" AND owner = ?" if owner is not None else ""),
+                                (after, *params[:1])).fetchone()
                 if mark is None:
                     return None
-                q = q.where(or_(EndpointRow.created_at > mark.created_at,
-                                and_(EndpointRow.created_at == mark.created_at, EndpointRow.id > mark.id)))
-            q = q.order_by(EndpointRow.created_at, EndpointRow.id).limit(limit)
-            keys = [(rid, (version, at)) for rid, version, at in s.execute(q)]
+                where.append("(created_at > ? OR (created_at = ? AND id > ?))")
+                params += [mark[0], mark[0], mark[1]]
+            keys = [(rid, (version, at)) for rid, version, at in self.raw(
+                s, f"SELECT id, version, last_request_at FROM endpoints WHERE {' AND '.join(where)} "
+                   "ORDER BY created_at, id LIMIT ?", (*params, limit))]
         return self._page_rows.read(keys, self._endpoint_rows)  # a page of records built once, until they move
 
     def update_endpoint(
@@ -340,26 +345,29 @@ class Store(LedgerStore):
         self.insert_replicas([(replica, event)])
 
     def insert_replicas(self, replicas: Sequence[tuple[Replica, tuple[str, str] | None]]) -> None:
-        """New replica rows (a pass's placements), with their events, in one transaction."""
+        """New replica rows (a pass's placements), with their events, in one transaction: one
+        executemany each, not an ORM object a row (500 replacements were 110 ms that way)."""
+        rows = []
+        for replica, _ in replicas:
+            f = replica.facts
+            rows.append(dict(
+                id=replica.id, endpoint_id=replica.endpoint_id, engine=replica.engine,
+                node=replica.node, slots=format_slots(replica.slots), token=replica.token,
+                host=replica.address.host if replica.address else None,
+                port=replica.address.port if replica.address else None,
+                pid=replica.pid, process_started=replica.process_started, log_path=replica.log_path,
+                created_at=replica.created_at, placed_at=f.placed_at, launched_at=f.launched_at,
+                first_ready_at=f.first_ready_at, last_probe_ok_at=f.last_probe_ok_at,
+                probe_failures=f.probe_failures, exit_code=f.exit_code,
+                stop_requested_at=f.stop_requested_at, stop_reason=replica.stop_reason,
+                stopped_at=f.stopped_at, version=1,
+            ))
         with self.tx() as s:
             self._check_fence(s)
-            for replica, event in replicas:
-                f = replica.facts
-                s.add(ReplicaRow(
-                    id=replica.id, endpoint_id=replica.endpoint_id, engine=replica.engine,
-                    node=replica.node, slots=format_slots(replica.slots), token=replica.token,
-                    host=replica.address.host if replica.address else None,
-                    port=replica.address.port if replica.address else None,
-                    pid=replica.pid, process_started=replica.process_started, log_path=replica.log_path,
-                    created_at=replica.created_at, placed_at=f.placed_at, launched_at=f.launched_at,
-                    first_ready_at=f.first_ready_at, last_probe_ok_at=f.last_probe_ok_at,
-                    probe_failures=f.probe_failures, exit_code=f.exit_code,
-                    stop_requested_at=f.stop_requested_at, stop_reason=replica.stop_reason,
-                    stopped_at=f.stopped_at, version=1,
-                ))
-                if event is not None:
-                    s.add(EventRow(endpoint_id=replica.endpoint_id, at=replica.created_at,
-                                   kind=event[0], message=event[1]))
+            if rows:
+                s.execute(insert(table(ReplicaRow)), rows)
+            self._raw_events(s, [(r.endpoint_id, r.created_at, event[0], event[1])
+                                 for r, event in replicas if event is not None])
 
     def live_replicas(self, endpoint_id: str | None = None) -> list[Replica]:
         """Every replica not stopped (or one endpoint's), oldest first.

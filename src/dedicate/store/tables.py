@@ -116,6 +116,11 @@ class EndpointRow(Base):
     autoscale_state: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
+    # GET /v1/endpoints pages in (created_at, id) order, an owner's or everyone's: from an index, a
+    # page costs its own rows, not a sort of every endpoint ever made
+    __table_args__ = (Index("ix_endpoints_listing", "created_at", "id"),
+                      Index("ix_endpoints_owner_listing", "owner", "created_at", "id"))
+
 
 class LeaseRow(Base):
     """Who may act as the reconciler; ``token`` grows with every change of holder (fencing)."""
