@@ -97,3 +97,19 @@ def test_when_every_candidate_is_ejected_all_are_candidates_again() -> None:
     for t in targets:
         t.state.ejected_until = clock.t + 10
     assert {table.choose(targets).replica_id for _ in range(100)} == {"r0", "r1"}  # type: ignore[union-attr]
+
+
+def test_an_endpoint_created_just_after_a_snapshot_is_routed_at_once() -> None:
+    """A miss asks a read begun after it, not one a few ms old: else a call right after a create says 404."""
+    import asyncio
+
+    endpoints = []
+    table = RoutingTable(lambda: (list(endpoints), []), rng=random.Random(1))
+
+    async def run() -> Route | None:
+        await table.refresh()  # a fresh snapshot, without the endpoint
+        endpoints.append(make_endpoint("alice/new"))
+        return await table.route("alice/new")
+
+    route = asyncio.run(run())
+    assert route is not None and route.endpoint.name == "alice/new"

@@ -145,9 +145,18 @@ class RoutingTable:
 
     async def route(self, name: str) -> Route | None:
         route = self.current().routes.get(name)
-        if route is None:
-            route = (await self.refresh(max_age_s=0.05)).routes.get(name)
+        if route is None:  # perhaps made since the snapshot was read: ask a read begun after now
+            route = (await self.read_since(time.monotonic())).routes.get(name)
         return route
+
+    async def read_since(self, t: float) -> Snapshot:
+        """A snapshot whose read began at ``t`` or later: one just created is in it. Callers share reads."""
+        while self.snapshot.taken_at < t:
+            running = self._refreshing
+            if running is None:
+                running = self._refreshing = asyncio.ensure_future(self._read())
+            await asyncio.shield(running)
+        return self.snapshot
 
     # choosing ------------------------------------------------------------------------
 
