@@ -25,11 +25,7 @@ class PollCounting(World):
 
 def ready(tmp_path: Path, replicas: int) -> tuple[PollCounting, str]:
     world = PollCounting(tmp_path)
-    ep = world.create(replicas, replicas)
-    world.step()
-    world.make_all_healthy()
-    world.step()
-    assert world.replicas(ep) == [ReplicaStatus.READY] * replicas
+    ep = world.ready_endpoint(replicas)
     world.polled.clear()
     return world, ep
 

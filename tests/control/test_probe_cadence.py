@@ -31,11 +31,7 @@ class CountedWorld(World):
 
 def ready_world(tmp_path: Path, replicas: int) -> tuple[CountedWorld, str]:
     world = CountedWorld(tmp_path)
-    ep = world.create(replicas, replicas)
-    world.step()
-    world.make_all_healthy()
-    world.step()
-    assert world.replicas(ep) == [ReplicaStatus.READY] * replicas
+    ep = world.ready_endpoint(replicas)
     world.probes.clear()
     return world, ep
 

@@ -81,6 +81,15 @@ class World:
         return sorted(pid for pid, p in self.runtime.processes.items()
                       if p.running and replica_id in (None, p.spec.replica_id))
 
+    def ready_endpoint(self, replicas: int) -> str:
+        """An endpoint of ``replicas`` replicas, brought to all ready by two passes."""
+        ep = self.create(replicas, replicas)
+        self.step()
+        self.make_all_healthy()
+        self.step()
+        assert self.replicas(ep) == [ReplicaStatus.READY] * replicas
+        return ep
+
     def make_all_healthy(self) -> None:
         self.healthy = {p.port for p in self.runtime.processes.values() if p.port is not None}
 

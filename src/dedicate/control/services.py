@@ -70,6 +70,11 @@ def not_found(key: str) -> NotFound:
     return NotFound(f"endpoint {key!r} not found; list yours with GET /v1/endpoints", code="endpoint_not_found")
 
 
+def _sees(principal: Principal, ep: Endpoint) -> bool:
+    """An owner sees their own endpoints, an admin every one; another's answers as not found."""
+    return ep.owner == principal.owner or principal.is_admin
+
+
 class Services:
     def __init__(
         self, store: Store, settings: Settings, clock: Clock,
@@ -275,7 +280,7 @@ class Services:
 
     def _visible(self, principal: Principal, key: str) -> Endpoint:
         ep = self.store.get_endpoint(key)
-        if ep is None or (ep.owner != principal.owner and not principal.is_admin):
+        if ep is None or not _sees(principal, ep):
             raise not_found(key)
         return ep
 
@@ -293,7 +298,7 @@ class Services:
         """One transaction for the endpoint, its replicas and this month's intervals."""
         lo, now = self.billing.month_so_far()
         detail = self.store.endpoint_detail(key, start=lo, end=now)
-        if detail is None or (detail.endpoint.owner != principal.owner and not principal.is_admin):
+        if detail is None or not _sees(principal, detail.endpoint):
             raise not_found(key)
         return self.view(detail.endpoint, detail)
 

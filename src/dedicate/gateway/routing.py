@@ -119,12 +119,7 @@ class RoutingTable:
 
     async def refresh(self, max_age_s: float = 0.0) -> Snapshot:
         """A snapshot no older than ``max_age_s``; concurrent callers share one read of the store."""
-        if time.monotonic() - self.snapshot.taken_at <= max_age_s:
-            return self.snapshot
-        running = self._refreshing
-        if running is None:
-            running = self._refreshing = asyncio.ensure_future(self._read())
-        return await asyncio.shield(running)
+        return await self.read_since(time.monotonic() - max_age_s)
 
     async def _read(self) -> Snapshot:
         try:

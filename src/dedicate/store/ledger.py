@@ -13,13 +13,9 @@ from sqlalchemy.orm import Session
 
 from dedicate.domain.records import Replica
 from dedicate.metering.ledger import Interval
-from dedicate.store.columns import CHUNK, replica_columns, result_processor, to_driver
+from dedicate.store.columns import CHUNK, replica_columns, result_processor, row_reader, to_driver
 from dedicate.store.tables import IntervalRow, ReplicaRow
 from dedicate.store.usage import UsageStore
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 @dataclass(frozen=True)
@@ -172,14 +168,11 @@ class LedgerStore(UsageStore):
             if value is not None:
                 where.append(sql)
                 params.append(self.db_time(s, value) if isinstance(value, datetime) else value)
-        dialect = s.get_bind().dialect
-        price, started, seen = (result_processor(dialect, "billing_intervals", c) or _same
-                                for c in ("cents_per_minute", "started_at", "last_seen_at"))
-        rows = self.raw(s, "SELECT replica_id, endpoint_id, owner, hardware, cents_per_minute, started_at, "
-                           "last_seen_at FROM billing_intervals" + (" WHERE " + " AND ".join(where) if where else "")
-                        + " ORDER BY id", tuple(params))
-        return [Interval(rid, eid, who, hw, Decimal(price(cents)), started(at), seen(last))
-                for rid, eid, who, hw, cents, at, last in rows]
+        cols, row = row_reader(s.get_bind().dialect, "billing_intervals")
+        rows = self.raw(s, f"SELECT {cols} FROM billing_intervals"
+                           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id", tuple(params))
+        return [Interval(r.replica_id, r.endpoint_id, r.owner, r.hardware, Decimal(r.cents_per_minute),
+                         r.started_at, r.last_seen_at) for r in map(row, rows)]
 
     def open_interval_count(self) -> int:
         with self.tx() as s:

@@ -19,7 +19,6 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from dedicate.domain.endpoints import EndpointState, Intent, check_transition
 from dedicate.domain.errors import Conflict
@@ -196,7 +195,10 @@ class Store(LedgerStore):
     def get_endpoint(self, key: str, *, include_deleted: bool = False) -> Endpoint | None:
         """By id or by name."""
         with self.tx() as s:
-            keys = self._endpoint_key(s, key, include_deleted)
+            col = "id" if key.startswith("endpoint-") else "name"
+            live = "" if include_deleted else " AND deleted_at IS NULL"
+            keys = [(rid, (version, at)) for rid, version, at in self.raw(
+                s, f"SELECT id, version, last_request_at FROM endpoints WHERE {col} = ?{live}", (key,))]
         found = self._page_rows.read(keys, self._endpoint_rows)
         return found[0] if found else None
 
@@ -218,12 +220,6 @@ class Store(LedgerStore):
                    "ORDER BY created_at, id", (ep.id,))]
             intervals = self._intervals(s, endpoint_id=ep.id, start=start, end=end)
         return EndpointDetail(ep, replicas, intervals, (start, end))
-
-    def _endpoint_key(self, s: Session, key: str, include_deleted: bool) -> list[tuple[str, tuple[int, Any]]]:
-        col = "id" if key.startswith("endpoint-") else "name"
-        live = "" if include_deleted else " AND deleted_at IS NULL"
-        return [(rid, (version, at)) for rid, version, at in self.raw(
-            s, f"SELECT id, version, last_request_at FROM endpoints WHERE {col} = ?{live}", (key,))]
 
     def list_endpoints(self, owner: str | None = None, *, include_deleted: bool = False) -> list[Endpoint]:
         with self.tx() as s:
@@ -378,16 +374,13 @@ class Store(LedgerStore):
         """
         with self.tx() as s:
             if endpoint_id is not None:  # exact: the last good probe is part of the key
-                keyed = self._live_keys(s, endpoint_id)
+                keyed = [(rid, (version, at)) for rid, version, at in self.raw(
+                    s, "SELECT id, version, last_probe_ok_at FROM replicas WHERE endpoint_id = ? "
+                    "AND stopped_at IS NULL ORDER BY created_at, id", (endpoint_id,))]
                 return self._endpoint_live_rows.read(keyed, self._replica_rows)
             keys = [(rid, version) for rid, version in self.raw(
                 s, "SELECT id, version FROM replicas WHERE stopped_at IS NULL ORDER BY created_at, id")]
         return self._live_rows.read(keys, self._replica_rows, complete=True)
-
-    def _live_keys(self, s: Session, endpoint_id: str) -> list[tuple[str, tuple[int, Any]]]:
-        return [(rid, (version, at)) for rid, version, at in self.raw(
-            s, "SELECT id, version, last_probe_ok_at FROM replicas WHERE endpoint_id = ? "
-            "AND stopped_at IS NULL ORDER BY created_at, id", (endpoint_id,))]
 
     def _replica_rows(self, ids: list[str]) -> Iterable[tuple[str, Replica]]:
         with self.tx() as s:
