@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 CLIENTS := .venv-clients
+CLIENTS3 := .venv-tg3
 DATA_DIR ?= $(CURDIR)/data
 TORCH := torch==2.13.0
 # A CPU build of torch: the machine's local wheel folder if it has one, else PyTorch's CPU index.
@@ -25,12 +26,18 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q $(TORCH_SOURCE) -e '.[local,dev]'
 	touch $@
 
-# The published clients that users already have, in an environment of their own (their pins differ).
-clients: $(CLIENTS)/.installed
+# The published clients that users already have, each in an environment of its own (their pins differ):
+# together 2.42 (v1 API) and together 3.1.1 (`tg` speaks v2).
+clients: $(CLIENTS)/.installed $(CLIENTS3)/.installed
 
 $(CLIENTS)/.installed: Makefile
 	$(PYTHON) -m venv $(CLIENTS)
 	$(CLIENTS)/bin/pip install -q together==2.42.0
+	touch $@
+
+$(CLIENTS3)/.installed: Makefile
+	$(PYTHON) -m venv $(CLIENTS3)
+	$(CLIENTS3)/bin/pip install -q together==3.1.1
 	touch $@
 
 # PostgreSQL for the store tests (the tests start their own throwaway server).
@@ -48,4 +55,4 @@ test: setup clients system-deps lint
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(CLIENTS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS) $(CLIENTS3) .pytest_cache .mypy_cache .ruff_cache

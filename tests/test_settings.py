@@ -269,7 +269,7 @@ UNKNOWN_KEYS = [
                                          "[[models]], [[nodes]], [server], [timing]"),
     ("server", '[server]\ndata_dri = "/srv"\n',
      "[server] unknown setting 'data_dri' (did you mean 'data_dir'?); known: availability_zones, data_dir, "
-     "database_url, host, port"),
+     "database_url, host, organization, port"),
     ("cpu", "[cpu]\nslot = 2\n", "[cpu] unknown setting 'slot' (did you mean 'slots'?); known: cents_per_minute"),
     ("timing", "[timing]\nreconcile_s = 1\n", "[timing] unknown setting 'reconcile_s'"),
     ("gpu", "[gpu]\ndiscovery = false\n", "[gpu] unknown setting 'discovery' (did you mean 'discover'?)"),
@@ -443,3 +443,16 @@ def test_the_client_url_is_the_written_port_on_a_dialable_host(tmp_path: Path) -
     assert Location(None, tmp_path, "10.1.2.3", 9000).client_url() == "http://10.1.2.3:9000"
     (tmp_path / "port").write_text("41234\n")  # the port the running server got (port = 0 picks one)
     assert Location(None, tmp_path, "0.0.0.0", 0).client_url() == "http://127.0.0.1:41234"
+
+
+def test_the_organization_is_a_name_fit_for_an_id_and_defaults_to_dedicate(tmp_path: Path) -> None:
+    cfg = tmp_path / "dedicate.toml"
+    env = {"DEDICATE_CONFIG": str(cfg), "DEDICATE_DATA_DIR": str(tmp_path / "data")}
+    cfg.write_text("")
+    assert load_settings(env).organization == "dedicate"
+    cfg.write_text('[server]\norganization = "acme-ml"\n')
+    assert load_settings(env).organization == "acme-ml"
+    cfg.write_text('[server]\norganization = "Acme ML"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env)
+    assert str(exc.value).startswith(f"{cfg}: server.organization: 'Acme ML' is not an organization name"), exc.value

@@ -39,6 +39,7 @@ from dedicate.domain.catalog import (
 from dedicate.domain.errors import InvalidRequest
 from dedicate.domain.hardware import Hardware
 from dedicate.domain.models import DTYPE_BYTES, ModelSpec
+from dedicate.domain.projects import valid_organization_name
 from dedicate.engines.registry import ENGINES, OptionError, installed_engines
 from dedicate.runtimes.base import Node
 
@@ -120,6 +121,13 @@ def _price(value: object) -> Decimal:
     return price
 
 
+def _organization(value: object) -> str:
+    if not isinstance(value, str) or not valid_organization_name(value):
+        raise _refuse(f"{value!r} is not an organization name: lowercase letters, digits, '_' and '-', "
+                      "at most 63, starting with a letter or digit")
+    return value
+
+
 Count = Annotated[int, BeforeValidator(_whole(0))]
 AtLeastOne = Annotated[int, BeforeValidator(_whole(1))]
 Seconds = Annotated[float, BeforeValidator(_number())]
@@ -147,6 +155,8 @@ class ServerTable(_Table):
     data_dir: OptionalText = None  # a relative path is taken from the config file's directory
     database_url: OptionalText = None
     availability_zones: Annotated[tuple[Text, ...], Field(min_length=1)] = ("local",)
+    # The installation as Together's v2 clients see it: the one organization of every project.
+    organization: Annotated[str, BeforeValidator(_organization)] = "dedicate"
 
 
 class CpuTable(_Table):
@@ -438,6 +448,7 @@ class Settings:
     autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
     gpu: GpuSettings = field(default_factory=GpuSettings)
     availability_zones: tuple[str, ...] = ("local",)
+    organization: str = "dedicate"
     config_path: Path | None = None
 
     @property
@@ -550,6 +561,7 @@ def _settings(env: Mapping[str, str], place: Location, file: ConfigFile) -> Sett
         autoscaling=file.autoscaling,
         gpu=file.gpu,
         availability_zones=file.server.availability_zones,
+        organization=file.server.organization,
         config_path=place.config_path,
     )
 

@@ -40,13 +40,15 @@ def test_admin_sees_other_owners_only_when_listing_with_mine_false(server: Serve
     assert ep["id"] not in mine and ep["id"] in everyone
 
 
-def test_whoami_names_the_keys_owner_as_organization_and_project(server: Server) -> None:
+def test_whoami_names_the_keys_owner_as_project_and_the_installation_as_organization(server: Server) -> None:
     erin = _key(server, "erin")
     with server.client(erin) as c:
         who = c.get("/v3/whoami").json()
     assert who["type"] == "project_api_key"
-    assert who["organization"]["id"] == who["project"]["id"] == "erin"
-    assert who["project"]["slug"] == "erin" and who["api_key"]["id"].startswith("key_")
+    # an owner is a project (proj_<owner>, slug = the owner); the installation is the organization
+    assert who["project"] == {"id": "proj_erin", "name": "erin", "slug": "erin"}
+    assert who["organization"] == {"id": "org_dedicate", "name": "dedicate"}
+    assert who["api_key"]["id"].startswith("key_")
 
 
 def test_owners_cannot_make_keys_for_others_or_admin_keys(server: Server) -> None:

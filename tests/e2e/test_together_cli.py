@@ -288,8 +288,8 @@ def test_cli_unknown_endpoint_id_answers_not_found(tg: Tg) -> None:
 def test_cli_whoami_reports_the_key_owner_as_project(tg: Tg) -> None:
     me = tg.ok("whoami")
     assert me["type"] == "project_api_key"
-    assert me["project"]["id"] == "admin"
-    assert me["organization"]["id"] == "admin"
+    assert me["project"]["id"] == "proj_admin" and me["project"]["slug"] == "admin"
+    assert me["organization"]["id"] == "org_dedicate"
     assert me["api_key"]["id"]
 
 

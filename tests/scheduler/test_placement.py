@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dedicate.scheduler.placement import NodeView, NoPlacement, Placement, place
+from dedicate.scheduler.placement import NodeView, NoPlacement, Placement, headroom, place
 
 H100 = "h100-80gb"
 A100 = "a100-80gb"
@@ -191,3 +191,12 @@ def test_h100_replicas_never_land_on_a100_nodes(count: int) -> None:
     decision = place(two_4x_h100_and_one_8x_a100(), H100, count)
     assert isinstance(decision, Placement)
     assert decision.node.startswith("h100")
+
+
+def test_headroom_counts_whole_replicas_per_node_of_the_pool() -> None:
+    nodes = [NodeView("a", "h100", 8, (0, 1, 2)), NodeView("b", "h100", 8, tuple(range(8))),
+             NodeView("c", "a100", 8, tuple(range(8)))]
+    assert headroom(nodes, "h100", 1) == 11
+    assert headroom(nodes, "h100", 2) == 1 + 4  # a's three free slots hold one pair
+    assert headroom(nodes, "h100", 8) == 1
+    assert headroom(nodes, "l40s", 1) == 0

@@ -28,6 +28,8 @@ from dedicate.control.views import (
 )
 from dedicate.domain.endpoints import EndpointState
 from dedicate.domain.models import ModelSpec
+from dedicate.domain.projects import Organization as DomainOrganization
+from dedicate.domain.projects import Project as DomainProject
 from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaStatus
 from dedicate.domain.status import replica_counts
@@ -353,25 +355,46 @@ class Organization(Wire):
     name: str
 
 
-class Project(Wire):
+class ProjectRef(Wire):
     id: str
     name: str
     slug: str
 
 
 class WhoAmI(Wire):
-    """The owner of the key, as Together's newer CLI asks for it: organization and project are both the owner."""
+    """The key, its project (the owner: ``proj_<owner>``, slug = the owner) and the organization (the installation)."""
 
     type: Literal["project_api_key"] = "project_api_key"
     api_key: KeyRef
     organization: Organization
-    project: Project
+    project: ProjectRef
     admin: bool
 
     @classmethod
-    def of(cls, p: Principal) -> WhoAmI:
-        return cls(api_key=KeyRef(id=p.key_id), organization=Organization(id=p.owner, name=p.owner),
-                   project=Project(id=p.owner, name=p.owner, slug=p.owner), admin=p.is_admin)
+    def of(cls, p: Principal, org: DomainOrganization) -> WhoAmI:
+        project = DomainProject.of(p.owner)
+        return cls(api_key=KeyRef(id=p.key_id), organization=Organization(id=org.id, name=org.name),
+                   project=ProjectRef(id=project.id, name=project.name, slug=project.slug), admin=p.is_admin)
+
+
+class ProjectOut(Wire):
+    """An item of GET /v1/projects: snake_case, as `tg projects list` reads it."""
+
+    id: str
+    name: str
+    slug: str
+    organization_id: str
+    organization_name: str
+
+    @classmethod
+    def of(cls, p: DomainProject, org: DomainOrganization) -> ProjectOut:
+        return cls(id=p.id, name=p.name, slug=p.slug, organization_id=org.id, organization_name=org.name)
+
+
+class ProjectPage(Wire):
+    object: Literal["list"] = "list"
+    data: list[ProjectOut]
+    next_cursor: str | None
 
 
 # operators: nodes and the queue --------------------------------------------------------------------------

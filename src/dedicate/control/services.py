@@ -86,6 +86,7 @@ class Services:
         self.nodes = nodes
         self.wake = wake
         self.billing = Billing(store, clock)
+        self.started_at = clock.now()  # the catalog's objects are as old as the server's settings
         self.key_revoked: Callable[[str], None] | None = None
 
     @property
@@ -94,14 +95,14 @@ class Services:
 
     # capacity ------------------------------------------------------------------
 
-    def _node_views(self) -> list[NodeView]:
+    def node_views_now(self) -> list[NodeView]:
         return node_views(self.nodes(), self.store.live_replicas())
 
     def engine_for(self, spec: ModelSpec, hw: Hardware) -> str | None:
         return engine_for(self.catalog, spec, hw, self.nodes())
 
     def availability(self, hw: Hardware, views: list[NodeView] | None = None) -> str:
-        decision = place(views if views is not None else self._node_views(), hw.gpu_type, hw.gpu_count)
+        decision = place(views if views is not None else self.node_views_now(), hw.gpu_type, hw.gpu_count)
         if not isinstance(decision, NoPlacement):
             return AVAILABLE
         return INSUFFICIENT if decision.exists else UNAVAILABLE
@@ -115,7 +116,7 @@ class Services:
         if model is None:
             return [HardwareOffer(h, None) for h in shapes]
         spec = self.catalog.get_model(model)
-        views = self._node_views()
+        views = self.node_views_now()
         return [HardwareOffer(h, self.availability(h, views)) for h in shapes
                 if fits(spec, h) and self.engine_for(spec, h) is not None]
 
@@ -171,7 +172,7 @@ class Services:
         capacity = self.pool_capacity(hw)
         if capacity >= max(min_replicas, 1):
             return
-        views = self._node_views()
+        views = self.node_views_now()
         others = [h.id for h in self.catalog.hardware.values()
                   if h.id != hw.id and fits(spec, h) and self.engine_for(spec, h)
                   and self.availability(h, views) == AVAILABLE]

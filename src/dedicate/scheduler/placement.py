@@ -62,6 +62,15 @@ def place(nodes: Sequence[NodeView], gpu_type: str, count: int) -> Placement | N
     return Placement(best.name, tuple(sorted(best.free_slots)[:count]))
 
 
+def headroom(nodes: Iterable[NodeView], gpu_type: str, count: int) -> int:
+    """How many more replicas of ``count`` slots of ``gpu_type`` fit in the free slots now.
+
+    A replica takes its slots on one node, so each node contributes its free slots divided by
+    ``count``, rounded down; placing them one by one with ``place`` reaches the same number.
+    """
+    return sum(len(n.free_slots) // count for n in nodes if n.gpu_type == gpu_type)
+
+
 @dataclass
 class FleetIndex:
     """Explicit placement state: free slots per node, bucketed by pool and free count.

@@ -131,6 +131,14 @@ class UsageStore(StoreBase):
 
     # owners and quotas -------------------------------------------------------
 
+    def owners_after(self, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` owner names after ``after``, in name order (the primary key's)."""
+        with self.tx() as s:
+            q = select(OwnerRow.name).order_by(OwnerRow.name).limit(limit)
+            if after is not None:
+                q = q.where(OwnerRow.name > after)
+            return list(s.scalars(q))
+
     def owner_quota(self, owner: str) -> int | None:
         with self.tx() as s:
             row = s.get(OwnerRow, owner)

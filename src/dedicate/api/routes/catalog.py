@@ -1,4 +1,4 @@
-"""Hardware, availability zones, the model catalog, keys, owners, the operator views and whoami."""
+"""Hardware, availability zones, the model catalog, keys, owners and the operator views."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from dedicate.api.schemas import (
     OwnerOut,
     QueueEntryOut,
     QueueList,
-    WhoAmI,
     Zones,
 )
 from dedicate.control.inputs import NewKey, QuotaUpdate
@@ -101,9 +100,3 @@ async def nodes(p: Caller, svc: Svc) -> NodeList:
 async def queue(p: Caller, svc: Svc) -> QueueList:
     """Admins: what waits for hardware, per pool, in queue order."""
     return QueueList(data=[QueueEntryOut.of(q) for q in await call(svc.queue_view, p)])
-
-
-@router.get("/v3/whoami", response_model=WhoAmI, responses=responses(), tags=["keys"])
-async def whoami(p: Caller) -> WhoAmI:
-    """At the host root: Together's newer CLI asks it first."""
-    return WhoAmI.of(p)

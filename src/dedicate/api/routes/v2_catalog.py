@@ -1,0 +1,146 @@
+"""The v2 catalog: supported models, the models and configs of a project, public instance types.
+
+The catalog's models and configs belong to the catalog project and every key may read them, under
+its own project's path too (``tg`` reads a public config as ``/v2/projects/<its project>/configs``).
+A project's own models (fine-tunes) are not registered yet: its listing holds the catalog's only
+under the catalog project. Pages are cursor pages over the id order; a cursor is the last id of
+the page before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Annotated, TypeVar
+
+from fastapi import APIRouter, Query
+
+from dedicate.api.deps import BoundedRoute, Caller, Svc, call, one_of, whole
+from dedicate.api.errors import responses
+from dedicate.api.schemas_v2 import (
+    ConfigOut,
+    ConfigPage,
+    InstanceTypeList,
+    InstanceTypeOut,
+    ModelOut,
+    ModelPage,
+    SupportedModelOut,
+    SupportedModelPage,
+)
+from dedicate.control.offerings import MODALITIES, PRODUCTS, Offerings, config_not_found, model_not_found
+from dedicate.control.projects import readable
+from dedicate.domain.errors import InvalidRequest
+from dedicate.domain.offerings import search_models
+from dedicate.domain.projects import Organization
+
+router = APIRouter(route_class=BoundedRoute, tags=["v2 catalog"])
+T = TypeVar("T")
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+ADAPTER_MODES = ("ADAPTER_MODE_FIXED", "ADAPTER_MODE_DYNAMIC", "ADAPTER_MODE_DISABLED")
+
+Limit = Annotated[int, whole("limit", 1, MAX_PAGE), Query(description=f"at most {MAX_PAGE}")]
+After = Annotated[str | None, Query(description="the next_cursor of the previous page")]
+
+
+def page(items: Sequence[T], key: Callable[[T], str], after: str | None, limit: int) -> tuple[list[T], str | None]:
+    """Items after the one whose key is ``after``, ``limit`` of them, and the next cursor (None at the end)."""
+    ordered = sorted(items, key=key)
+    start = 0
+    if after:
+        keys = [key(x) for x in ordered]
+        if after not in keys:
+            raise InvalidRequest(f"after {after!r} is not a cursor of this listing; pass the next_cursor "
+                                 "of the previous page", param="after")
+        start = keys.index(after) + 1
+    found = ordered[start:start + limit]
+    more = start + limit < len(ordered)
+    return found, (key(found[-1]) if more and found else None)
+
+
+def offerings(svc: Svc) -> Offerings:
+    return Offerings(svc, svc.started_at)
+
+
+@router.get("/v2/supported-models", response_model=SupportedModelPage, responses=responses(400))
+async def supported_models(
+    _: Caller, svc: Svc,
+    search: Annotated[str | None, Query(description="an exact model name gives that model alone; "
+                                                    "other text matches names containing it")] = None,
+    product: Annotated[str | None, one_of("product", *PRODUCTS), Query()] = None,
+    modality: Annotated[str | None, one_of("modality", *MODALITIES), Query()] = None,
+    adapter_mode: Annotated[str | None, one_of("adapterMode", *ADAPTER_MODES), Query(alias="adapterMode")] = None,
+    limit: Limit = DEFAULT_PAGE, after: After = None,
+) -> SupportedModelPage:
+    """The models some shape of this installation fits and runs, each with a profile per such shape."""
+    o = offerings(svc)
+    found = search_models(await call(o.supported, product=product, modality=modality), search)
+    if adapter_mode not in (None, "ADAPTER_MODE_DISABLED"):
+        found = []  # no profile here serves adapters yet
+    items, cursor = page(found, lambda m: m.id, after, limit)
+    return SupportedModelPage(data=[SupportedModelOut.of(m, o.since) for m in items], next_cursor=cursor)
+
+
+@router.get("/v2/supported-models/{model_id}", response_model=SupportedModelOut, responses=responses(404))
+async def supported_model(_: Caller, svc: Svc, model_id: str) -> SupportedModelOut:
+    o = offerings(svc)
+    return SupportedModelOut.of(await call(o.supported_model, model_id), o.since)
+
+
+@router.get("/v2/projects/{project_id}/models", response_model=ModelPage, responses=responses(400, 404))
+async def list_models(p: Caller, svc: Svc, project_id: str, limit: Limit = DEFAULT_PAGE,
+                      after: After = None) -> ModelPage:
+    """The catalog project's models are the catalog's; an owner's project has none of its own yet."""
+    owner = readable(p, project_id)
+    o = offerings(svc)
+    org = Organization.named(svc.settings.organization)
+    models = await call(o.supported) if owner is None else []
+    items, cursor = page(models, lambda m: m.id, after, limit)
+    return ModelPage(data=[ModelOut.catalog(m, org, o.since) for m in items], next_cursor=cursor)
+
+
+@router.get("/v2/projects/{project_id}/models/{model_id}", response_model=ModelOut, responses=responses(404))
+async def get_model(p: Caller, svc: Svc, project_id: str, model_id: str) -> ModelOut:
+    """A catalog model reads the same under any project the caller may read."""
+    readable(p, project_id)
+    o = offerings(svc)
+    for m in await call(o.supported):
+        if m.id == model_id:
+            return ModelOut.catalog(m, Organization.named(svc.settings.organization), o.since)
+    raise model_not_found(model_id)
+
+
+@router.get("/v2/projects/{project_id}/configs", response_model=ConfigPage, responses=responses(400, 404))
+async def list_configs(
+    p: Caller, svc: Svc, project_id: str,
+    reference_model_id: Annotated[str | None, Query(alias="referenceModelId",
+                                                    description="a model's id (ml_…) or name")] = None,
+    reference_model: Annotated[str | None, Query(alias="referenceModel",
+                                                 description="projects/{project}/models/{model}")] = None,
+    limit: Limit = DEFAULT_PAGE, after: After = None,
+) -> ConfigPage:
+    """The catalog's configs (public: the same under every project), or one model's."""
+    readable(p, project_id)
+    configs = await call(offerings(svc).configs, reference_model_id or reference_model or None)
+    items, cursor = page(configs, lambda c: c.config_id, after, limit)
+    return ConfigPage(data=[ConfigOut.of(c) for c in items], next_cursor=cursor)
+
+
+@router.get("/v2/projects/{project_id}/configs/{config_id}", response_model=ConfigOut, responses=responses(404))
+async def get_config(p: Caller, svc: Svc, project_id: str, config_id: str) -> ConfigOut:
+    readable(p, project_id)
+    if not config_id.startswith("cr_"):
+        raise config_not_found(config_id)
+    return ConfigOut.of(await call(offerings(svc).config, config_id))
+
+
+@router.get("/v2/public/inference-instance-types", response_model=InstanceTypeList, responses=responses())
+async def instance_types(_: Caller, svc: Svc) -> InstanceTypeList:
+    """Every shape with its price per replica-hour and how many more replicas of it fit now, per region."""
+    return InstanceTypeList(data=[InstanceTypeOut.of(t) for t in await call(offerings(svc).instance_types)],
+                            next_cursor=None)
+
+
+@router.get("/v2/public/inference-instance-types/{type_id}", response_model=InstanceTypeOut,
+            responses=responses(404))
+async def instance_type(_: Caller, svc: Svc, type_id: str) -> InstanceTypeOut:
+    return InstanceTypeOut.of(await call(offerings(svc).instance_type, type_id))
