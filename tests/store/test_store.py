@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Engine
 
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Conflict
@@ -196,13 +198,27 @@ def test_signal_rows_nobody_writes_are_deleted_after_an_hour_without_changing_th
     assert store.signals(later, fresh_s=3600)[ep.id].in_flight == 2 + 7, "rows within the hour still count"
 
 
+ROUTE_COLUMNS = {"route_id", "deployment_name"}  # added by 0008
+
+
+def insert_old_endpoint(engine: Engine, ep: Endpoint) -> None:
+    """An endpoint row as releases before 0008 wrote it: every column but the route's."""
+    from dedicate.store.tables import EndpointRow, OwnerRow
+    values = {c.name: getattr(ep, c.name) for c in EndpointRow.__table__.columns if c.name not in ROUTE_COLUMNS}
+    values.update(intent=ep.intent.value, state=ep.state.value, version=1)
+    with engine.begin() as conn:
+        if conn.execute(select(OwnerRow.name).where(OwnerRow.name == ep.owner)).first() is None:
+            conn.execute(insert(OwnerRow.__table__).values(name=ep.owner, created_at=ep.created_at))
+        conn.execute(insert(EndpointRow.__table__).values(**values))
+
+
 def test_replicas_recorded_before_the_runtime_reported_hosts_are_reached_on_loopback(db_url: str) -> None:
     from sqlalchemy import text
 
     engine = make_engine(db_url)
     migrate(engine, "0005")
     s = Store(engine)
-    s.insert_endpoint(endpoint(), ("created", "made"))  # the endpoints table is the same at 0005
+    insert_old_endpoint(engine, endpoint())  # the endpoints table of 0005: no route yet
     # A release-0005 database: its replica rows have a port and no host column.
     with engine.begin() as conn:
         conn.execute(text(

@@ -7,7 +7,7 @@ reconciler is then woken to act on it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,7 @@ from dedicate.domain.hardware import Hardware
 from dedicate.domain.models import ModelSpec
 from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaStatus
+from dedicate.domain.routes import Route, SplitEntry, Visibility, route_id_for
 from dedicate.engines import registry
 from dedicate.metering.rating import predict
 from dedicate.runtimes.base import Node
@@ -62,8 +63,17 @@ from dedicate.scheduler.placement import NodeView, NoPlacement, place
 from dedicate.settings import Settings
 from dedicate.store.repos import EndpointDetail, Store
 
+DEFAULT_DEPLOYMENT = "default"  # the deployment name of an endpoint made through v1
 DEFAULT_PAGE = 100  # endpoints per page of GET /v1/endpoints when no limit is given
 MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Joining:
+    """Where a v2 deployment goes: its route and its name there."""
+
+    route: Route
+    name: str
 
 
 def not_found(key: str) -> NotFound:
@@ -240,8 +250,13 @@ class Services:
         return self.quota(principal, owner)
 
     def create(self, principal: Principal, req: CreateEndpoint, *, dry_run: bool,
-               availability_zone: str | None = None) -> EndpointView:
-        """``req`` is checked as a body; what needs the installation is checked here, in the documented order."""
+               availability_zone: str | None = None, into: Joining | None = None) -> EndpointView:
+        """``req`` is checked as a body; what needs the installation is checked here, in the documented order.
+
+        Without ``into`` (v1) the endpoint gets a route of its own name, as its one deployment
+        (``default``); with it (v2) it is the named deployment of that route, and its own name is
+        ``<route name>/<deployment name>``.
+        """
         spec = self.catalog.get_model(req.model)
         hw = self.catalog.get_hardware(req.hardware)
         bounds = req.autoscaling
@@ -256,9 +271,14 @@ class Services:
             self._check_quota(principal.owner, hw, bounds.min_replicas)
 
         now = self.clock.now()
-        name = new_endpoint_name(principal.owner, spec.name)
+        owner = principal.owner if into is None else into.route.owner
+        name = new_endpoint_name(owner, spec.name) if into is None else f"{into.route.name}/{into.name}"
+        ep_id = new_endpoint_id()
+        route = None if into is not None else Route(
+            id=route_id_for(ep_id), owner=owner, name=name, visibility=Visibility.PRIVATE,
+            split=(SplitEntry(ep_id, 1.0),), version=1, created_at=now, updated_at=now)
         ep = Endpoint(
-            id=new_endpoint_id(), name=name, owner=principal.owner, model=spec.name, hardware=hw.id,
+            id=ep_id, name=name, owner=owner, model=spec.name, hardware=hw.id,
             display_name=req.display_name or name, min_replicas=bounds.min_replicas,
             max_replicas=bounds.max_replicas, desired_replicas=bounds.min_replicas,
             inactive_timeout=req.inactive_timeout, disable_prompt_cache=req.disable_prompt_cache,
@@ -269,13 +289,16 @@ class Services:
             state_changed_at=now, status_message="waiting for placement" if run else "stopped",
             failures_before_ready=0, created_at=now, updated_at=now, deleted_at=None, version=1,
             min_queued_at=now if run else None, target_concurrency=bounds.target_concurrency,
+            route_id=into.route.id if into is not None else route_id_for(ep_id),
+            deployment_name=into.name if into is not None else DEFAULT_DEPLOYMENT,
         )
         prediction = predict(hw.cents_per_minute, bounds.min_replicas, bounds.max_replicas)
         view = EndpointView(ep, [], prediction, target=target_for(self.settings, self.nodes(), ep))
         if dry_run:
             return view
         self.store.insert_endpoint(ep, ("created", f"created {ep.name} on {hw.id}, "
-                                                   f"{bounds.min_replicas}..{bounds.max_replicas} replicas"))
+                                                   f"{bounds.min_replicas}..{bounds.max_replicas} replicas"),
+                                   new_route=route)
         self.wake()
         return view
 
@@ -415,7 +438,9 @@ class Services:
         self.set_desired_replicas(ep.id, req.replicas, reason=f"set by {principal.owner}")
         return self.get(principal, key)
 
-    def delete(self, principal: Principal, key: str) -> None:
+    def delete(self, principal: Principal, key: str, *, keep_route: bool = False) -> None:
+        """Deletes the endpoint and takes it out of its route's split; a route left without deployments
+        goes too, unless ``keep_route`` (v2 deletes a deployment, and its endpoint stays)."""
         for _ in range(5):
             ep = self._visible(principal, key)
             now = self.clock.now()
@@ -423,6 +448,8 @@ class Services:
             state = EndpointState.STOPPED if ep.state is EndpointState.STOPPED else EndpointState.STOPPING
             if self.store.change_state(ep, now, state, ("deleted", "endpoint deleted"),
                                        deleted_at=now, intent=Intent.STOP):
+                if ep.route_id is not None:
+                    self.store.leave_route(ep.id, ep.route_id, now, retire_if_empty=not keep_route)
                 self.wake()
                 return
         raise InvalidRequest("the endpoint changed while deleting it; try again")

@@ -42,6 +42,8 @@ class Endpoint:
     target_concurrency: float | None = None
     autoscale_state: str | None = None
     last_request_at: datetime | None = None
+    route_id: str | None = None  # the route (v2's endpoint) this deployment belongs to
+    deployment_name: str | None = None  # its name there
 
     def within_bounds(self, replicas: int) -> int:
         """``replicas`` clamped to [min_replicas, max_replicas]."""

@@ -24,9 +24,11 @@ from dedicate.domain.endpoints import EndpointState, Intent, check_transition
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Address, ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaFacts
+from dedicate.domain.routes import Route
 from dedicate.metering.ledger import Interval
 from dedicate.store.columns import CHUNK, format_slots, parse_slots, replica_columns, row_reader, table
 from dedicate.store.ledger import LedgerStore
+from dedicate.store.routes import RouteStore, name_taken
 from dedicate.store.snapshot import RowCache
 from dedicate.store.tables import (
     ApiKeyRow,
@@ -56,7 +58,7 @@ def _endpoint(r: EndpointRow) -> Endpoint:
         created_at=r.created_at, updated_at=r.updated_at, deleted_at=r.deleted_at, version=r.version,
         min_queued_at=r.min_queued_at, queued_replicas=r.queued_replicas, queue_position=r.queue_position,
         target_concurrency=r.target_concurrency, autoscale_state=r.autoscale_state,
-        last_request_at=r.last_request_at,
+        last_request_at=r.last_request_at, route_id=r.route_id, deployment_name=r.deployment_name,
     )
 
 
@@ -105,7 +107,7 @@ class EndpointWrite:
 def _key(r: ApiKeyRow) -> ApiKey:
     return ApiKey(r.id, r.owner, r.prefix, r.is_admin, r.name, r.created_at, r.revoked_at)
 
-class Store(LedgerStore):
+class Store(LedgerStore, RouteStore):
     """All persistence. Each method is one short transaction.
 
     ``fenced(name, token)`` gives a view of the store whose replica and endpoint
@@ -168,10 +170,21 @@ class Store(LedgerStore):
 
     # endpoints -------------------------------------------------------------
 
-    def insert_endpoint(self, ep: Endpoint, event: tuple[str, str]) -> None:
+    def insert_endpoint(self, ep: Endpoint, event: tuple[str, str], *, new_route: Route | None = None) -> None:
+        """The endpoint (a deployment) and its event; ``new_route``, the route made for it, in the same write.
+
+        A deployment joining a route that exists takes its traffic when the route has none
+        (an empty split), and takes over the name of a deleted deployment.
+        """
         try:
             with self.tx() as s:
                 self.ensure_owner(s, ep.owner, ep.created_at)
+                if new_route is not None:
+                    self.add_route(s, new_route)
+                    s.flush()
+                elif ep.route_id is not None:
+                    self.free_deployment_name(s, ep.name)
+                    s.flush()
                 s.add(EndpointRow(
                     id=ep.id, name=ep.name, owner=ep.owner, model=ep.model, hardware=ep.hardware,
                     display_name=ep.display_name, min_replicas=ep.min_replicas,
@@ -185,12 +198,29 @@ class Store(LedgerStore):
                     failures_before_ready=ep.failures_before_ready, created_at=ep.created_at,
                     updated_at=ep.updated_at, deleted_at=None, version=1,
                     min_queued_at=ep.min_queued_at, queued_replicas=0, queue_position=None,
-                    target_concurrency=ep.target_concurrency,
+                    target_concurrency=ep.target_concurrency, route_id=ep.route_id,
+                    deployment_name=ep.deployment_name,
                 ))
                 s.flush()
                 s.add(EventRow(endpoint_id=ep.id, at=ep.created_at, kind=event[0], message=event[1]))
+                if new_route is None and ep.route_id is not None:
+                    self.join_split_if_unrouted(s, ep.route_id, ep.id)
         except IntegrityError as exc:  # a name collision: 8 hex digits rarely repeat
+            if new_route is not None:
+                raise name_taken(new_route.name) from exc
             raise Conflict("an endpoint with that name exists; try again") from exc
+
+    def deployments_of(self, route_ids: Sequence[str]) -> dict[str, list[Endpoint]]:
+        """The live deployments of each route, oldest first."""
+        out: dict[str, list[Endpoint]] = {r: [] for r in route_ids}
+        with self.tx() as s:
+            for i in range(0, len(route_ids), CHUNK):
+                q = (select(EndpointRow).where(EndpointRow.route_id.in_(route_ids[i:i + CHUNK]),
+                                               EndpointRow.deleted_at.is_(None))
+                     .order_by(EndpointRow.created_at, EndpointRow.id))
+                for r in s.scalars(q):
+                    out[str(r.route_id)].append(_endpoint(r))
+        return out
 
     def get_endpoint(self, key: str, *, include_deleted: bool = False) -> Endpoint | None:
         """By id or by name."""

@@ -80,6 +80,27 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class RouteRow(Base):
+    """A stable inference name over deployments (v2's endpoint): its visibility and traffic split."""
+
+    __tablename__ = "routes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(ForeignKey("owners.name"))
+    name: Mapped[str] = mapped_column(String(200))  # <owner>/<bare>, unique among the live ones
+    visibility: Mapped[str] = mapped_column(String(32))
+    traffic_split: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[record id, weight], ...]
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        Index("ix_routes_owner_listing", "owner", "created_at", "id"),
+        Index("uq_routes_live_name", "name", unique=True,
+              sqlite_where=text("deleted_at IS NULL"), postgresql_where=text("deleted_at IS NULL")),
+    )
+
+
 class EndpointRow(Base):
     __tablename__ = "endpoints"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -115,6 +136,9 @@ class EndpointRow(Base):
     target_concurrency: Mapped[float | None] = mapped_column(Float, nullable=True)
     autoscale_state: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The route (v2's endpoint) this deployment belongs to, and its name there.
+    route_id: Mapped[str | None] = mapped_column(ForeignKey("routes.id"), nullable=True, index=True)
+    deployment_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
     # GET /v1/endpoints pages in (created_at, id) order, an owner's or everyone's: from an index, a
     # page costs its own rows, not a sort of every endpoint ever made
