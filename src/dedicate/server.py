@@ -31,6 +31,7 @@ from dedicate.api.routes import catalog as catalog_routes
 from dedicate.api.routes import endpoints as endpoint_routes
 from dedicate.api.routes import identity as identity_routes
 from dedicate.api.routes import v2_catalog as v2_catalog_routes
+from dedicate.api.routes import v2_endpoints as v2_endpoint_routes
 from dedicate.api.schemas import Health
 from dedicate.clock import Clock, clock_from_env
 from dedicate.control.auth import authenticate
@@ -211,6 +212,7 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
     app.include_router(billing_routes.router)
     app.include_router(identity_routes.router)
     app.include_router(v2_catalog_routes.router)
+    app.include_router(v2_endpoint_routes.router)
     app.include_router(gateway_app.router, responses=api_errors.responses())
 
     @app.get("/healthz", response_model=Health, tags=["server"])

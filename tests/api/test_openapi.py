@@ -24,6 +24,11 @@ BODIES = {
     ("post", "/v1/keys"): ("NewKey", False),
     ("post", "/v1/chat/completions"): ("InferenceRequest", True),
     ("post", "/v1/completions"): ("InferenceRequest", True),
+    ("post", "/v2/projects/{project_id}/endpoints"): ("EndpointIn", True),
+    ("patch", "/v2/projects/{project_id}/endpoints/{endpoint_id}"): ("EndpointPatchIn", True),
+    ("post", "/v2/projects/{project_id}/endpoints/{endpoint_id}/deployments"): ("DeploymentIn", True),
+    ("patch", "/v2/projects/{project_id}/endpoints/{endpoint_id}/deployments/{deployment_id}"):
+        ("DeploymentPatchIn", True),
 }
 ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
 

@@ -13,20 +13,28 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from dedicate.api.schemas import Time
+from dedicate.api.schemas import Cents, Time
+from dedicate.control.deployments import RouteView
 from dedicate.control.offerings import InstanceType
+from dedicate.control.views import EndpointView
+from dedicate.domain.catalog import Catalog
+from dedicate.domain.endpoints import Intent
 from dedicate.domain.offerings import (
     CATALOG_PROJECT,
     Offer,
     SupportedModel,
     accelerator_type,
     cents_per_hour,
+    config_id,
     config_path,
     instance_name,
     model_id,
     model_path,
 )
-from dedicate.domain.projects import Organization
+from dedicate.domain.projects import Organization, Project
+from dedicate.domain.replicas import ReplicaStatus
+from dedicate.domain.routes import DeploymentState, Route, Visibility, deployment_id, deployment_state, traffic_shares
+from dedicate.domain.status import replica_counts
 
 
 class V2(BaseModel):
@@ -213,4 +221,177 @@ class InstanceTypeOut(V2):
 class InstanceTypeList(V2):
     object: Literal["list"] = "list"
     data: list[InstanceTypeOut]
+    next_cursor: None = Field(None, alias="next_cursor")
+
+
+# endpoints and deployments ----------------------------------------------------------------------
+
+class AutoscalingOut(V2):
+    min_replicas: int
+    max_replicas: int
+
+
+class DeploymentStatusOut(V2):
+    state: DeploymentState
+    message: str
+    ready_replicas: int
+    scheduled_replicas: int
+
+
+class Pricing(V2):
+    """What the deployment costs at its bounds (dedicate's; the v1 `pricing`)."""
+
+    cents_per_replica_minute: Cents
+    cents_per_hour_at_min: Cents
+    cents_per_hour_at_max: Cents
+
+
+class _Facts:
+    """What a deployment's v2 objects are built from, worked out once."""
+
+    def __init__(self, route: Route, view: EndpointView, catalog: Catalog, share: float | None) -> None:
+        ep = view.endpoint
+        self.ep = ep
+        self.id = deployment_id(ep.id)
+        self.name = f"{route.name}/{ep.deployment_name or 'default'}"
+        self.counts = replica_counts(ep, view.replicas)
+        self.state = deployment_state(ep, self.counts)
+        stopped = ep.intent is Intent.STOP or ep.deleted_at is not None
+        self.autoscaling = AutoscalingOut(min_replicas=0 if stopped else ep.min_replicas,
+                                          max_replicas=0 if stopped else ep.max_replicas)
+        spec, hw = catalog.models.get(ep.model), catalog.hardware.get(ep.hardware)
+        self.model_id = model_id(ep.model)
+        self.model = model_path(CATALOG_PROJECT, self.model_id)
+        self.config_id = config_id(spec, hw) if spec is not None and hw is not None else ""
+        self.config = config_path(CATALOG_PROJECT, self.config_id) if self.config_id else ""
+        self.hardware = instance_name(hw) if hw is not None else ep.hardware
+        self.share = share
+        self.scheduled = self.counts.ready + self.counts.starting
+        p = view.prediction
+        self.pricing = Pricing(cents_per_replica_minute=p.cents_per_replica_minute,
+                               cents_per_hour_at_min=p.cents_per_hour_at_min,
+                               cents_per_hour_at_max=p.cents_per_hour_at_max)
+
+
+class DeploymentSummary(V2):
+    id: str
+    name: str = Field(description="<project slug>/<endpoint>/<deployment>")
+    model: str
+    model_id: str
+    state: DeploymentState
+    traffic_mode: Literal["TRAFFIC_MODE_LIVE"] = "TRAFFIC_MODE_LIVE"
+    autoscaling: AutoscalingOut
+    hardware: str
+    desired_replicas: int
+    ready_replicas: int
+    estimated_effective_traffic_share: float | None
+    created_at: Time
+
+    @classmethod
+    def of(cls, f: _Facts) -> DeploymentSummary:
+        return cls(id=f.id, name=f.name, model=f.model, model_id=f.model_id, state=f.state,
+                   autoscaling=f.autoscaling, hardware=f.hardware, desired_replicas=f.counts.desired,
+                   ready_replicas=f.counts.ready, estimated_effective_traffic_share=f.share,
+                   created_at=f.ep.created_at)
+
+
+class RuntimeInfo(V2):
+    engine_type: str
+
+
+class DeploymentOut(V2):
+    id: str
+    name: str
+    endpoint_id: str
+    project_id: str
+    etag: str = Field(description="changes whenever the deployment does; PATCH and DELETE may pass it")
+    status: DeploymentStatusOut
+    model: str
+    model_id: str
+    config: str
+    config_id: str
+    hardware: str = Field(description="{count}x{accelerator}, e.g. 1xnvidia-h100-80gb")
+    dedicate_hardware: str = Field(description="dedicate's hardware id (v1's `hardware`)")
+    autoscaling: AutoscalingOut
+    inactive_timeout: int = Field(description="minutes; 0: never")
+    traffic_mode: Literal["TRAFFIC_MODE_LIVE"] = "TRAFFIC_MODE_LIVE"
+    desired_replicas: int
+    ready_replicas: int
+    estimated_effective_traffic_share: float | None
+    runtime_info: RuntimeInfo
+    pricing: Pricing
+    legacy_id: str = Field(description="the same deployment's id in the v1 API (/v1/endpoints/{id})")
+    created_at: Time
+    updated_at: Time
+
+    @classmethod
+    def of(cls, route: Route, view: EndpointView, catalog: Catalog, share: float | None) -> DeploymentOut:
+        f = _Facts(route, view, catalog, share)
+        ep = f.ep
+        hw = catalog.hardware.get(ep.hardware)
+        return cls(id=f.id, name=f.name, endpoint_id=route.id, project_id=Project.of(route.owner).id,
+                   etag=str(ep.version),
+                   status=DeploymentStatusOut(state=f.state, message=ep.status_message,
+                                              ready_replicas=f.counts.ready, scheduled_replicas=f.scheduled),
+                   model=f.model, model_id=f.model_id, config=f.config, config_id=f.config_id,
+                   hardware=f.hardware, dedicate_hardware=ep.hardware, autoscaling=f.autoscaling,
+                   inactive_timeout=ep.inactive_timeout or 0, desired_replicas=f.counts.desired,
+                   ready_replicas=f.counts.ready, estimated_effective_traffic_share=share,
+                   runtime_info=RuntimeInfo(engine_type=hw.engine if hw is not None else ""),
+                   pricing=f.pricing, legacy_id=ep.id, created_at=ep.created_at, updated_at=ep.updated_at)
+
+
+class DeploymentPage(V2):
+    object: Literal["list"] = "list"
+    data: list[DeploymentOut]
+    next_cursor: str | None = Field(None, alias="next_cursor")
+
+
+class SplitOut(V2):
+    deployment_id: str
+    weight: float
+
+
+class EndpointOut(V2):
+    id: str
+    name: str = Field(description="<project slug>/<name>: what inference requests name as `model`")
+    project_id: str
+    endpoint_type: Literal["ENDPOINT_TYPE_DEDICATED"] = "ENDPOINT_TYPE_DEDICATED"
+    visibility: Visibility
+    etag: str = Field(description="changes with the endpoint's own fields only, never with a deployment's")
+    traffic_split: list[SplitOut]
+    deployments: list[DeploymentSummary]
+    created_at: Time
+    updated_at: Time
+
+    @classmethod
+    def of(cls, rv: RouteView, catalog: Catalog) -> EndpointOut:
+        route = rv.route
+        live = {v.endpoint.id for v in rv.deployments}
+        shares = route_shares(rv)
+        return cls(id=route.id, name=route.name, project_id=Project.of(route.owner).id, visibility=route.visibility,
+                   etag=route.etag,
+                   traffic_split=[SplitOut(deployment_id=deployment_id(e.deployment), weight=e.weight)
+                                  for e in route.split if e.deployment in live],
+                   deployments=[DeploymentSummary.of(_Facts(route, v, catalog, shares.get(v.endpoint.id)))
+                                for v in rv.deployments],
+                   created_at=route.created_at, updated_at=route.updated_at)
+
+
+def route_shares(rv: RouteView) -> dict[str, float]:
+    ready = {v.endpoint.id: v.count(ReplicaStatus.READY) for v in rv.deployments}
+    return traffic_shares(rv.route.split, ready)
+
+
+class EndpointPage(V2):
+    object: Literal["list"] = "list"
+    data: list[EndpointOut]
+    next_cursor: str | None = Field(None, alias="next_cursor")
+
+
+class EmptyPage(V2):
+    """A collection dedicate does not fill yet (A/B and shadow experiments, rollouts, adapters): always empty."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, str]] = Field(default_factory=list)
     next_cursor: None = Field(None, alias="next_cursor")

@@ -24,7 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from dedicate.domain.endpoints import EndpointState, Intent, ReplicaCounts
 from dedicate.domain.errors import InvalidRequest
+from dedicate.domain.records import Endpoint
 
 ROUTE_PREFIX = "ep_"
 DEPLOYMENT_PREFIX = "dep_"
@@ -155,3 +157,33 @@ def traffic_shares(split: Sequence[SplitEntry], ready: Mapping[str, int]) -> dic
     for dep, w in weights:
         shares[dep] = w / total
     return shares
+
+
+class DeploymentState(enum.StrEnum):
+    PROVISIONING = "DEPLOYMENT_STATE_PROVISIONING"
+    READY = "DEPLOYMENT_STATE_READY"
+    SCALING = "DEPLOYMENT_STATE_SCALING"
+    DEGRADED = "DEPLOYMENT_STATE_DEGRADED"
+    FAILED = "DEPLOYMENT_STATE_FAILED"
+    STOPPING = "DEPLOYMENT_STATE_STOPPING"
+    STOPPED = "DEPLOYMENT_STATE_STOPPED"
+
+
+def deployment_state(ep: Endpoint, counts: ReplicaCounts) -> DeploymentState:
+    """v2's state of a deployment, from the facts behind its v1 state and counts.
+
+    ERROR is FAILED; a deployment told to stop is STOPPING until its state is STOPPED; with no
+    ready replica it is PROVISIONING; below its minimum, once it had been up (v1 STARTED falls
+    back to PENDING/STARTING), DEGRADED; short of its desired count, SCALING; else READY.
+    """
+    if ep.state is EndpointState.ERROR:
+        return DeploymentState.FAILED
+    if ep.intent is Intent.STOP or ep.deleted_at is not None:
+        return DeploymentState.STOPPED if ep.state is EndpointState.STOPPED else DeploymentState.STOPPING
+    if counts.ready == 0:
+        return DeploymentState.PROVISIONING if counts.desired > 0 else DeploymentState.READY
+    if counts.ready < ep.min_replicas:
+        return DeploymentState.DEGRADED
+    if counts.ready < counts.desired:
+        return DeploymentState.SCALING
+    return DeploymentState.READY

@@ -1,0 +1,303 @@
+"""v2's use cases: endpoints (routes) and their deployments, on top of the v1 services.
+
+A deployment is a dedicate endpoint record, so creating, changing and deleting one goes through
+``Services`` (the same checks, quota, queue and events as v1); this module adds the route: its
+name, split and etag, and v2's rules (0/0 stops a deployment, a deployment is deleted once
+stopped, an endpoint only once it has none).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dedicate.control.auth import Principal
+from dedicate.control.inputs import CreateEndpoint, EndpointPatch
+from dedicate.control.inputs_v2 import DeploymentIn, DeploymentPatchIn, EndpointIn, EndpointPatchIn
+from dedicate.control.offerings import Offerings
+from dedicate.control.services import Joining, Services
+from dedicate.control.views import EndpointView
+from dedicate.domain.endpoints import Intent
+from dedicate.domain.errors import Conflict, InvalidRequest, NotFound
+from dedicate.domain.offerings import Offer, model_id
+from dedicate.domain.records import Endpoint
+from dedicate.domain.routes import (
+    Route,
+    Visibility,
+    check_split,
+    deployment_id,
+    deployment_name,
+    new_route_id,
+    qualified,
+    record_id,
+)
+from dedicate.store.repos import Store
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+_FILTER = re.compile(r'^\s*name\s*(?P<op>=|:)\s*"(?P<value>[^"]*)"\s*$')
+_ORDER = re.compile(r"^\s*(?P<field>created_at|updated_at|createdAt|updatedAt)(\s+(?P<dir>asc|desc))?\s*$")
+_CONFIG_PATH = re.compile(r"^projects/[^/]+/configs/(?P<id>[^/]+)$")
+_MODEL_PATH = re.compile(r"^projects/[^/]+/models/(?P<id>[^/]+)(?:/revisions/[^/]+)?$")
+
+
+@dataclass(frozen=True)
+class RouteView:
+    route: Route
+    deployments: list[EndpointView]
+
+
+def endpoint_not_found(key: str) -> NotFound:
+    return NotFound(f"endpoint {key!r} not found in this project; list them with GET "
+                    "/v2/projects/{project}/endpoints (`tg endpoints ls`)", code="endpoint_not_found")
+
+
+def deployment_not_found(key: str) -> NotFound:
+    return NotFound(f"deployment {key!r} not found on this endpoint; GET the endpoint to see its deployments",
+                    code="deployment_not_found")
+
+
+def _etag_mismatch(what: str, given: str, current: str) -> Conflict:
+    return Conflict(f"{what} changed since it was read: etag {given!r} is not the current {current!r}; "
+                    "GET it again and retry with its etag", code="etag_mismatch")
+
+
+class Deployments:
+    def __init__(self, services: Services, offerings: Offerings) -> None:
+        self.svc = services
+        self.offerings = offerings
+
+    @property
+    def store(self) -> Store:
+        return self.svc.store
+
+    # reading -------------------------------------------------------------------------------------
+
+    def _route(self, owner: str, key: str) -> Route:
+        found = self.store.get_route(key if key.startswith("ep_") else qualified(owner, key))
+        if found is None or found.owner != owner:
+            raise endpoint_not_found(key)
+        return found
+
+    def _views(self, routes: list[Route]) -> list[RouteView]:
+        members = self.store.deployments_of([r.id for r in routes])
+        return [RouteView(r, [self.svc.view(ep) for ep in members[r.id]]) for r in routes]
+
+    def get_endpoint(self, owner: str, key: str) -> RouteView:
+        return self._views([self._route(owner, key)])[0]
+
+    def list_endpoints(self, owner: str, *, filter: str | None, order_by: str | None, after: str | None,
+                       limit: int) -> tuple[list[RouteView], str | None]:
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", param="limit")
+        name, contains = None, None
+        if filter:
+            m = _FILTER.fullmatch(filter)
+            if m is None:
+                raise InvalidRequest('filter supports name="<name>" (exact) and name:"<text>" (contains, * any)',
+                                     param="filter")
+            if m["op"] == "=" and "*" not in m["value"]:
+                name = qualified(owner, m["value"], param="filter")
+            else:
+                contains = m["value"]
+        order, descending = "created_at", False
+        if order_by:
+            o = _ORDER.fullmatch(order_by)
+            if o is None:
+                raise InvalidRequest("orderBy must be created_at or updated_at, then asc or desc", param="orderBy")
+            order = "updated_at" if o["field"] in ("updated_at", "updatedAt") else "created_at"
+            descending = o["dir"] == "desc"
+        mark = None
+        if after:
+            mark = self.store.get_route(after) if after.startswith("ep_") else None
+            if mark is None or mark.owner != owner:
+                raise InvalidRequest(f"after {after!r} is not a cursor of this listing; pass the next_cursor of "
+                                     "the previous page", param="after")
+        if contains is not None:  # a substring match reads the owner's routes; they are few
+            every = self.store.routes_page(owner, name=None, order=order, descending=descending, after=mark,
+                                           limit=10_000)
+            pattern = re.compile(".*".join(re.escape(p) for p in contains.split("*")))
+            found = [r for r in every if pattern.search(r.name)]
+            page, more = found[:limit], len(found) > limit
+        else:
+            found = self.store.routes_page(owner, name=name, order=order, descending=descending, after=mark,
+                                           limit=limit + 1)
+            page, more = found[:limit], len(found) > limit
+        return self._views(page), (page[-1].id if more and page else None)
+
+    def get_deployment(self, owner: str, route_key: str, key: str) -> tuple[Route, EndpointView]:
+        route = self._route(owner, route_key)
+        return route, self.svc.view(self._member(route, key))
+
+    def list_deployments(self, owner: str, route_key: str) -> RouteView:
+        return self.get_endpoint(owner, route_key)
+
+    def _member(self, route: Route, key: str) -> Endpoint:
+        rec = record_id(key)
+        for ep in self.store.deployments_of([route.id])[route.id]:
+            if ep.id == rec or ep.deployment_name == key.rpartition("/")[2]:
+                return ep
+        raise deployment_not_found(key)
+
+    # endpoints -----------------------------------------------------------------------------------
+
+    def create_endpoint(self, owner: str, body: EndpointIn) -> RouteView:
+        now = self.svc.clock.now()
+        route = Route(id=new_route_id(), owner=owner, name=qualified(owner, body.name),
+                      visibility=Visibility(body.visibility), split=(), version=1, created_at=now, updated_at=now)
+        self.store.create_route(route)
+        return RouteView(route, [])
+
+    def update_endpoint(self, owner: str, key: str, body: EndpointPatchIn, fields: set[str] | None) -> RouteView:
+        given = body.model_fields_set - {"etag"} if fields is None else fields
+        route = self._route(owner, key)
+        if body.etag is not None and body.etag != route.etag:
+            raise _etag_mismatch(f"endpoint {route.id}", body.etag, route.etag)
+        changes: dict[str, Any] = {}
+        if "name" in given:
+            changes["name"] = qualified(owner, body.name)
+        if "visibility" in given:
+            if body.visibility is None:
+                raise InvalidRequest("visibility must be VISIBILITY_PRIVATE or VISIBILITY_INTERNAL",
+                                     param="visibility")
+            changes["visibility"] = body.visibility
+        if "trafficSplit" in given or "traffic_split" in given:
+            members = {ep.id: deployment_id(ep.id) for ep in self.store.deployments_of([route.id])[route.id]}
+            changes["split"] = check_split([(record_id(e.deployment_id) or "", e.weight)
+                                            for e in body.traffic_split or []], members)
+        if not changes:
+            return self.get_endpoint(owner, route.id)
+        updated = self.store.update_route(route, changes, self.svc.clock.now())
+        if updated is None:
+            current = self._route(owner, route.id)
+            raise _etag_mismatch(f"endpoint {route.id}", route.etag, current.etag)
+        self.svc.wake()
+        return self._views([updated])[0]
+
+    def delete_endpoint(self, owner: str, key: str, etag: str | None) -> None:
+        route = self._route(owner, key)
+        if etag is not None and etag != route.etag:
+            raise _etag_mismatch(f"endpoint {route.id}", etag, route.etag)
+        left = self.store.deployments_of([route.id])[route.id]
+        if left:
+            names = ", ".join(f"{deployment_id(ep.id)} ({ep.deployment_name})" for ep in left)
+            raise Conflict(f"endpoint {route.name} still has deployments: {names}; delete them first "
+                           "(scale each to 0/0, then DELETE it), or use `tg endpoints rm --force`",
+                           code="endpoint_has_deployments")
+        if not self.store.delete_route(route, self.svc.clock.now()):
+            raise endpoint_not_found(key)
+
+    # deployments ---------------------------------------------------------------------------------
+
+    def _offer(self, body: DeploymentIn) -> Offer:
+        if not body.config:
+            raise InvalidRequest("config is required: a projects/{project}/configs/{config} of the model, from "
+                                 "GET /v2/projects/{project}/configs?referenceModelId=<model id>", param="config")
+        m = _CONFIG_PATH.fullmatch(body.config)
+        if m is None:
+            raise InvalidRequest(f"config {body.config!r} is not a config path: projects/{{project}}/configs/{{id}}",
+                                 param="config")
+        offer = self.offerings.config(m["id"])
+        if body.model:
+            mm = _MODEL_PATH.fullmatch(body.model)
+            if mm is None:
+                raise InvalidRequest(f"model {body.model!r} is not a model path: "
+                                     "projects/{project}/models/{model}[/revisions/{revision}]", param="model")
+            if mm["id"] != model_id(offer.model):
+                raise InvalidRequest(f"config {m['id']} is for {offer.model.name}, not the model {body.model}; "
+                                     "choose a config of that model", param="config")
+        return offer
+
+    def _zone(self, placement: dict[str, Any] | None) -> str | None:
+        if not placement:
+            return None
+        if "profile" in placement:
+            raise InvalidRequest("placement profiles are not supported by dedicate; use placement.inline.regions",
+                                 param="placement.profile")
+        inline = placement.get("inline") or {}
+        if not isinstance(inline, dict):
+            raise InvalidRequest("placement.inline must be an object", param="placement.inline")
+        if (inline.get("compliancePolicy") or {}).get("hipaa"):
+            raise InvalidRequest("no region of this installation is certified for HIPAA",
+                                 param="placement.inline.compliancePolicy")
+        regions = inline.get("regions") or []
+        zones = self.svc.availability_zones()
+        known = [r for r in regions if r in zones]
+        if regions and not known:
+            raise InvalidRequest(f"placement.inline.regions {regions} are not regions here; choose from "
+                                 f"{', '.join(zones)}", param="placement.inline.regions")
+        return known[0] if known else None
+
+    def create_deployment(self, principal: Principal, owner: str, route_key: str, body: DeploymentIn, *,
+                          validate_only: bool) -> tuple[Route, EndpointView]:
+        route = self._route(owner, route_key)
+        name = deployment_name(body.name)
+        if any(ep.deployment_name == name for ep in self.store.deployments_of([route.id])[route.id]):
+            raise Conflict(f"deployment {name!r} already exists on endpoint {route.name}; pick another name",
+                           code="deployment_exists")
+        if body.max_concurrent_requests_per_replica is not None:
+            raise InvalidRequest("maxConcurrentRequestsPerReplica is not supported by dedicate yet; leave it out",
+                                 param="maxConcurrentRequestsPerReplica")
+        offer = self._offer(body)
+        lo = body.autoscaling.min_replicas if body.autoscaling.min_replicas is not None else 1
+        hi = body.autoscaling.max_replicas if body.autoscaling.max_replicas is not None else lo
+        stopped = lo == 0 and hi == 0
+        req = CreateEndpoint.model_validate({
+            "model": offer.model.name, "hardware": offer.hardware.id,
+            "autoscaling": {"min_replicas": lo, "max_replicas": max(hi, 1) if stopped else hi},
+            "inactive_timeout": body.inactive_timeout or None, "state": "STOPPED" if stopped else "STARTED",
+            "availability_zone": self._zone(body.placement)})
+        caller = replace(principal, owner=owner)  # an admin acting in a project acts as its owner
+        view = self.svc.create(caller, req, dry_run=validate_only, into=Joining(route, name))
+        if not validate_only:
+            route = self._route(owner, route.id)  # a first deployment took the split
+        return route, view
+
+    def update_deployment(self, principal: Principal, owner: str, route_key: str, key: str,
+                          body: DeploymentPatchIn, fields: set[str] | None) -> tuple[Route, EndpointView]:
+        route = self._route(owner, route_key)
+        ep = self._member(route, key)
+        if body.etag is not None and body.etag != str(ep.version):
+            raise _etag_mismatch(f"deployment {deployment_id(ep.id)}", body.etag, str(ep.version))
+        given = {f for f in body.model_fields_set if f != "etag"} if fields is None else \
+            {{"inactiveTimeout": "inactive_timeout", "maxConcurrentRequestsPerReplica":
+              "max_concurrent_requests_per_replica"}.get(f, f) for f in fields}
+        if "max_concurrent_requests_per_replica" in given:
+            raise InvalidRequest("maxConcurrentRequestsPerReplica is not supported by dedicate yet",
+                                 param="maxConcurrentRequestsPerReplica")
+        if "name" in given and body.name is not None and deployment_name(body.name) != ep.deployment_name:
+            raise InvalidRequest("a deployment cannot be renamed yet; create one with the new name",
+                                 param="name")
+        patch: dict[str, Any] = {}
+        if "autoscaling" in given and body.autoscaling is not None:
+            a = body.autoscaling
+            stopped = ep.intent is Intent.STOP
+            lo = a.min_replicas if a.min_replicas is not None else (0 if stopped else ep.min_replicas)
+            hi = a.max_replicas if a.max_replicas is not None else (0 if stopped else ep.max_replicas)
+            if lo == 0 and hi == 0:
+                patch["state"] = "STOPPED"
+            else:
+                if hi == 0 or lo > hi:
+                    raise InvalidRequest(f"autoscaling.minReplicas ({lo}) must not exceed maxReplicas ({hi}); "
+                                         "0/0 stops the deployment", param="autoscaling")
+                patch["autoscaling"] = {"min_replicas": lo, "max_replicas": hi}
+                if stopped:
+                    patch["state"] = "STARTED"
+        if "inactive_timeout" in given:
+            patch["inactive_timeout"] = body.inactive_timeout or 0
+        view = self.svc.update(replace(principal, owner=owner), ep.id, EndpointPatch.model_validate(patch)) \
+            if patch else self.svc.view(ep)
+        return route, view
+
+    def delete_deployment(self, principal: Principal, owner: str, route_key: str, key: str,
+                          etag: str | None) -> None:
+        route = self._route(owner, route_key)
+        ep = self._member(route, key)
+        if etag is not None and etag != str(ep.version):
+            raise _etag_mismatch(f"deployment {deployment_id(ep.id)}", etag, str(ep.version))
+        if ep.intent is not Intent.STOP:
+            raise Conflict(f"deployment {deployment_id(ep.id)} is running; scale it to 0/0 first (PATCH with "
+                           'updateMask=autoscaling {"autoscaling":{"minReplicas":0,"maxReplicas":0}}), then delete '
+                           "it", code="deployment_running")
+        self.svc.delete(replace(principal, owner=owner), ep.id, keep_route=True)

@@ -1,0 +1,224 @@
+"""v2 endpoints and deployments in process: the same objects as v1's, etags, masks, and v2's rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dedicate.domain.offerings import CATALOG_PROJECT, config_id, model_id
+from tests.api.conftest import App
+
+TINY = "dedicate/tiny-chat"
+BASE = "/v2/projects/proj_admin/endpoints"
+
+
+def cpu_config(app: App) -> str:
+    cat = app.parts.settings.catalog
+    return f"projects/{CATALOG_PROJECT}/configs/{config_id(cat.models[TINY], cat.hardware['1x_cpu'])}"
+
+
+def deployment_body(app: App, name: str = "blue", lo: int = 1, hi: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "autoscaling": {"minReplicas": lo, "maxReplicas": hi},
+            "model": f"projects/{CATALOG_PROJECT}/models/{model_id(TINY)}", "config": cpu_config(app), **extra}
+
+
+def ok(resp: Any, status: int = 200) -> Any:
+    assert resp.status_code == status, resp.text
+    return resp.json() if resp.content else None
+
+
+def new_endpoint(app: App, name: str = "chat") -> dict[str, Any]:
+    return ok(app.client.post(BASE, json={"name": name}))  # type: ignore[no-any-return]
+
+
+def deploy(app: App, ep: dict[str, Any], name: str = "blue", **kw: Any) -> dict[str, Any]:
+    return ok(app.client.post(f"{BASE}/{ep['id']}/deployments", json=deployment_body(app, name, **kw)))  # type: ignore[no-any-return]
+
+
+def test_a_v1_endpoint_is_a_v2_endpoint_with_one_deployment_of_the_same_name(app: App) -> None:
+    v1 = ok(app.client.post("/v1/endpoints", json={"model": TINY, "hardware": "1x_cpu",
+                                                   "autoscaling": {"min_replicas": 1, "max_replicas": 2}}))
+    uid = v1["id"].removeprefix("endpoint-")
+    ep = ok(app.client.get(f"{BASE}/ep_{uid}"))
+    assert ep["name"] == v1["name"] and ep["projectId"] == "proj_admin"
+    assert ep["visibility"] == "VISIBILITY_PRIVATE" and ep["endpointType"] == "ENDPOINT_TYPE_DEDICATED"
+    (dep,) = ep["deployments"]
+    assert dep["id"] == f"dep_{uid}" and dep["name"] == f"{v1['name']}/default"
+    assert dep["modelId"] == model_id(TINY) and dep["autoscaling"] == {"minReplicas": 1, "maxReplicas": 2}
+    assert dep["state"] == "DEPLOYMENT_STATE_PROVISIONING" and dep["hardware"] == "1xcpu"
+    assert ep["trafficSplit"] == [{"deploymentId": f"dep_{uid}", "weight": 1.0}]
+    full = ok(app.client.get(f"{BASE}/ep_{uid}/deployments/dep_{uid}"))
+    assert full["legacyId"] == v1["id"] and full["status"]["state"] == "DEPLOYMENT_STATE_PROVISIONING"
+    assert full["config"] == cpu_config(app) and full["endpointId"] == f"ep_{uid}"
+    bare = v1["name"].partition("/")[2]
+    assert ok(app.client.get(f"{BASE}/{bare}"))["id"] == f"ep_{uid}", "by its bare name too"
+
+    assert ok(app.client.delete(f"/v1/endpoints/{v1['id']}"), 204) is None
+    assert app.client.get(f"{BASE}/ep_{uid}").status_code == 404, "a v1 delete takes its route with it"
+
+
+def test_a_name_is_taken_once_per_project_with_a_409_the_sdk_does_not_retry(app: App) -> None:
+    first = new_endpoint(app)
+    assert first["name"] == "admin/chat" and first["id"].startswith("ep_") and first["trafficSplit"] == []
+    again = app.client.post(BASE, json={"name": "admin/chat"})
+    assert again.status_code == 409 and again.headers["x-should-retry"] == "false"
+    assert "already exists" in again.json()["error"]["message"]
+    found = ok(app.client.get(BASE, params={"filter": 'name="chat"'}))["data"]
+    assert [e["id"] for e in found] == [first["id"]]
+
+
+def test_endpoints_page_by_cursor_without_loss_or_repeat_in_either_order(app: App) -> None:
+    made = []
+    for i in range(7):
+        made.append(new_endpoint(app, f"e{i}")["id"])
+        app.clock.advance(1)
+    for order, expect in (("created_at", made), ("created_at desc", made[::-1])):
+        seen, after = [], None
+        while True:
+            params: dict[str, Any] = {"limit": 3, "orderBy": order, **({"after": after} if after else {})}
+            page = ok(app.client.get(BASE, params=params))
+            seen += [e["id"] for e in page["data"]]
+            after = page["next_cursor"]
+            if after is None:
+                break
+        assert seen == expect, order
+    contains = ok(app.client.get(BASE, params={"filter": 'name:"e*"'}))["data"]
+    assert len(contains) == 7
+
+
+def test_a_deployment_made_on_an_unrouted_endpoint_takes_its_traffic_and_leaves_its_etag(app: App) -> None:
+    ep = new_endpoint(app)
+    dep = deploy(app, ep)
+    assert dep["id"].startswith("dep_") and dep["name"] == "admin/chat/blue" and dep["endpointId"] == ep["id"]
+    assert dep["autoscaling"] == {"minReplicas": 1, "maxReplicas": 1} and dep["pricing"]["centsPerHourAtMin"]
+    after = ok(app.client.get(f"{BASE}/{ep['id']}"))
+    assert after["etag"] == ep["etag"], "a child change never changes the endpoint's etag"
+    assert after["trafficSplit"] == [{"deploymentId": dep["id"], "weight": 1.0}]
+    assert [d["id"] for d in after["deployments"]] == [dep["id"]]
+    # v1 lists the deployment under its own name
+    names = {e["name"] for e in ok(app.client.get("/v1/endpoints"))["data"]}
+    assert "admin/chat/blue" in names
+    green = deploy(app, ep, "green")
+    assert ok(app.client.get(f"{BASE}/{ep['id']}"))["trafficSplit"] == after["trafficSplit"], "only the first"
+    assert app.client.post(f"{BASE}/{ep['id']}/deployments", json=deployment_body(app, "green")).status_code == 409
+    assert green["name"] == "admin/chat/green"
+
+
+def test_the_split_changes_with_the_current_etag_only(app: App) -> None:
+    ep = new_endpoint(app)
+    blue, green = deploy(app, ep), deploy(app, ep, "green")
+    split = [{"deploymentId": blue["id"], "weight": 3}, {"deploymentId": green["id"], "weight": 1}]
+    changed = ok(app.client.patch(f"{BASE}/{ep['id']}", params={"updateMask": "trafficSplit"},
+                                  json={"etag": ep["etag"], "trafficSplit": split}))
+    assert [(s["deploymentId"], s["weight"]) for s in changed["trafficSplit"]] == [(blue["id"], 3), (green["id"], 1)]
+    assert changed["etag"] != ep["etag"]
+    stale = app.client.patch(f"{BASE}/{ep['id']}", params={"updateMask": "trafficSplit"},
+                             json={"etag": ep["etag"], "trafficSplit": []})
+    assert stale.status_code == 409 and stale.headers["x-should-retry"] == "false"
+    assert ok(app.client.get(f"{BASE}/{ep['id']}"))["trafficSplit"] == changed["trafficSplit"], "nothing changed"
+    for bad, param in (([{"deploymentId": "dep_nope", "weight": 1}], "trafficSplit[0].deploymentId"),
+                       ([{"deploymentId": blue["id"], "weight": -1}], "trafficSplit[0].weight"),
+                       ([{"deploymentId": blue["id"], "weight": 1}, {"deploymentId": blue["id"], "weight": 1}],
+                        "trafficSplit[1].deploymentId")):
+        resp = app.client.patch(f"{BASE}/{ep['id']}", json={"trafficSplit": bad})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
+    unrouted = ok(app.client.patch(f"{BASE}/{ep['id']}", json={"trafficSplit": []}))  # no etag: last write wins
+    assert unrouted["trafficSplit"] == []
+
+
+def test_autoscaling_patches_merge_and_zero_over_zero_stops_a_deployment(app: App) -> None:
+    ep = new_endpoint(app)
+    dep = deploy(app, ep, lo=1, hi=2)
+    path = f"{BASE}/{ep['id']}/deployments/{dep['id']}"
+    wider = ok(app.client.patch(path, params={"updateMask": "autoscaling"}, json={"autoscaling": {"maxReplicas": 4}}))
+    assert wider["autoscaling"] == {"minReplicas": 1, "maxReplicas": 4}, "the omitted bound is kept"
+    timed = ok(app.client.patch(path, params={"updateMask": "inactiveTimeout"}, json={"inactiveTimeout": 60}))
+    assert timed["inactiveTimeout"] == 60 and timed["autoscaling"]["maxReplicas"] == 4
+    running = app.client.delete(path)
+    assert running.status_code == 409 and "0/0" in running.json()["error"]["message"]
+    stopped = ok(app.client.patch(path, params={"updateMask": "autoscaling"},
+                                  json={"autoscaling": {"minReplicas": 0, "maxReplicas": 0}}))
+    assert stopped["autoscaling"] == {"minReplicas": 0, "maxReplicas": 0}
+    assert stopped["status"]["state"] in ("DEPLOYMENT_STATE_STOPPING", "DEPLOYMENT_STATE_STOPPED")
+    busy = app.client.delete(f"{BASE}/{ep['id']}")
+    assert busy.status_code == 409 and dep["id"] in busy.json()["error"]["message"]
+    assert ok(app.client.delete(path), 204) is None, "deleted at once once 0/0, even while stopping"
+    left = ok(app.client.get(f"{BASE}/{ep['id']}"))
+    assert left["deployments"] == [] and left["trafficSplit"] == [] and left["etag"] == ep["etag"]
+    assert ok(app.client.delete(f"{BASE}/{ep['id']}"), 204) is None
+    assert app.client.get(f"{BASE}/{ep['id']}").status_code == 404
+    assert new_endpoint(app)["name"] == "admin/chat", "the name is free again"
+
+
+def test_a_stopped_deployment_starts_again_with_bounds(app: App) -> None:
+    ep = new_endpoint(app)
+    dep = deploy(app, ep, lo=0, hi=0)
+    assert dep["autoscaling"] == {"minReplicas": 0, "maxReplicas": 0}
+    assert dep["status"]["state"] == "DEPLOYMENT_STATE_STOPPED"
+    path = f"{BASE}/{ep['id']}/deployments/{dep['id']}"
+    lone_min = app.client.patch(path, json={"autoscaling": {"minReplicas": 1}})
+    assert lone_min.status_code == 400, "1 over the stopped 0 is min > max"
+    started = ok(app.client.patch(path, json={"autoscaling": {"minReplicas": 1, "maxReplicas": 2}}))
+    assert started["autoscaling"] == {"minReplicas": 1, "maxReplicas": 2}
+    assert started["status"]["state"] == "DEPLOYMENT_STATE_PROVISIONING"
+
+
+def test_validate_only_prices_a_deployment_and_makes_nothing(app: App) -> None:
+    ep = new_endpoint(app)
+    dry = ok(app.client.post(f"{BASE}/{ep['id']}/deployments", params={"validateOnly": "true"},
+                             json=deployment_body(app, lo=1, hi=3)))
+    assert float(dry["pricing"]["centsPerHourAtMax"]) == 3 * float(dry["pricing"]["centsPerHourAtMin"]) > 0
+    assert ok(app.client.get(f"{BASE}/{ep['id']}"))["deployments"] == []
+
+
+@pytest.mark.parametrize(("change", "param"), [
+    ({"surprise": 1}, "surprise"),
+    ({"inactiveTimeout": 10}, "inactiveTimeout"),
+    ({"inactiveTimeout": 2000}, "inactiveTimeout"),
+    ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "autoscaling"),
+    ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scaleUpWindow": "30s"}}, "autoscaling.scaleUpWindow"),
+    ({"config": "configs/cr_x"}, "config"),
+    ({"config": f"projects/{CATALOG_PROJECT}/configs/cr_nope"}, None),
+    ({"model": f"projects/{CATALOG_PROJECT}/models/ml_other"}, "config"),
+    ({"name": "bad name"}, "name"),
+    ({"maxConcurrentRequestsPerReplica": "8"}, "maxConcurrentRequestsPerReplica"),
+    ({"placement": {"inline": {"regions": ["mars"]}}}, "placement.inline.regions"),
+])
+def test_a_bad_deployment_is_refused_with_what_to_do_and_nothing_is_stored(app: App, change: dict[str, Any],
+                                                                          param: str | None) -> None:
+    ep = new_endpoint(app)
+    resp = app.client.post(f"{BASE}/{ep['id']}/deployments", json={**deployment_body(app), **change})
+    assert 400 <= resp.status_code < 500, resp.text
+    err = resp.json()["error"]
+    assert err["message"]
+    if param is not None:
+        assert param in (err["param"] or ""), err
+    assert ok(app.client.get(f"{BASE}/{ep['id']}"))["deployments"] == []
+    assert all(e["name"] != "admin/chat/blue" for e in ok(app.client.get("/v1/endpoints"))["data"])
+
+
+def test_bad_endpoint_input_answers_400_and_other_projects_404(app: App) -> None:
+    for body, param in (({}, "name"), ({"name": "Bad Name"}, "name"), ({"name": "bob/chat"}, "name"),
+                        ({"name": "chat", "visibility": "VISIBILITY_SECRET"}, "visibility"),
+                        ({"name": "chat", "extra": True}, "extra")):
+        resp = app.client.post(BASE, json=body)
+        assert resp.status_code == 400 and param in (resp.json()["error"]["param"] or ""), (body, resp.text)
+    assert app.client.post("/v2/projects/proj_nobody/endpoints", json={"name": "x"}).status_code == 200, \
+        "an admin acts in any project"
+    key = ok(app.client.post("/v1/keys", json={"owner": "erin"}))["key"]
+    resp = app.client.get(BASE, headers=app.as_(key))
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "project_not_found"
+    resp = app.client.get(BASE, params={"filter": "state=READY"})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "filter"
+    resp = app.client.patch(f"{BASE}/ep_nope", params={"updateMask": "colour"}, json={})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "updateMask"
+
+
+def test_the_experiment_collections_exist_and_are_empty(app: App) -> None:
+    ep = new_endpoint(app)
+    dep = deploy(app, ep)
+    for tail in ("abExperiments", "shadowExperiments?includeTargets=true", "rollouts",
+                 f"deployments/{dep['id']}/adapters"):
+        assert ok(app.client.get(f"{BASE}/{ep['id']}/{tail}")) == {"object": "list", "data": [], "next_cursor": None}
+    assert app.client.get(f"{BASE}/ep_nope/abExperiments").status_code == 404
