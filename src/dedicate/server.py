@@ -121,7 +121,8 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
 
     g = settings.gateway
     table = RoutingTable(load, ttl_s=g.table_ttl_s,
-                         health=HealthPolicy(g.failures_to_eject, g.ejection_base_s, g.ejection_max_s))
+                         health=HealthPolicy(g.failures_to_eject, g.ejection_base_s, g.ejection_max_s),
+                         load_routes=store.live_routes)
     gateway = Gateway(table, lambda header: authenticate(store, header), g)
     services.key_revoked = handoff.wrap(gateway.keys.forget)
     # Scales only while this process holds the reconciler lease, through its fenced store.

@@ -222,3 +222,43 @@ def test_the_experiment_collections_exist_and_are_empty(app: App) -> None:
                  f"deployments/{dep['id']}/adapters"):
         assert ok(app.client.get(f"{BASE}/{ep['id']}/{tail}")) == {"object": "list", "data": [], "next_cursor": None}
     assert app.client.get(f"{BASE}/ep_nope/abExperiments").status_code == 404
+
+
+def test_events_come_newest_first_filtered_and_paged_ending_with_the_endpoints_creation(app: App) -> None:
+    ep = new_endpoint(app)
+    app.clock.advance(1)
+    blue = deploy(app, ep, lo=1, hi=2)
+    app.clock.advance(1)
+    green = deploy(app, ep, "green")
+    app.clock.advance(1)
+    path = f"{BASE}/{ep['id']}/deployments/{blue['id']}"
+    ok(app.client.patch(path, json={"autoscaling": {"maxReplicas": 3}}))
+    ok(app.client.post(f"/v1/endpoints/{blue['legacyId']}/scale", json={"replicas": 2}))
+    events = ok(app.client.get(f"{BASE}/{ep['id']}/events", params={"limit": 100}))["data"]
+    assert events[-1]["type"] == "endpoint.created" and events[-1]["sourceKind"] == "SOURCE_KIND_ENDPOINT"
+    times = [e["createdAt"] for e in events]
+    assert times == sorted(times, reverse=True), "newest first"
+    scaled = [e for e in events if e["type"] == "deployment.scaled"]
+    assert scaled and scaled[0]["deploymentId"] == blue["id"] and \
+        (scaled[0]["oldReplicas"], scaled[0]["newReplicas"]) == (1, 2)
+    assert {e["type"] for e in events} >= {"deployment.created", "deployment.updated", "endpoint.created"}
+    assert all(e["name"] == "admin/chat/blue" for e in events if e.get("deploymentId") == blue["id"])
+
+    only_green = ok(app.client.get(f"{BASE}/{ep['id']}/events", params={"deploymentIds": green["id"]}))["data"]
+    assert only_green and {e["deploymentId"] for e in only_green} == {green["id"]}
+    typed = ok(app.client.get(f"{BASE}/{ep['id']}/events", params={"types": "deployment.created,endpoint.created"}))
+    assert [e["type"] for e in typed["data"]] == ["deployment.created", "deployment.created", "endpoint.created"]
+    assert ok(app.client.get(f"{BASE}/{ep['id']}/events", params={"minLevel": "LEVEL_ERROR"}))["data"] == []
+
+    seen, after = [], None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"after": after} if after else {})}
+        page = ok(app.client.get(f"{BASE}/{ep['id']}/events", params=params))
+        seen += [e["id"] for e in page["data"]]
+        after = page["next_cursor"]
+        if after is None:
+            break
+    assert seen == [e["id"] for e in events], "pages give the same events, none twice"
+    for bad in ({"minLevel": "loud"}, {"since": "yesterday"}, {"deploymentIds": "endpoint-1"}, {"after": "x"},
+                {"sourceKinds": "SOURCE_KIND_POD"}):
+        assert app.client.get(f"{BASE}/{ep['id']}/events", params=bad).status_code == 400, bad

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from dedicate.gateway.health import HealthPolicy
-from dedicate.gateway.routing import ReplicaState, Route, RoutingTable, Target
+from dedicate.gateway.routing import ReplicaState, Route, RoutingTable, Target, Unrouted
 from tests.gateway.fakes import FakeClock, make_endpoint
 
 
@@ -106,10 +106,74 @@ def test_an_endpoint_created_just_after_a_snapshot_is_routed_at_once() -> None:
     endpoints = []
     table = RoutingTable(lambda: (list(endpoints), []), rng=random.Random(1))
 
-    async def run() -> Route | None:
+    async def run() -> Route | Unrouted | None:
         await table.refresh()  # a fresh snapshot, without the endpoint
         endpoints.append(make_endpoint("alice/new"))
         return await table.route("alice/new")
 
     route = asyncio.run(run())
-    assert route is not None and route.endpoint.name == "alice/new"
+    assert isinstance(route, Route) and route.endpoint.name == "alice/new"
+
+
+def _split_table(split: list[tuple[str, float]], ready: dict[str, int], *,
+                 stopped: frozenset[str] = frozenset()) -> RoutingTable:
+    """A route ``alice/chat`` over deployments alice/chat/<name>, each with ``ready[name]`` ready replicas."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from dedicate.domain.endpoints import Intent
+    from dedicate.domain.routes import Route as Named
+    from dedicate.domain.routes import SplitEntry, Visibility
+    from tests.gateway.fakes import make_replica
+
+    eps = [make_endpoint(f"alice/chat/{n}") for n in ready]
+    eps = [replace(e, id=f"endpoint-{n}", intent=Intent.STOP) if n in stopped else replace(e, id=f"endpoint-{n}")
+           for e, n in zip(eps, ready, strict=True)]
+    replicas = [make_replica(f"{e.id}-r{i}", e, f"http://127.0.0.1:{9000 + k * 10 + i}")
+                for k, (e, n) in enumerate(zip(eps, ready.values(), strict=True)) for i in range(n)]
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    named = Named("ep_1", "alice", "alice/chat", Visibility.PRIVATE,
+                  tuple(SplitEntry(f"endpoint-{n}", w) for n, w in split), 1, t0, t0)
+    return RoutingTable(lambda: (eps, replicas), rng=random.Random(7), load_routes=lambda: [named])
+
+
+def _shares(table: RoutingTable, n: int = 2000) -> dict[str, int]:
+    import asyncio
+
+    async def run() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _ in range(n):
+            got = await table.route("alice/chat")
+            assert isinstance(got, Route)
+            counts[got.endpoint.name] = counts.get(got.endpoint.name, 0) + 1
+        return counts
+
+    return asyncio.run(run())
+
+
+def test_a_routes_requests_go_to_its_deployments_by_weight_times_ready_replicas() -> None:
+    counts = _shares(_split_table([("blue", 3), ("green", 1)], {"blue": 1, "green": 1}))
+    assert 0.70 < counts["alice/chat/blue"] / 2000 < 0.80
+    counts = _shares(_split_table([("blue", 1), ("green", 1)], {"blue": 3, "green": 1}))
+    assert 0.70 < counts["alice/chat/blue"] / 2000 < 0.80, "twice the replicas, twice the share"
+
+
+def test_weight_zero_takes_no_new_requests_and_a_deployment_with_none_ready_waits_its_turn() -> None:
+    assert set(_shares(_split_table([("blue", 1), ("green", 0)], {"blue": 1, "green": 2}), 200)) == \
+        {"alice/chat/blue"}
+    assert set(_shares(_split_table([("blue", 1), ("green", 1)], {"blue": 0, "green": 1}), 200)) == \
+        {"alice/chat/green"}, "a ready deployment wins over one still starting"
+    none_ready = _shares(_split_table([("blue", 1), ("green", 1)], {"blue": 0, "green": 0}), 400)
+    assert set(none_ready) == {"alice/chat/blue", "alice/chat/green"}, "by weight alone, to wait for a replica"
+    assert set(_shares(_split_table([("blue", 1), ("green", 1)], {"blue": 0, "green": 1}, stopped=frozenset(
+        {"green"})), 200)) == {"alice/chat/blue"}, "a deployment told to stop is the last choice"
+
+
+def test_a_split_with_no_weight_above_zero_leaves_the_name_unrouted() -> None:
+    import asyncio
+
+    for split in ([], [("blue", 0.0)]):
+        got = asyncio.run(_split_table(split, {"blue": 1}).route("alice/chat"))
+        assert isinstance(got, Unrouted) and got.owner == "alice" and got.id == "ep_1"
+    direct = asyncio.run(_split_table([], {"blue": 1}).route("alice/chat/blue"))
+    assert isinstance(direct, Route), "a deployment's own name still reaches it"

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from dedicate.api.schemas import Cents, Time
-from dedicate.control.deployments import RouteView
+from dedicate.control.deployments import EventView, RouteView
 from dedicate.control.offerings import InstanceType
 from dedicate.control.views import EndpointView
 from dedicate.domain.catalog import Catalog
@@ -33,7 +33,15 @@ from dedicate.domain.offerings import (
 )
 from dedicate.domain.projects import Organization, Project
 from dedicate.domain.replicas import ReplicaStatus
-from dedicate.domain.routes import DeploymentState, Route, Visibility, deployment_id, deployment_state, traffic_shares
+from dedicate.domain.routes import (
+    DeploymentState,
+    Level,
+    Route,
+    Visibility,
+    deployment_id,
+    deployment_state,
+    traffic_shares,
+)
 from dedicate.domain.status import replica_counts
 
 
@@ -395,3 +403,36 @@ class EmptyPage(V2):
     object: Literal["list"] = "list"
     data: list[dict[str, str]] = Field(default_factory=list)
     next_cursor: None = Field(None, alias="next_cursor")
+
+
+# events -----------------------------------------------------------------------------------------
+
+class EventOut(V2):
+    id: str
+    created_at: Time
+    endpoint_id: str
+    deployment_id: str | None
+    level: Level
+    source: str
+    source_kind: Literal["SOURCE_KIND_ENDPOINT", "SOURCE_KIND_DEPLOYMENT"]
+    type: str = Field(description="endpoint.created, deployment.created/updated/scaled/deleted, condition.set")
+    name: str = Field(description="the endpoint's or the deployment's qualified name")
+    message: str
+    subject_id: str
+    old_replicas: int | None
+    new_replicas: int | None
+
+    @classmethod
+    def of(cls, route: Route, v: EventView) -> EventOut:
+        dep = deployment_id(v.deployment) if v.deployment is not None else None
+        old, new = v.replicas if v.replicas is not None else (None, None)
+        return cls(id=v.id, created_at=v.at, endpoint_id=route.id, deployment_id=dep, level=v.level,
+                   source="dedicate", source_kind="SOURCE_KIND_DEPLOYMENT" if dep else "SOURCE_KIND_ENDPOINT",
+                   type=v.type, name=v.name, message=v.message, subject_id=dep or route.id, old_replicas=old,
+                   new_replicas=new)
+
+
+class EventPage(V2):
+    object: Literal["list"] = "list"
+    data: list[EventOut]
+    next_cursor: str | None = Field(None, alias="next_cursor")

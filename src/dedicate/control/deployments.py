@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from dedicate.control.auth import Principal
@@ -23,14 +24,18 @@ from dedicate.domain.errors import Conflict, InvalidRequest, NotFound
 from dedicate.domain.offerings import Offer, model_id
 from dedicate.domain.records import Endpoint
 from dedicate.domain.routes import (
+    LEVELS,
+    Level,
     Route,
     Visibility,
     check_split,
     deployment_id,
     deployment_name,
+    event_type,
     new_route_id,
     qualified,
     record_id,
+    scaled_between,
 )
 from dedicate.store.repos import Store
 
@@ -61,6 +66,37 @@ def deployment_not_found(key: str) -> NotFound:
 def _etag_mismatch(what: str, given: str, current: str) -> Conflict:
     return Conflict(f"{what} changed since it was read: etag {given!r} is not the current {current!r}; "
                     "GET it again and retry with its etag", code="etag_mismatch")
+
+
+@dataclass(frozen=True)
+class EventView:
+    """One event as v2 shows it."""
+
+    id: str
+    at: datetime
+    type: str
+    level: Level
+    message: str
+    deployment: str | None  # the record id; None for the endpoint's own events
+    name: str  # the resource's name
+    replicas: tuple[int, int] | None = None  # a scaling event's counts, old and new
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    deployment_ids: list[str] | None = None
+    types: set[str] | None = None
+    min_level: Level | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    subject: str | None = None
+    after: str | None = None
+    limit: int = 50
+
+
+MAX_EVENTS = 10_000
+_EVENT_BATCH = 500
+ENDPOINT_CREATED_ID = "0"  # the endpoint's own creation: older than every deployment's event
 
 
 class Deployments:
@@ -301,3 +337,52 @@ class Deployments:
                            'updateMask=autoscaling {"autoscaling":{"minReplicas":0,"maxReplicas":0}}), then delete '
                            "it", code="deployment_running")
         self.svc.delete(replace(principal, owner=owner), ep.id, keep_route=True)
+
+
+    # events --------------------------------------------------------------------------------------
+
+    def events(self, owner: str, key: str, q: EventQuery) -> tuple[list[EventView], str | None]:
+        """The endpoint's events, newest first: its deployments' (deleted ones' too) from the event log,
+        then its own creation; filtered, a page at a time (the cursor is the last event's id)."""
+        if not 1 <= q.limit <= MAX_EVENTS:
+            raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_EVENTS}", param="limit")
+        route = self._route(owner, key)
+        records = None if q.deployment_ids is None else [record_id(x) or "" for x in q.deployment_ids]
+        if records is not None and "" in records:
+            raise InvalidRequest("deploymentIds must be dep_… ids", param="deploymentIds")
+        if q.subject is not None:  # a subject is a deployment; the endpoint is the subject of its own events
+            rec = record_id(q.subject)
+            records = [rec] if rec is not None and (records is None or rec in records) else []
+        if q.after == ENDPOINT_CREATED_ID:
+            return [], None  # the endpoint's creation was the last event there is
+        if q.after is not None and not q.after.isdigit():
+            raise InvalidRequest(f"after {q.after!r} is not a cursor of this listing; pass the next_cursor of the "
+                                 "previous page", param="after")
+        before = int(q.after) if q.after is not None else None
+        floor = LEVELS.index(q.min_level) if q.min_level is not None else 0
+
+        def wanted(v: EventView) -> bool:
+            return (q.types is None or v.type in q.types) and LEVELS.index(v.level) >= floor
+
+        out: list[EventView] = []
+        while records != [] and len(out) <= q.limit and before != 0:
+            rows = self.store.route_events(route.id, deployments=records, before=before, since=q.since,
+                                           until=q.until, batch=_EVENT_BATCH)
+            for ev, dep_name in rows:
+                kind, level = event_type(ev.kind)
+                v = EventView(str(ev.id), ev.at, kind, level, ev.message, ev.endpoint_id, f"{route.name}/{dep_name}",
+                              scaled_between(ev.message) if kind == "deployment.scaled" else None)
+                if wanted(v):
+                    out.append(v)
+            if len(rows) < _EVENT_BATCH:
+                before = 0  # every deployment event is read: the endpoint's own comes last
+                break
+            before = rows[-1][0].id
+        made = EventView(ENDPOINT_CREATED_ID, route.created_at, "endpoint.created", Level.INFO,
+                         f"endpoint {route.name} created", None, route.name)
+        if before == 0 and q.deployment_ids is None and q.subject is None and wanted(made) and \
+                (q.since is None or made.at >= q.since) and (q.until is None or made.at <= q.until):
+            out.append(made)
+        page = out[:q.limit]
+        more = len(out) > q.limit and page[-1].id != ENDPOINT_CREATED_ID
+        return page, (page[-1].id if more else None)

@@ -150,8 +150,9 @@ def route_weights(split: Sequence[SplitEntry], ready: Mapping[str, int]) -> list
 
 
 def traffic_shares(split: Sequence[SplitEntry], ready: Mapping[str, int]) -> dict[str, float]:
-    """The share of new requests each deployment of the split gets now (0 to 1)."""
-    weights = route_weights(split, ready)
+    """The share of new requests each deployment of the split gets now (0 to 1): by weight × ready
+    replicas, or, while none is ready, by weight alone (where requests wait for one)."""
+    weights = route_weights(split, ready) or [(e.deployment, e.weight) for e in split if e.weight > 0]
     total = sum(w for _, w in weights)
     shares = {e.deployment: 0.0 for e in split}
     for dep, w in weights:
@@ -187,3 +188,36 @@ def deployment_state(ep: Endpoint, counts: ReplicaCounts) -> DeploymentState:
     if counts.ready < counts.desired:
         return DeploymentState.SCALING
     return DeploymentState.READY
+
+
+class Level(enum.StrEnum):
+    DEBUG = "LEVEL_DEBUG"
+    INFO = "LEVEL_INFO"
+    WARN = "LEVEL_WARN"
+    ERROR = "LEVEL_ERROR"
+
+
+LEVELS = tuple(Level)
+
+# dedicate's event kinds as v2 event types; what is not here is a condition that changed
+_EVENT_TYPES: dict[str, tuple[str, Level]] = {
+    "created": ("deployment.created", Level.INFO),
+    "deleted": ("deployment.deleted", Level.INFO),
+    "updated": ("deployment.updated", Level.INFO),
+    "scaled": ("deployment.scaled", Level.INFO),
+    "failed": ("condition.set", Level.ERROR),
+    "unhealthy": ("condition.set", Level.WARN),
+    "yielded": ("condition.set", Level.WARN),
+}
+_SCALED = re.compile(r"(\d+)\s*(?:→|->)\s*(\d+)")
+
+
+def event_type(kind: str) -> tuple[str, Level]:
+    """The v2 type and level of one of dedicate's event kinds."""
+    return _EVENT_TYPES.get(kind, ("condition.set", Level.INFO))
+
+
+def scaled_between(message: str) -> tuple[int, int] | None:
+    """The replica counts of a scaling event ("desired replicas 1 → 3: ..."), when it says them."""
+    m = _SCALED.search(message)
+    return (int(m[1]), int(m[2])) if m else None

@@ -29,7 +29,7 @@ from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import DedicateError, EndpointStopped, InvalidRequest, NotFound, RateLimited, Unavailable
 from dedicate.gateway.keys import KeyCache
 from dedicate.gateway.limits import Limiter, Limits
-from dedicate.gateway.routing import Route, RoutingTable, Target
+from dedicate.gateway.routing import Route, RoutingTable, Target, Unrouted
 from dedicate.gateway.signals import EndpointCounters, Signals, usage_in
 from dedicate.gateway.upstream import BodyInterrupted, Pool, Response, UpstreamError
 from dedicate.settings import GatewaySettings
@@ -252,7 +252,14 @@ class _Exchange:
         loop = asyncio.get_running_loop()
         self.watch_timer = loop.call_later(WATCH_AFTER_S, self.start_watch)
 
-        route = await gw.table.route(name)
+        found = await gw.table.route(name)
+        if isinstance(found, Unrouted):
+            if found.owner != principal.owner and not principal.is_admin:
+                raise _not_found(name)
+            raise Unavailable(f"endpoint {name} takes no traffic: no deployment in its traffic split has a weight "
+                              f"above 0; give one a weight (PATCH /v2/projects/proj_{found.owner}/endpoints/"
+                              f"{found.id} with updateMask=trafficSplit)", retry_after_s=gw.config.retry_after_s)
+        route = found
         if route is None or (route.endpoint.owner != principal.owner and not principal.is_admin):
             raise _not_found(name)
         _check_runnable(route)

@@ -1,5 +1,11 @@
 """The routing table: endpoint name → its ready replicas, and the choice among them.
 
+A name is a deployment's own (what v1 lists) or a route's (v2's endpoint): a route's request goes
+to one deployment of its traffic split, chosen with probability weight × ready replicas; when
+none is ready, by weight alone, and the request waits there for a replica. Deployments told to
+stop are chosen only if every weighted one is. A route whose split gives no deployment a
+weight above 0 is ``Unrouted``.
+
 The table is a snapshot of the store. A request that finds it older than
 ``ttl_s`` starts a refresh in the background and goes on with the snapshot it
 has (the store is never read on the request's path); a request for a name
@@ -21,12 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from dedicate.domain import routes as named
 from dedicate.domain.records import Endpoint, Replica
 from dedicate.domain.replicas import ReplicaStatus
 from dedicate.gateway.health import HealthPolicy
 from dedicate.gateway.signals import Counters
 
 Loader = Callable[[], tuple[list[Endpoint], list[Replica]]]
+RouteLoader = Callable[[], list[named.Route]]
 
 
 class ReplicaState(Counters):
@@ -74,18 +82,37 @@ class Route:
     targets: tuple[Target, ...]
 
 
-class Snapshot:
-    __slots__ = ("routes", "taken_at")
+@dataclass(frozen=True)
+class Unrouted:
+    """A route whose split sends nothing anywhere."""
 
-    def __init__(self, routes: dict[str, Route] | None = None, taken_at: float = float("-inf")) -> None:
+    name: str
+    owner: str
+    id: str
+
+
+@dataclass(frozen=True)
+class Split:
+    route: named.Route
+    members: tuple[tuple[str, float], ...]  # (deployment name, weight > 0), in split order
+
+
+class Snapshot:
+    __slots__ = ("routes", "splits", "taken_at")
+
+    def __init__(self, routes: dict[str, Route] | None = None, taken_at: float = float("-inf"),
+                 splits: dict[str, Split] | None = None) -> None:
         self.routes = routes or {}
+        self.splits = splits or {}
         self.taken_at = taken_at
 
 
 class RoutingTable:
     def __init__(self, load: Loader, ttl_s: float = 0.5, rng: random.Random | None = None,
-                 health: HealthPolicy | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 health: HealthPolicy | None = None, monotonic: Callable[[], float] = time.monotonic,
+                 load_routes: RouteLoader | None = None) -> None:
         self._load = load
+        self._load_routes = load_routes
         self.ttl_s = ttl_s
         self.snapshot = Snapshot()
         self.states: dict[str, ReplicaState] = {}
@@ -96,7 +123,8 @@ class RoutingTable:
 
     # the snapshot ----------------------------------------------------------------
 
-    def _build(self, endpoints: list[Endpoint], replicas: list[Replica], taken_at: float) -> Snapshot:
+    def _build(self, endpoints: list[Endpoint], replicas: list[Replica], taken_at: float,
+               named_routes: list[named.Route] | None = None) -> Snapshot:
         by_ep: dict[str, list[Target]] = {}
         old = {t.replica_id: t for r in self.snapshot.routes.values() for t in r.targets}
         for r in replicas:
@@ -115,7 +143,11 @@ class RoutingTable:
         live = {t.replica_id for ts in by_ep.values() for t in ts}
         for rid in [rid for rid, s in self.states.items() if rid not in live and s.in_flight == 0]:
             del self.states[rid]  # gone, and nothing of ours is still running there
-        return Snapshot(routes, taken_at)
+        names = {e.id: e.name for e in endpoints}
+        splits = {r.name: Split(r, tuple((names[e.deployment], e.weight) for e in r.split
+                                         if e.weight > 0 and e.deployment in names))
+                  for r in named_routes or ()}
+        return Snapshot(routes, taken_at, splits)
 
     async def refresh(self, max_age_s: float = 0.0) -> Snapshot:
         """A snapshot no older than ``max_age_s``; concurrent callers share one read of the store."""
@@ -124,8 +156,8 @@ class RoutingTable:
     async def _read(self) -> Snapshot:
         try:
             started = time.monotonic()
-            endpoints, replicas = await asyncio.to_thread(self._load)
-            self.snapshot = self._build(endpoints, replicas, started)
+            endpoints, replicas, named_routes = await asyncio.to_thread(self._load_all)
+            self.snapshot = self._build(endpoints, replicas, started, named_routes)
             return self.snapshot
         finally:
             self._refreshing = None
@@ -138,11 +170,37 @@ class RoutingTable:
             self._refreshing.add_done_callback(_consume)
         return snap
 
-    async def route(self, name: str) -> Route | None:
-        route = self.current().routes.get(name)
+    def _load_all(self) -> tuple[list[Endpoint], list[Replica], list[named.Route]]:
+        endpoints, replicas = self._load()
+        return endpoints, replicas, (self._load_routes() if self._load_routes is not None else [])
+
+    async def route(self, name: str) -> Route | Unrouted | None:
+        """The deployment a request for ``name`` goes to (chosen from its route's split), or None."""
+        route = self.resolve(self.current(), name)
         if route is None:  # perhaps made since the snapshot was read: ask a read begun after now
-            route = (await self.read_since(time.monotonic())).routes.get(name)
+            route = self.resolve(await self.read_since(time.monotonic()), name)
         return route
+
+    def resolve(self, snap: Snapshot, name: str) -> Route | Unrouted | None:
+        split = snap.splits.get(name)
+        if split is None:
+            return snap.routes.get(name)
+        members = [(snap.routes[n], w) for n, w in split.members if n in snap.routes]
+        if not members:
+            return Unrouted(split.route.name, split.route.owner, split.route.id)
+        running = [(r, w) for r, w in members if r.endpoint.should_run] or members
+        ready = [(r, w * len(r.targets)) for r, w in running if r.targets]
+        return self._pick(ready or running)
+
+    def _pick(self, weighted: list[tuple[Route, float]]) -> Route:
+        if len(weighted) == 1:
+            return weighted[0][0]
+        x = self._rng.random() * sum(w for _, w in weighted)
+        for r, w in weighted:
+            x -= w
+            if x < 0:
+                return r
+        return weighted[-1][0]
 
     async def read_since(self, t: float) -> Snapshot:
         """A snapshot whose read began at ``t`` or later: one just created is in it. Callers share reads."""

@@ -10,7 +10,7 @@ or changed a deployment.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,9 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dedicate.domain.errors import Conflict
+from dedicate.domain.records import Event
 from dedicate.domain.routes import Route, SplitEntry, Visibility
 from dedicate.store.base import StoreBase
-from dedicate.store.tables import EndpointRow, RouteRow
+from dedicate.store.tables import EndpointRow, EventRow, RouteRow
 
 
 def _split(text: str) -> tuple[SplitEntry, ...]:
@@ -67,6 +68,11 @@ class RouteStore(StoreBase):
             col = RouteRow.id if key.startswith("ep_") else RouteRow.name
             row = s.scalars(select(RouteRow).where(col == key, RouteRow.deleted_at.is_(None))).first()
             return None if row is None else _route(row)
+
+    def live_routes(self) -> list[Route]:
+        """Every live route: the gateway's table of names."""
+        with self.tx() as s:
+            return [_route(r) for r in s.scalars(select(RouteRow).where(RouteRow.deleted_at.is_(None)))]
 
     def routes_page(self, owner: str, *, name: str | None, order: str, descending: bool,
                     after: Route | None, limit: int) -> list[Route]:
@@ -143,3 +149,22 @@ class RouteStore(StoreBase):
         if row is not None and row.deleted_at is not None:
             row.name = f"{name}~{row.id.removeprefix('endpoint-')[:8]}"
             row.version += 1
+
+    def route_events(self, route_id: str, *, deployments: Sequence[str] | None, before: int | None,
+                     since: datetime | None, until: datetime | None, batch: int) -> list[tuple[Event, str]]:
+        """Up to ``batch`` events of the route's deployments (deleted ones too), newest first, with each
+        one's deployment name; ``before`` is an event id (the cursor)."""
+        with self.tx() as s:
+            members = select(EndpointRow.id).where(EndpointRow.route_id == route_id)
+            if deployments is not None:
+                members = members.where(EndpointRow.id.in_(list(deployments)))
+            q = (select(EventRow, EndpointRow.deployment_name).join(EndpointRow, EndpointRow.id == EventRow.endpoint_id)
+                 .where(EventRow.endpoint_id.in_(members)))
+            if before is not None:
+                q = q.where(EventRow.id < before)
+            if since is not None:
+                q = q.where(EventRow.at >= since)
+            if until is not None:
+                q = q.where(EventRow.at <= until)
+            rows = s.execute(q.order_by(EventRow.id.desc()).limit(batch)).all()
+            return [(Event(r.id, r.endpoint_id, r.at, r.kind, r.message), name or "default") for r, name in rows]

@@ -8,11 +8,12 @@ rollouts, adapters) exist and are empty: dedicate runs no experiments yet.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from dedicate.api.deps import BoundedRoute, Caller, Svc, call, flag, whole
+from dedicate.api.deps import BoundedRoute, Caller, Svc, call, flag, one_of, time_param, whole
 from dedicate.api.errors import responses
 from dedicate.api.schemas_v2 import (
     DeploymentOut,
@@ -20,13 +21,17 @@ from dedicate.api.schemas_v2 import (
     EmptyPage,
     EndpointOut,
     EndpointPage,
+    EventOut,
+    EventPage,
     route_shares,
 )
-from dedicate.control.deployments import DEFAULT_PAGE, MAX_PAGE, Deployments
+from dedicate.control.deployments import DEFAULT_PAGE, MAX_EVENTS, MAX_PAGE, Deployments, EventQuery
 from dedicate.control.inputs_v2 import DeploymentIn, DeploymentPatchIn, EndpointIn, EndpointPatchIn, parse_mask
 from dedicate.control.offerings import Offerings
 from dedicate.control.projects import owner_in
 from dedicate.control.services import Services
+from dedicate.domain.errors import InvalidRequest
+from dedicate.domain.routes import LEVELS, Level, traffic_shares
 
 router = APIRouter(route_class=BoundedRoute, tags=["v2 endpoints"])
 BASE = "/v2/projects/{project_id}/endpoints"
@@ -104,7 +109,7 @@ async def create_deployment(
     owner = owner_in(p, project_id)
     route, view = await call(deployments(svc).create_deployment, p, owner, endpoint_id, body,
                              validate_only=validate_only)
-    share = 1.0 if not validate_only and route.split and route.split[0].deployment == view.endpoint.id else None
+    share = None if validate_only else traffic_shares(route.split, {}).get(view.endpoint.id, 0.0)
     return DeploymentOut.of(route, view, svc.catalog, share)
 
 
@@ -145,6 +150,47 @@ async def delete_deployment(p: Caller, svc: Svc, project_id: str, endpoint_id: s
     await call(deployments(svc).delete_deployment, p, owner_in(p, project_id), endpoint_id, deployment_id,
                etag or None)
     return Response(status_code=204)
+
+
+# events ----------------------------------------------------------------------------------------
+
+def _csv(value: str | None) -> list[str] | None:
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    return items or None
+
+
+@router.get(BASE + "/{endpoint_id}/events", response_model=EventPage, responses=responses(400, 404))
+async def list_events(
+    p: Caller, svc: Svc, project_id: str, endpoint_id: str,
+    deployment_ids: Annotated[str | None, Query(alias="deploymentIds", description="dep_… ids, comma-separated")
+                              ] = None,
+    types: Annotated[str | None, Query(description="event types, comma-separated")] = None,
+    min_level: Annotated[str | None, one_of("minLevel", *LEVELS), Query(alias="minLevel")] = None,
+    since: Annotated[datetime | None, time_param("since"), Query(description="RFC 3339")] = None,
+    until: Annotated[datetime | None, time_param("until"), Query(description="RFC 3339")] = None,
+    subject_id: Annotated[str | None, Query(alias="subjectId", description="a deployment's id")] = None,
+    source_kinds: Annotated[str | None, Query(alias="sourceKinds",
+                                              description="SOURCE_KIND_ENDPOINT and/or SOURCE_KIND_DEPLOYMENT")
+                            ] = None,
+    limit: Annotated[int, whole("limit", 1, MAX_EVENTS), Query(description=f"at most {MAX_EVENTS}")] = 50,
+    after: Annotated[str | None, Query(description="the next_cursor of the previous page")] = None,
+) -> EventPage:
+    """Newest first: the deployments' events from dedicate's event log, and the endpoint's creation."""
+    kinds = _csv(source_kinds)
+    for kind in kinds or ():
+        if kind not in ("SOURCE_KIND_ENDPOINT", "SOURCE_KIND_DEPLOYMENT"):
+            raise InvalidRequest("sourceKinds takes SOURCE_KIND_ENDPOINT and SOURCE_KIND_DEPLOYMENT",
+                                 param="sourceKinds")
+    owner = owner_in(p, project_id)
+    d = deployments(svc)
+    q = EventQuery(deployment_ids=_csv(deployment_ids), types=set(_csv(types) or ()) or None,
+                   min_level=Level(min_level) if min_level else None, since=since, until=until,
+                   subject=subject_id or None, after=after or None, limit=limit)
+    route = await call(d.get_endpoint, owner, endpoint_id)
+    found, cursor = await call(d.events, owner, endpoint_id, q)
+    data = [EventOut.of(route.route, v) for v in found
+            if kinds is None or ("SOURCE_KIND_DEPLOYMENT" if v.deployment else "SOURCE_KIND_ENDPOINT") in kinds]
+    return EventPage(data=data, next_cursor=cursor)
 
 
 # the collections tg reads and dedicate does not fill yet -----------------------------------------
