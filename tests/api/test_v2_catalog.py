@@ -7,11 +7,12 @@ the synthetic models on the H100 shapes they fit.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from dedicate.domain.offerings import CATALOG_PROJECT, instance_name, model_id
-from tests.api.conftest import App
+from dedicate.domain.records import Replica
+from dedicate.domain.replicas import ReplicaFacts
+from tests.api.conftest import T0, App
 
 TINY = "dedicate/tiny-chat"
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
@@ -139,8 +140,14 @@ def test_instance_types_price_per_hour_and_headroom_from_the_free_slots(app: App
 def test_headroom_shrinks_as_replicas_take_slots(app: App) -> None:
     body = {"model": LLAMA, "hardware": "2x_nvidia_h100_80gb_sxm",
             "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
-    assert app.client.post("/v1/endpoints", json=body).status_code == 200
-    asyncio.run(app.parts.reconciler.pass_once())  # the app runs no loop: one pass places the replica
+    made = app.client.post("/v1/endpoints", json=body)
+    assert made.status_code == 200, made.text
+    # A replica holding two of node-a's slots, as a pass would place it (no process is started here).
+    facts = ReplicaFacts(T0, None, None, None, 0, None, None, None)
+    app.parts.store.insert_replica(Replica(
+        id="r-1", endpoint_id=made.json()["id"], engine="synthetic", node="node-a", slots=(0, 1), token="t",
+        address=None, pid=None, process_started=None, log_path=None, created_at=T0, facts=facts,
+        stop_reason=None, version=1))
     types = {t["id"]: t for t in ok(app, "/v2/public/inference-instance-types")["data"]}
     assert types["1x_nvidia_h100_80gb_sxm"]["regions"][0]["headroom"]["value"] == 6
     assert types["8x_nvidia_h100_80gb_sxm"]["regions"][0]["headroom"]["value"] == 0

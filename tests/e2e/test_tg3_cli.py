@@ -5,8 +5,10 @@ isolated as ../shared/API-COMPAT-V2.md §1.1 says: the API root as base URL (3.1
 /v3 in each path itself), no stored login (it would override the key and pin the base URL),
 telemetry and version checks off, `--json` passed explicitly, a timeout on every call.
 
-Here: identity (`whoami`, `projects list`) and the catalog a deploy reads (`models public`,
-`models configs`). Endpoints with deployments come with the v2 endpoint routes.
+Identity (`whoami`, `projects list`), the catalog a deploy reads (`models public`, `models
+configs`), and an endpoint's life: `deploy`, `ls`, `get` by name and by id, a second deployment
+with a traffic split that the openai SDK sees answered in about that ratio, `update`, `events`,
+and `rm` of a deployment and of the endpoint (`--force` too), with real demo replicas.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from tests.e2e.harness import ROOT, Server
@@ -152,3 +158,136 @@ def test_tg3_with_a_bad_key_fails_on_authentication(server: Server, tmp_path: Pa
     result = bad("whoami")
     assert result.rc != 0, str(result)
     assert "401" in result.stdout + result.stderr, str(result)
+
+
+# an endpoint's life, in order (the module's tests share the server) -----------------------------
+
+WAIT_S = 150.0
+
+
+def v2(server: Server, key: str, path: str) -> Any:
+    with server.client(key) as c:
+        resp = c.get(f"/v2/projects/proj_tess{path}")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def wait_until(what: str, check: Callable[[], bool], server: Server) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"never {what}\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def deployer(tg3: Tg3) -> Tg3:
+    """`tg` with the project given explicitly: deploy refuses to run without it."""
+    return Tg3(tg3.server, Path(tg3.env["HOME"]) / "deployer", tg3.env["TOGETHER_API_KEY"],
+               TOGETHER_PROJECT_ID="proj_tess")
+
+
+@pytest.fixture(scope="module")
+def chat(deployer: Tg3) -> dict[str, Any]:
+    out = deployer.ok("endpoints", "deploy", MODEL, "--endpoint", "chat", "--min-replicas", "1",
+                      "--max-replicas", "2", "--deployment-name", "blue")
+    return out  # type: ignore[no-any-return]
+
+
+def test_tg3_deploy_makes_an_endpoint_with_a_provisioning_deployment(chat: dict[str, Any]) -> None:
+    ep, dep = chat["endpoint"], chat["deployment"]
+    assert ep["name"] == "tess/chat" and ep["id"].startswith("ep_")
+    assert dep["name"] == "tess/chat/blue" and dep["id"].startswith("dep_")
+    assert dep["autoscaling"] == {"minReplicas": 1, "maxReplicas": 2}
+    assert dep["status"]["state"] == "DEPLOYMENT_STATE_PROVISIONING"
+
+
+def test_tg3_ls_and_get_by_name_and_by_id_show_the_endpoint(deployer: Tg3, chat: dict[str, Any]) -> None:
+    listed = deployer.ok("endpoints", "ls")
+    (ep,) = [e for e in listed["data"] if e["id"] == chat["endpoint"]["id"]]
+    assert [d["name"] for d in ep["deployments"]] == ["tess/chat/blue"]
+    by_name, by_id = deployer.ok("endpoints", "get", "chat"), deployer.ok("endpoints", "get", ep["id"])
+    assert by_name["id"] == by_id["id"] == ep["id"] and by_name["ab"] == [] and by_name["shadows"] == []
+    dep = deployer.ok("endpoints", "get", chat["deployment"]["id"])
+    assert dep["id"] == chat["deployment"]["id"] and dep["endpointId"] == ep["id"]
+    text = deployer.ok("endpoints", "ls", json_output=False)
+    assert ep["id"][:12] in text and "chat" in text, text
+
+
+def test_tg3_a_second_deployment_splits_the_traffic_three_to_one(deployer: Tg3, chat: dict[str, Any],
+                                                                server: Server) -> None:
+    green = deployer.ok("endpoints", "deploy", MODEL, "--endpoint", "chat", "--min-replicas", "1",
+                        "--max-replicas", "1", "--deployment-name", "green", "--traffic-weight", "1")
+    assert green["endpoint"]["id"] == chat["endpoint"]["id"], "the name existed: the CLI found it and added to it"
+    deployer.ok("endpoints", "update", chat["deployment"]["id"], "--traffic-weight", "3")
+    key = deployer.env["TOGETHER_API_KEY"]
+    ep_id = chat["endpoint"]["id"]
+    split = {s["deploymentId"]: s["weight"] for s in v2(server, key, f"/endpoints/{ep_id}")["trafficSplit"]}
+    assert split == {chat["deployment"]["id"]: 3.0, green["deployment"]["id"]: 1.0}
+
+    def both_ready() -> bool:
+        deps = v2(server, key, f"/endpoints/{ep_id}")["deployments"]
+        return len(deps) == 2 and all(d["readyReplicas"] >= 1 for d in deps)
+    wait_until("had a ready replica in both deployments", both_ready, server)
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    answered: Counter[str] = Counter()
+    for _ in range(200):
+        raw = client.chat.completions.with_raw_response.create(
+            model="tess/chat", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        assert raw.parse().choices[0].message.role == "assistant"
+        answered[raw.headers["x-dedicate-deployment"]] += 1
+    assert set(answered) == {"tess/chat/blue", "tess/chat/green"}
+    assert 0.62 <= answered["tess/chat/blue"] / 200 <= 0.88, answered  # 3:1 is 0.75; 200 draws
+
+
+def test_tg3_update_changes_bounds_and_inactive_timeout_and_events_show_it(deployer: Tg3, chat: dict[str, Any],
+                                                                         server: Server) -> None:
+    dep_id = chat["deployment"]["id"]
+    out = deployer.ok("endpoints", "update", dep_id, "--min-replicas", "1", "--max-replicas", "3",
+                      "--inactive-timeout", "45")
+    assert out["autoscaling"] == {"minReplicas": 1, "maxReplicas": 3} and out["inactiveTimeout"] == 45
+    events = deployer.ok("endpoints", "events", "chat", "--deployment-ids", dep_id, "--types",
+                         "deployment.created,deployment.updated", "--limit", "20")
+    data = events["data"] if isinstance(events, dict) else events
+    assert {e["type"] for e in data} == {"deployment.created", "deployment.updated"}, events
+    assert all(e["deploymentId"] == dep_id for e in data)
+
+
+def test_tg3_rm_of_a_running_deployment_stops_it_then_removes_it(deployer: Tg3, chat: dict[str, Any],
+                                                                 server: Server) -> None:
+    key = deployer.env["TOGETHER_API_KEY"]
+    ep_id = chat["endpoint"]["id"]
+    green = next(d for d in v2(server, key, f"/endpoints/{ep_id}")["deployments"] if d["name"].endswith("/green"))
+    first = deployer("endpoints", "rm", green["id"])
+    assert first.rc == 1 and "retry" in first.stdout.lower(), str(first)  # refused while running; scaled to 0/0
+    stopped = v2(server, key, f"/endpoints/{ep_id}/deployments/{green['id']}")
+    assert stopped["autoscaling"] == {"minReplicas": 0, "maxReplicas": 0}
+    deployer.ok("endpoints", "rm", green["id"])
+    left = v2(server, key, f"/endpoints/{ep_id}")
+    assert [d["name"] for d in left["deployments"]] == ["tess/chat/blue"]
+    assert [s["deploymentId"] for s in left["trafficSplit"]] == [chat["deployment"]["id"]]
+
+
+def test_tg3_rm_of_an_endpoint_needs_force_while_it_has_deployments(deployer: Tg3, chat: dict[str, Any],
+                                                                   server: Server) -> None:
+    ep_id = chat["endpoint"]["id"]
+    refused = deployer("endpoints", "rm", ep_id)
+    assert refused.rc == 1, str(refused)
+    deployer.ok("endpoints", "rm", ep_id, "--force")
+    assert all(e["id"] != ep_id for e in deployer.ok("endpoints", "ls")["data"])
+    key = deployer.env["TOGETHER_API_KEY"]
+    with server.client(key) as c:
+        assert c.get(f"/v2/projects/proj_tess/endpoints/{ep_id}").status_code == 404
+
+
+def test_an_endpoint_without_deployments_answers_503_saying_nothing_takes_traffic(deployer: Tg3,
+                                                                                  server: Server) -> None:
+    key = deployer.env["TOGETHER_API_KEY"]
+    with server.client(key) as c:
+        assert c.post("/v2/projects/proj_tess/endpoints", json={"name": "empty"}).status_code == 200
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as exc:
+        client.chat.completions.create(model="tess/empty", messages=[{"role": "user", "content": "hi"}])
+    assert exc.value.status_code == 503 and "takes no traffic" in str(exc.value), exc.value

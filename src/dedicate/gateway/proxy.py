@@ -372,6 +372,8 @@ class _Exchange:
             if k == b"content-type" and v.startswith(b"text/event-stream"):
                 is_sse = True
             headers.append((k, v))
+        # which deployment answered: a route's requests are split over several
+        headers.append((b"x-dedicate-deployment", route.endpoint.name.encode()))
         drop_usage = drop_usage and is_sse
         outcome = "cancelled"  # until the last byte went: "ok", "5xx" or "interrupted"
         try:
