@@ -13,6 +13,11 @@ TINY = "dedicate/tiny-chat"
 BASE = "/v2/projects/proj_admin/endpoints"
 
 
+def bounds(obj: dict[str, Any]) -> tuple[int, int]:
+    """A deployment's (minReplicas, maxReplicas)."""
+    return obj["autoscaling"]["minReplicas"], obj["autoscaling"]["maxReplicas"]
+
+
 def cpu_config(app: App) -> str:
     cat = app.parts.settings.catalog
     return f"projects/{CATALOG_PROJECT}/configs/{config_id(cat.models[TINY], cat.hardware['1x_cpu'])}"
@@ -45,7 +50,7 @@ def test_a_v1_endpoint_is_a_v2_endpoint_with_one_deployment_of_the_same_name(app
     assert ep["visibility"] == "VISIBILITY_PRIVATE" and ep["endpointType"] == "ENDPOINT_TYPE_DEDICATED"
     (dep,) = ep["deployments"]
     assert dep["id"] == f"dep_{uid}" and dep["name"] == f"{v1['name']}/default"
-    assert dep["modelId"] == model_id(TINY) and dep["autoscaling"] == {"minReplicas": 1, "maxReplicas": 2}
+    assert dep["modelId"] == model_id(TINY) and bounds(dep) == (1, 2)
     assert dep["state"] == "DEPLOYMENT_STATE_PROVISIONING" and dep["hardware"] == "1xcpu"
     assert ep["trafficSplit"] == [{"deploymentId": f"dep_{uid}", "weight": 1.0}]
     full = ok(app.client.get(f"{BASE}/ep_{uid}/deployments/dep_{uid}"))
@@ -91,7 +96,7 @@ def test_a_deployment_made_on_an_unrouted_endpoint_takes_its_traffic_and_leaves_
     ep = new_endpoint(app)
     dep = deploy(app, ep)
     assert dep["id"].startswith("dep_") and dep["name"] == "admin/chat/blue" and dep["endpointId"] == ep["id"]
-    assert dep["autoscaling"] == {"minReplicas": 1, "maxReplicas": 1} and dep["pricing"]["centsPerHourAtMin"]
+    assert bounds(dep) == (1, 1) and dep["pricing"]["centsPerHourAtMin"]
     after = ok(app.client.get(f"{BASE}/{ep['id']}"))
     assert after["etag"] == ep["etag"], "a child change never changes the endpoint's etag"
     assert after["trafficSplit"] == [{"deploymentId": dep["id"], "weight": 1.0}]
@@ -132,14 +137,14 @@ def test_autoscaling_patches_merge_and_zero_over_zero_stops_a_deployment(app: Ap
     dep = deploy(app, ep, lo=1, hi=2)
     path = f"{BASE}/{ep['id']}/deployments/{dep['id']}"
     wider = ok(app.client.patch(path, params={"updateMask": "autoscaling"}, json={"autoscaling": {"maxReplicas": 4}}))
-    assert wider["autoscaling"] == {"minReplicas": 1, "maxReplicas": 4}, "the omitted bound is kept"
+    assert bounds(wider) == (1, 4), "the omitted bound is kept"
     timed = ok(app.client.patch(path, params={"updateMask": "inactiveTimeout"}, json={"inactiveTimeout": 60}))
     assert timed["inactiveTimeout"] == 60 and timed["autoscaling"]["maxReplicas"] == 4
     running = app.client.delete(path)
     assert running.status_code == 409 and "0/0" in running.json()["error"]["message"]
     stopped = ok(app.client.patch(path, params={"updateMask": "autoscaling"},
                                   json={"autoscaling": {"minReplicas": 0, "maxReplicas": 0}}))
-    assert stopped["autoscaling"] == {"minReplicas": 0, "maxReplicas": 0}
+    assert bounds(stopped) == (0, 0)
     assert stopped["status"]["state"] in ("DEPLOYMENT_STATE_STOPPING", "DEPLOYMENT_STATE_STOPPED")
     busy = app.client.delete(f"{BASE}/{ep['id']}")
     assert busy.status_code == 409 and dep["id"] in busy.json()["error"]["message"]
@@ -154,13 +159,13 @@ def test_autoscaling_patches_merge_and_zero_over_zero_stops_a_deployment(app: Ap
 def test_a_stopped_deployment_starts_again_with_bounds(app: App) -> None:
     ep = new_endpoint(app)
     dep = deploy(app, ep, lo=0, hi=0)
-    assert dep["autoscaling"] == {"minReplicas": 0, "maxReplicas": 0}
+    assert bounds(dep) == (0, 0)
     assert dep["status"]["state"] == "DEPLOYMENT_STATE_STOPPED"
     path = f"{BASE}/{ep['id']}/deployments/{dep['id']}"
     lone_min = app.client.patch(path, json={"autoscaling": {"minReplicas": 1}})
     assert lone_min.status_code == 400, "1 over the stopped 0 is min > max"
     started = ok(app.client.patch(path, json={"autoscaling": {"minReplicas": 1, "maxReplicas": 2}}))
-    assert started["autoscaling"] == {"minReplicas": 1, "maxReplicas": 2}
+    assert bounds(started) == (1, 2)
     assert started["status"]["state"] == "DEPLOYMENT_STATE_PROVISIONING"
 
 
@@ -177,7 +182,14 @@ def test_validate_only_prices_a_deployment_and_makes_nothing(app: App) -> None:
     ({"inactiveTimeout": 10}, "inactiveTimeout"),
     ({"inactiveTimeout": 2000}, "inactiveTimeout"),
     ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "autoscaling"),
-    ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scaleUpWindow": "30s"}}, "autoscaling.scaleUpWindow"),
+    ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scaleUpWindow": "soon"}}, "autoscaling.scaleUpWindow"),
+    ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scaleDownWindow": "2h"}}, "autoscaling.scaleDownWindow"),
+    ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scalingMetrics": [
+        {"name": "ttft", "type": "METRIC_TARGET_TYPE_VALUE", "target": 500, "percentile": "p95"}]}},
+     "autoscaling.scalingMetrics[0].name"),
+    ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scaleUp": {
+        "policies": [{"periodSeconds": 0, "type": "SCALING_POLICY_TYPE_PODS", "value": 1}]}}},
+     "autoscaling.scaleUp.policies[0].periodSeconds"),
     ({"config": "configs/cr_x"}, "config"),
     ({"config": f"projects/{CATALOG_PROJECT}/configs/cr_nope"}, None),
     ({"model": f"projects/{CATALOG_PROJECT}/models/ml_other"}, "config"),
@@ -262,3 +274,29 @@ def test_events_come_newest_first_filtered_and_paged_ending_with_the_endpoints_c
     for bad in ({"minLevel": "loud"}, {"since": "yesterday"}, {"deploymentIds": "endpoint-1"}, {"after": "x"},
                 {"sourceKinds": "SOURCE_KIND_POD"}):
         assert app.client.get(f"{BASE}/{ep['id']}/events", params=bad).status_code == 400, bad
+
+
+def test_scaling_rules_are_kept_shown_in_the_v2_form_and_merged_on_update(app: App) -> None:
+    ep = new_endpoint(app)
+    rules = {"scaleUpWindow": "30s", "scaleDownWindow": "5m", "scaleToZeroWindow": "1h",
+             "scalingMetrics": [{"name": "inflight_requests", "type": "METRIC_TARGET_TYPE_AVERAGE_VALUE",
+                                 "target": 4}],
+             "scaleUp": {"policies": [{"periodSeconds": 60, "type": "SCALING_POLICY_TYPE_PODS", "value": 2}]}}
+    dep = ok(app.client.post(f"{BASE}/{ep['id']}/deployments",
+                             json=deployment_body(app, lo=0, hi=4, autoscaling={"minReplicas": 0, "maxReplicas": 4,
+                                                                                **rules})))
+    auto = dep["autoscaling"]
+    assert (auto["scaleUpWindow"], auto["scaleDownWindow"], auto["scaleToZeroWindow"]) == ("30s", "300s", "3600s")
+    assert auto["scalingMetrics"] == [{"name": "inflight_requests", "type": "METRIC_TARGET_TYPE_AVERAGE_VALUE",
+                                       "target": 4.0}]
+    assert auto["scaleUp"] == {"policies": [{"periodSeconds": 60, "type": "SCALING_POLICY_TYPE_PODS", "value": 2}],
+                               "selectPolicy": "SCALING_POLICY_SELECT_MAX"}
+    v1 = ok(app.client.get(f"/v1/endpoints/{dep['legacyId']}"))
+    assert v1["autoscaler"]["target_concurrency"]["value"] == 4.0, "the metric's target is the target concurrency"
+    path = f"{BASE}/{ep['id']}/deployments/{dep['id']}"
+    changed = ok(app.client.patch(path, params={"updateMask": "autoscaling"},
+                                  json={"autoscaling": {"scaleDownWindow": "600s"}}))
+    assert changed["autoscaling"]["scaleDownWindow"] == "600s" and changed["autoscaling"]["scaleUpWindow"] == "30s"
+    assert bounds(changed) == (0, 4), "the bounds not given are kept"
+    plain = deploy(app, ep, "plain")
+    assert plain["autoscaling"]["scaleDownWindow"] == "300s" and "scaleUpWindow" not in plain["autoscaling"]

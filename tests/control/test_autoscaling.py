@@ -388,3 +388,20 @@ def test_autoscaling_settings_are_checked(tmp_path: Path) -> None:
         cfg.write_text(f"[autoscaling]\n{bad}\n")
         with pytest.raises(ConfigError):
             load_settings(env)
+
+
+def test_a_deployments_own_rules_hold_its_scale_up_for_its_window_and_cap_its_rate(tmp_path: Path) -> None:
+    from dedicate.domain.scaling import Kind, RatePolicy, RateRules, ScalingRules
+
+    f = Fleet(tmp_path)
+    e = f.create(ALICE, 1, 8, autoscaling={"target_concurrency": 1})
+    f.settle()
+    rules = ScalingRules(up_window_s=20, up=RateRules((RatePolicy(Kind.PODS, 2, 600),)))
+    ep = f.store.get_endpoint(e)
+    assert ep is not None and f.store.update_endpoint(ep, f.clock.now(), None, scaling_rules=rules.to_json())
+    f.run_for(10, {e: (8, 0)})
+    assert f.ep(e)["desired"] == 1, "inside the up window: held"
+    f.run_for(30, {e: (8, 0)})
+    assert f.ep(e)["desired"] == 3, "after the window, as far as 2 replicas per 10 minutes allow"
+    assert any("up window" in m and "scaleUp policies allow 3" in m for m in f.events(e, "scaled")), \
+        f.events(e, "scaled")

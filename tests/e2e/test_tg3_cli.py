@@ -35,6 +35,11 @@ MODEL = "dedicate/tiny-chat"
 CALL_TIMEOUT_S = 60.0
 
 
+def bounds(obj: dict[str, Any]) -> tuple[int, int]:
+    """A deployment's (minReplicas, maxReplicas)."""
+    return obj["autoscaling"]["minReplicas"], obj["autoscaling"]["maxReplicas"]
+
+
 def tg3_bin() -> Path:
     """`tg` of the 3.1.1 environment; missing is a failure, never a skip."""
     path = ROOT / ".venv-tg3" / "bin" / "tg"
@@ -191,7 +196,8 @@ def deployer(tg3: Tg3) -> Tg3:
 @pytest.fixture(scope="module")
 def chat(deployer: Tg3) -> dict[str, Any]:
     out = deployer.ok("endpoints", "deploy", MODEL, "--endpoint", "chat", "--min-replicas", "1",
-                      "--max-replicas", "2", "--deployment-name", "blue")
+                      "--max-replicas", "2", "--deployment-name", "blue", "--scale-up-window", "30",
+                      "--scale-down-window", "5m", "--scaling-metric", "inflight_requests", "--scaling-target", "2")
     return out  # type: ignore[no-any-return]
 
 
@@ -199,8 +205,19 @@ def test_tg3_deploy_makes_an_endpoint_with_a_provisioning_deployment(chat: dict[
     ep, dep = chat["endpoint"], chat["deployment"]
     assert ep["name"] == "tess/chat" and ep["id"].startswith("ep_")
     assert dep["name"] == "tess/chat/blue" and dep["id"].startswith("dep_")
-    assert dep["autoscaling"] == {"minReplicas": 1, "maxReplicas": 2}
+    assert bounds(dep) == (1, 2)
     assert dep["status"]["state"] == "DEPLOYMENT_STATE_PROVISIONING"
+    auto = dep["autoscaling"]
+    assert (auto["scaleUpWindow"], auto["scaleDownWindow"]) == ("30s", "300s")
+    assert auto["scalingMetrics"][0]["name"] == "inflight_requests" and auto["scalingMetrics"][0]["target"] == 2
+
+
+def test_tg3_deploy_with_a_metric_dedicate_cannot_observe_is_refused_naming_the_one_it_can(deployer: Tg3) -> None:
+    refused = deployer("endpoints", "deploy", MODEL, "--endpoint", "chat-ttft", "--scaling-metric", "ttft",
+                       "--scaling-target", "500", "--scaling-percentile", "p95")
+    assert refused.rc == 1 and "inflight_requests" in refused.stdout + refused.stderr, str(refused)
+    assert all(e["name"] != "tess/chat-ttft" for e in deployer.ok("endpoints", "ls")["data"]), \
+        "the endpoint made for the deploy is rolled back"
 
 
 def test_tg3_ls_and_get_by_name_and_by_id_show_the_endpoint(deployer: Tg3, chat: dict[str, Any]) -> None:
@@ -246,8 +263,9 @@ def test_tg3_update_changes_bounds_and_inactive_timeout_and_events_show_it(deplo
                                                                          server: Server) -> None:
     dep_id = chat["deployment"]["id"]
     out = deployer.ok("endpoints", "update", dep_id, "--min-replicas", "1", "--max-replicas", "3",
-                      "--inactive-timeout", "45")
-    assert out["autoscaling"] == {"minReplicas": 1, "maxReplicas": 3} and out["inactiveTimeout"] == 45
+                      "--inactive-timeout", "45", "--scale-down-window", "10m")
+    assert bounds(out) == (1, 3) and out["inactiveTimeout"] == 45
+    assert out["autoscaling"]["scaleDownWindow"] == "600s" and out["autoscaling"]["scaleUpWindow"] == "30s"
     events = deployer.ok("endpoints", "events", "chat", "--deployment-ids", dep_id, "--types",
                          "deployment.created,deployment.updated", "--limit", "20")
     data = events["data"] if isinstance(events, dict) else events
@@ -263,7 +281,7 @@ def test_tg3_rm_of_a_running_deployment_stops_it_then_removes_it(deployer: Tg3, 
     first = deployer("endpoints", "rm", green["id"])
     assert first.rc == 1 and "retry" in first.stdout.lower(), str(first)  # refused while running; scaled to 0/0
     stopped = v2(server, key, f"/endpoints/{ep_id}/deployments/{green['id']}")
-    assert stopped["autoscaling"] == {"minReplicas": 0, "maxReplicas": 0}
+    assert bounds(stopped) == (0, 0)
     deployer.ok("endpoints", "rm", green["id"])
     left = v2(server, key, f"/endpoints/{ep_id}")
     assert [d["name"] for d in left["deployments"]] == ["tess/chat/blue"]

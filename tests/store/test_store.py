@@ -198,7 +198,7 @@ def test_signal_rows_nobody_writes_are_deleted_after_an_hour_without_changing_th
     assert store.signals(later, fresh_s=3600)[ep.id].in_flight == 2 + 7, "rows within the hour still count"
 
 
-ROUTE_COLUMNS = {"route_id", "deployment_name"}  # added by 0008
+ROUTE_COLUMNS = {"route_id", "deployment_name", "scaling_rules"}  # added by 0008 and 0009
 
 
 def insert_old_endpoint(engine: Engine, ep: Endpoint) -> None:

@@ -42,6 +42,7 @@ from dedicate.domain.routes import (
     deployment_state,
     traffic_shares,
 )
+from dedicate.domain.scaling import Kind, RateRules, ScalingRules, Select, duration_text
 from dedicate.domain.status import replica_counts
 
 
@@ -234,9 +235,48 @@ class InstanceTypeList(V2):
 
 # endpoints and deployments ----------------------------------------------------------------------
 
+class PolicyOut(V2):
+    period_seconds: int
+    type: Kind
+    value: int
+
+
+class RateOut(V2):
+    policies: list[PolicyOut]
+    select_policy: Select
+
+
+class MetricOut(V2):
+    name: Literal["inflight_requests"] = "inflight_requests"
+    type: Literal["METRIC_TARGET_TYPE_AVERAGE_VALUE"] = "METRIC_TARGET_TYPE_AVERAGE_VALUE"
+    target: float
+
+
 class AutoscalingOut(V2):
+    """The bounds and the scaling rules in force (windows and rates only where set; the metric always)."""
+
     min_replicas: int
     max_replicas: int
+    scale_up_window: str | None = Field(None, exclude_if=lambda v: v is None)
+    scale_down_window: str
+    scale_to_zero_window: str
+    scaling_metrics: list[MetricOut]
+    scale_up: RateOut | None = Field(None, exclude_if=lambda v: v is None)
+    scale_down: RateOut | None = Field(None, exclude_if=lambda v: v is None)
+
+    @classmethod
+    def of(cls, lo: int, hi: int, rules: ScalingRules, down_default_s: float, target: float) -> AutoscalingOut:
+        def rate(r: RateRules) -> RateOut | None:
+            if not r.limits:
+                return None
+            return RateOut(policies=[PolicyOut(period_seconds=p.period_s, type=p.kind, value=p.value)
+                                     for p in r.policies], select_policy=r.select)
+        down = down_default_s if rules.down_window_s is None else rules.down_window_s
+        return cls(min_replicas=lo, max_replicas=hi,
+                   scale_up_window=duration_text(rules.up_window_s) if rules.up_window_s else None,
+                   scale_down_window=duration_text(down),
+                   scale_to_zero_window=duration_text(down if rules.zero_window_s is None else rules.zero_window_s),
+                   scaling_metrics=[MetricOut(target=target)], scale_up=rate(rules.up), scale_down=rate(rules.down))
 
 
 class DeploymentStatusOut(V2):
@@ -257,7 +297,8 @@ class Pricing(V2):
 class _Facts:
     """What a deployment's v2 objects are built from, worked out once."""
 
-    def __init__(self, route: Route, view: EndpointView, catalog: Catalog, share: float | None) -> None:
+    def __init__(self, route: Route, view: EndpointView, catalog: Catalog, share: float | None,
+                 down_default_s: float) -> None:
         ep = view.endpoint
         self.ep = ep
         self.id = deployment_id(ep.id)
@@ -265,8 +306,9 @@ class _Facts:
         self.counts = replica_counts(ep, view.replicas)
         self.state = deployment_state(ep, self.counts)
         stopped = ep.intent is Intent.STOP or ep.deleted_at is not None
-        self.autoscaling = AutoscalingOut(min_replicas=0 if stopped else ep.min_replicas,
-                                          max_replicas=0 if stopped else ep.max_replicas)
+        target = view.target.value if view.target is not None else (ep.target_concurrency or 1.0)
+        self.autoscaling = AutoscalingOut.of(0 if stopped else ep.min_replicas, 0 if stopped else ep.max_replicas,
+                                             ScalingRules.from_json(ep.scaling_rules), down_default_s, target)
         spec, hw = catalog.models.get(ep.model), catalog.hardware.get(ep.hardware)
         self.model_id = model_id(ep.model)
         self.model = model_path(CATALOG_PROJECT, self.model_id)
@@ -333,8 +375,9 @@ class DeploymentOut(V2):
     updated_at: Time
 
     @classmethod
-    def of(cls, route: Route, view: EndpointView, catalog: Catalog, share: float | None) -> DeploymentOut:
-        f = _Facts(route, view, catalog, share)
+    def of(cls, route: Route, view: EndpointView, catalog: Catalog, share: float | None,
+           down_default_s: float) -> DeploymentOut:
+        f = _Facts(route, view, catalog, share, down_default_s)
         ep = f.ep
         hw = catalog.hardware.get(ep.hardware)
         return cls(id=f.id, name=f.name, endpoint_id=route.id, project_id=Project.of(route.owner).id,
@@ -373,7 +416,7 @@ class EndpointOut(V2):
     updated_at: Time
 
     @classmethod
-    def of(cls, rv: RouteView, catalog: Catalog) -> EndpointOut:
+    def of(cls, rv: RouteView, catalog: Catalog, down_default_s: float) -> EndpointOut:
         route = rv.route
         live = {v.endpoint.id for v in rv.deployments}
         shares = route_shares(rv)
@@ -381,7 +424,8 @@ class EndpointOut(V2):
                    etag=route.etag,
                    traffic_split=[SplitOut(deployment_id=deployment_id(e.deployment), weight=e.weight)
                                   for e in route.split if e.deployment in live],
-                   deployments=[DeploymentSummary.of(_Facts(route, v, catalog, shares.get(v.endpoint.id)))
+                   deployments=[DeploymentSummary.of(_Facts(route, v, catalog, shares.get(v.endpoint.id),
+                                                            down_default_s))
                                 for v in rv.deployments],
                    created_at=route.created_at, updated_at=route.updated_at)
 

@@ -31,6 +31,20 @@ The rules, for one endpoint:
 5. **Bounds.** Every answer is clamped to ``[min_replicas, max_replicas]``;
    bounds changed by the user apply on the next pass.
 
+A deployment's v2 scaling rules (``domain/scaling.py``) tune these:
+
+6. **The up window** (``up_window_s``, 0 by default: at once) holds an increase
+   until the load has asked for it that long: the count rises to the smallest
+   recommendation of the window, so a burst shorter than the window moves
+   nothing. **The down window** is ``stabilisation_s``. **The zero window**
+   (``zero_window_s``, the down window by default) is how long a deployment with
+   ``min_replicas`` 0 must see no request before it has no replica; until then
+   it keeps one.
+7. **Rates.** Each direction's policies cap how far the count may move from the
+   count at the start of their period (``n`` replicas, or ``n`` % of it, rounded
+   up, at least one); ``MAX`` takes the policy that allows the larger move,
+   ``MIN`` the smaller, and ``DISABLED`` never moves that way.
+
 The window is kept as a monotone queue of (time, recommendation) pairs, each
 older than all after it and strictly larger: its first fresh entry is the
 window's maximum, and it never holds more than ``max_replicas + 1`` entries.
@@ -42,8 +56,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+
+from dedicate.domain.scaling import RateRules, Select
 
 STATE_VERSION = 1
 
@@ -72,9 +88,13 @@ class PolicyConfig:
     min_replicas: int
     max_replicas: int
     target_concurrency: float
-    stabilisation_s: float = 300.0
+    stabilisation_s: float = 300.0  # the down window
     kv_cache_target: float = 0.8
     bucket_s: float = 10.0
+    up_window_s: float = 0.0  # an increase waits until the load has asked for it this long
+    zero_window_s: float | None = None  # silence before no replica is left (None: the down window)
+    up_rate: RateRules = field(default_factory=RateRules)  # how far the count may rise per period
+    down_rate: RateRules = field(default_factory=RateRules)
 
 
 @dataclass(frozen=True)
@@ -90,13 +110,23 @@ class PolicyState:
     window: tuple[tuple[float, int], ...] = ()  # (time rounded up to a bucket, recommendation)
     set_to: int | None = None  # the desired count this policy last decided
     last: LastDecision | None = None
+    up_window: tuple[tuple[float, int], ...] = ()  # the up window's recommendations, smallest first
+    counts: tuple[tuple[float, int], ...] = ()  # (time, desired count from then), for the rate periods
+    busy_at: float | None = None  # the last time the load asked for a replica
 
     def to_json(self) -> str:
-        return json.dumps({
+        out: dict[str, object] = {
             "v": STATE_VERSION, "window": [[t, r] for t, r in self.window], "set_to": self.set_to,
             "last": None if self.last is None else
             {"at": self.last.at, "before": self.last.before, "after": self.last.after, "why": self.last.why},
-        }, separators=(",", ":"), sort_keys=True)
+        }
+        if self.up_window:
+            out["up"] = [[t, r] for t, r in self.up_window]
+        if self.counts:
+            out["counts"] = [[t, r] for t, r in self.counts]
+        if self.busy_at is not None:
+            out["busy_at"] = self.busy_at
+        return json.dumps(out, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> PolicyState:
@@ -109,9 +139,13 @@ class PolicyState:
                 return cls()
             window = tuple((float(t), int(r)) for t, r in raw.get("window", []))
             last = raw.get("last")
+            busy = raw.get("busy_at")
             return cls(window, None if raw.get("set_to") is None else int(raw["set_to"]),
                        None if last is None else LastDecision(float(last["at"]), int(last["before"]),
-                                                              int(last["after"]), str(last["why"])))
+                                                              int(last["after"]), str(last["why"])),
+                       tuple((float(t), int(r)) for t, r in raw.get("up", [])),
+                       tuple((float(t), int(r)) for t, r in raw.get("counts", [])),
+                       None if busy is None else float(busy))
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls()
 
@@ -166,6 +200,48 @@ def _push(window: tuple[tuple[float, int], ...], t: float, rec: int, horizon: fl
     return tuple(kept)
 
 
+def _push_min(window: tuple[tuple[float, int], ...], t: float, rec: int,
+              horizon: float) -> tuple[tuple[float, int], ...]:
+    """The up window: entries strictly growing, so the first fresh one is the window's minimum."""
+    kept = [(at, r) for at, r in window if at >= horizon]
+    while kept and kept[-1][1] >= rec:
+        kept.pop()
+    kept.append((t, rec))
+    return tuple(kept)
+
+
+def _count_at(counts: tuple[tuple[float, int], ...], when: float, current: int) -> int:
+    """The desired count in effect at ``when``; before the first record, the first record's."""
+    found = counts[0][1] if counts else current
+    for at, n in counts:
+        if at > when:
+            break
+        found = n
+    return found
+
+
+def _rate_limited(wanted: int, current: int, rules: RateRules, counts: tuple[tuple[float, int], ...],
+                  t: float, up: bool) -> tuple[int, str]:
+    """``wanted`` as far as ``rules`` let the count move from ``current`` now, and why when they held it."""
+    name = "scaleUp" if up else "scaleDown"
+    if rules.select is Select.DISABLED:
+        return current, f"{name} is disabled (selectPolicy)"
+    if not rules.policies:
+        return wanted, ""
+    limits = []
+    for p in rules.policies:
+        start = _count_at(counts, t - p.period_s, current)
+        step = p.allowed(start)
+        limits.append(start + step if up else start - step)
+    pick = max if (rules.select is Select.MAX) == up else min
+    limit = pick(limits)
+    if up and wanted > limit:
+        return max(limit, current), f"{name} policies allow {max(limit, current)} now"
+    if not up and wanted < limit:
+        return min(limit, current), f"{name} policies allow {min(limit, current)} now"
+    return wanted, ""
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
@@ -185,16 +261,36 @@ def decide(inputs: Inputs, state: PolicyState, now: datetime, config: PolicyConf
         window = _push(window, bucket, current, horizon)
     window = _push(window, bucket, rec.replicas, horizon)
     held = window[0][1]  # the largest recommendation still inside the window
+    up_window = state.up_window
+    sustained = rec.replicas
+    if config.up_window_s > 0:
+        up_horizon = t - config.up_window_s
+        if not up_window:
+            up_window = _push_min(up_window, bucket, current, up_horizon)  # a fresh start waits a window too
+        up_window = _push_min(up_window, bucket, rec.replicas, up_horizon)
+        sustained = up_window[0][1]  # the smallest recommendation inside the up window
+    # The last moment the load asked for a replica, to the bucket; a fresh state counts from now.
+    busy_at = bucket if rec.replicas > 0 or (state.busy_at is None and state.set_to is None) else state.busy_at
+    zero_window = config.stabilisation_s if config.zero_window_s is None else config.zero_window_s
 
     if rec.replicas > current:
-        wanted, why = rec.replicas, rec.why
+        wanted = min(rec.replicas, max(sustained, current))  # held at current: the up window is not over
+        why = rec.why if config.up_window_s <= 0 else \
+            f"{rec.why}; {wanted} asked for through the up window of {_minutes(config.up_window_s)}"
     elif held < current:
         wanted = held
         if held == 0 and lo < current:
-            quiet = f"no traffic for {_minutes(config.stabilisation_s)}"
-            wanted = lo  # the bounds say where silence ends
-            why = f"{quiet}; scaled to zero (the next request starts one)" if lo == 0 else \
-                f"{quiet}; down to min_replicas {lo}"
+            quiet_s = t - busy_at if busy_at is not None else None
+            if lo == 0 and quiet_s is not None and quiet_s < zero_window and current > 1:
+                wanted, why = 1, (f"at most 1 needed in the last {_minutes(config.stabilisation_s)}; no traffic "
+                                  f"for {_minutes(quiet_s)}, under the zero window of {_minutes(zero_window)}")
+            elif lo == 0 and quiet_s is not None and quiet_s < zero_window:
+                wanted, why = current, ""
+            else:
+                quiet = f"no traffic for {_minutes(max(config.stabilisation_s, zero_window if lo == 0 else 0))}"
+                wanted = lo  # the bounds say where silence ends
+                why = f"{quiet}; scaled to zero (the next request starts one)" if lo == 0 else \
+                    f"{quiet}; down to min_replicas {lo}"
         elif held == 0:
             why = ""
         else:
@@ -202,6 +298,15 @@ def decide(inputs: Inputs, state: PolicyState, now: datetime, config: PolicyConf
                    f"(now {rec.why})")
     else:
         wanted, why = current, ""
+    counts = state.counts or ((t, current),)
+    if state.set_to is not None and current != state.set_to:
+        counts = (*counts, (t, current))  # set by someone else: the periods count from it
+    if wanted != current:
+        rules = config.up_rate if wanted > current else config.down_rate
+        limited, because = _rate_limited(wanted, current, rules, counts, t, wanted > current)
+        if limited != wanted:
+            wanted = limited
+            why = f"{why}; {because}" if limited != current else ""
     desired = min(max(wanted, lo), hi)
     if desired != wanted:
         capped = wanted > hi
@@ -209,7 +314,12 @@ def decide(inputs: Inputs, state: PolicyState, now: datetime, config: PolicyConf
         why = f"{why}; held at {bound}" if why else \
             f"{'capped at' if capped else 'raised to'} {bound} (now {rec.why})"
 
-    new_state = replace(state, window=window, set_to=desired)
+    if desired != current:
+        longest = max((p.period_s for r in (config.up_rate, config.down_rate) for p in r.policies), default=0)
+        older = [c for c in counts if c[0] < t - longest]
+        counts = (*older[-1:], *(c for c in counts if c[0] >= t - longest), (t, desired))
+    new_state = replace(state, window=window, set_to=desired, up_window=up_window, counts=counts,
+                        busy_at=busy_at)
     if desired == current:
         return Decision(desired, new_state, None)
     explanation = f"{current} → {desired}: {why}"

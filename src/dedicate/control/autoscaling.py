@@ -36,6 +36,7 @@ from dedicate.control.capacity import engine_for
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.records import Endpoint, EndpointSignals, Replica
 from dedicate.domain.replicas import ReplicaStatus
+from dedicate.domain.scaling import ScalingRules
 from dedicate.domain.status import replica_counts
 from dedicate.engines.metrics import EngineSample
 from dedicate.engines.registry import engine
@@ -162,9 +163,13 @@ class Autoscaler:
             ready=counts.ready, starting=counts.starting, engine_waiting=sum(waiting) if waiting else None,
             kv_cache_usage=max(kv) if kv else None, peak_load=sig.peak_load if sig else 0)
         target = target_for(self.settings, nodes, ep)
+        rules = ScalingRules.from_json(ep.scaling_rules)
         config = PolicyConfig(ep.min_replicas, ep.max_replicas, target.value,
-                              stabilisation_s=self.config.stabilisation_s,
-                              kv_cache_target=self.config.kv_cache_target, bucket_s=self.config.bucket_s)
+                              stabilisation_s=self.config.stabilisation_s if rules.down_window_s is None
+                              else rules.down_window_s,
+                              kv_cache_target=self.config.kv_cache_target, bucket_s=self.config.bucket_s,
+                              up_window_s=rules.up_window_s or 0.0, zero_window_s=rules.zero_window_s,
+                              up_rate=rules.up, down_rate=rules.down)
         decision = decide(inputs, PolicyState.from_json(ep.autoscale_state), now, config)
         changes: dict[str, object] = {}
         if decision.desired != ep.desired_replicas:

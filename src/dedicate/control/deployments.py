@@ -37,6 +37,7 @@ from dedicate.domain.routes import (
     record_id,
     scaled_between,
 )
+from dedicate.domain.scaling import ScalingRules
 from dedicate.store.repos import Store
 
 DEFAULT_PAGE = 50
@@ -279,13 +280,17 @@ class Deployments:
         lo = body.autoscaling.min_replicas if body.autoscaling.min_replicas is not None else 1
         hi = body.autoscaling.max_replicas if body.autoscaling.max_replicas is not None else lo
         stopped = lo == 0 and hi == 0
+        rules = body.autoscaling.parsed()
         req = CreateEndpoint.model_validate({
             "model": offer.model.name, "hardware": offer.hardware.id,
-            "autoscaling": {"min_replicas": lo, "max_replicas": max(hi, 1) if stopped else hi},
+            "autoscaling": {"min_replicas": lo, "max_replicas": max(hi, 1) if stopped else hi,
+                            "target_concurrency": rules.target},
             "inactive_timeout": body.inactive_timeout or None, "state": "STOPPED" if stopped else "STARTED",
             "availability_zone": self._zone(body.placement)})
         caller = replace(principal, owner=owner)  # an admin acting in a project acts as its owner
-        view = self.svc.create(caller, req, dry_run=validate_only, into=Joining(route, name))
+        stored = rules.merged(ScalingRules())
+        joining = Joining(route, name, None if stored == ScalingRules() else stored.to_json())
+        view = self.svc.create(caller, req, dry_run=validate_only, into=joining)
         if not validate_only:
             route = self._route(owner, route.id)  # a first deployment took the split
         return route, view
@@ -308,23 +313,43 @@ class Deployments:
         patch: dict[str, Any] = {}
         if "autoscaling" in given and body.autoscaling is not None:
             a = body.autoscaling
-            stopped = ep.intent is Intent.STOP
-            lo = a.min_replicas if a.min_replicas is not None else (0 if stopped else ep.min_replicas)
-            hi = a.max_replicas if a.max_replicas is not None else (0 if stopped else ep.max_replicas)
-            if lo == 0 and hi == 0:
-                patch["state"] = "STOPPED"
-            else:
-                if hi == 0 or lo > hi:
-                    raise InvalidRequest(f"autoscaling.minReplicas ({lo}) must not exceed maxReplicas ({hi}); "
-                                         "0/0 stops the deployment", param="autoscaling")
-                patch["autoscaling"] = {"min_replicas": lo, "max_replicas": hi}
-                if stopped:
-                    patch["state"] = "STARTED"
+            parsed = a.parsed()
+            rules = parsed.merged(ScalingRules.from_json(ep.scaling_rules))
+            if rules != ScalingRules.from_json(ep.scaling_rules):
+                self._set_rules(ep, rules)
+            if parsed.target is not None:
+                patch["autoscaling"] = {"target_concurrency": parsed.target}
+            if a.min_replicas is not None or a.max_replicas is not None:
+                stopped = ep.intent is Intent.STOP
+                lo = a.min_replicas if a.min_replicas is not None else (0 if stopped else ep.min_replicas)
+                hi = a.max_replicas if a.max_replicas is not None else (0 if stopped else ep.max_replicas)
+                if lo == 0 and hi == 0:
+                    patch["state"] = "STOPPED"
+                else:
+                    if hi == 0 or lo > hi:
+                        raise InvalidRequest(f"autoscaling.minReplicas ({lo}) must not exceed maxReplicas ({hi}); "
+                                             "0/0 stops the deployment", param="autoscaling")
+                    patch["autoscaling"] = {**patch.get("autoscaling", {}), "min_replicas": lo, "max_replicas": hi}
+                    if stopped:
+                        patch["state"] = "STARTED"
         if "inactive_timeout" in given:
             patch["inactive_timeout"] = body.inactive_timeout or 0
         view = self.svc.update(replace(principal, owner=owner), ep.id, EndpointPatch.model_validate(patch)) \
-            if patch else self.svc.view(ep)
+            if patch else self.svc.view(self._member(route, deployment_id(ep.id)))
         return route, view
+
+    def _set_rules(self, ep: Endpoint, rules: ScalingRules) -> None:
+        """The deployment's scaling rules, in a guarded write of their own (retried on a concurrent change)."""
+        for _ in range(5):
+            if self.store.update_endpoint(ep, self.svc.clock.now(), ("updated", "scaling rules set"),
+                                          scaling_rules=rules.to_json()):
+                self.svc.wake()
+                return
+            fresh = self.store.get_endpoint(ep.id)
+            if fresh is None:
+                raise deployment_not_found(deployment_id(ep.id))
+            ep = fresh
+        raise InvalidRequest("the deployment changed while updating it; try again")
 
     def delete_deployment(self, principal: Principal, owner: str, route_key: str, key: str,
                           etag: str | None) -> None:

@@ -1,12 +1,13 @@
 """The v2 API's bodies: camelCase, unknown fields refused, as Together's proto messages are.
 
-Autoscaling takes the bounds today; the v2 scaling rules (windows, metrics, rate policies) are
-refused with a 400 naming what is supported until the policy applies them, so a deployment
-never looks as if it honoured a rule that nothing reads.
+Autoscaling takes the bounds and v2's scaling rules (windows, the metric, rate policies), each
+checked with the request by ``domain/scaling.py``: a metric dedicate cannot observe is a 400
+naming the one it can.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,8 +15,8 @@ from pydantic.alias_generators import to_camel
 
 from dedicate.domain.endpoints import MAX_REPLICAS
 from dedicate.domain.errors import InvalidRequest
+from dedicate.domain.scaling import RateRules, ScalingRules, parse_duration, parse_metric, parse_rate_rules
 
-NOT_YET = ("scaleUpWindow", "scaleDownWindow", "scaleToZeroWindow", "scalingMetrics", "scaleUp", "scaleDown")
 INACTIVE_MIN, INACTIVE_MAX = 30, 1440
 
 
@@ -45,22 +46,54 @@ class EndpointPatchIn(V2Body):
 
 
 class AutoscalingIn(V2Body):
-    """Bounds; omitted ones keep their value on update. 0/0 stops the deployment."""
+    """Bounds and v2's scaling rules; on update, what is omitted keeps its value. 0/0 stops the deployment."""
 
     min_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS)
     max_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS)
+    scale_up_window: str | None = Field(default=None, description='a duration, e.g. "30s": an increase waits '
+                                                                  "until the load has asked for it that long")
+    scale_down_window: str | None = Field(default=None, description='a duration; default "300s"')
+    scale_to_zero_window: str | None = Field(default=None, description="silence before no replica is left "
+                                                                       "(minReplicas 0); default: the down window")
+    scaling_metrics: list[dict[str, Any]] | None = Field(
+        default=None, description="one metric: inflight_requests (METRIC_TARGET_TYPE_AVERAGE_VALUE) and its target")
+    scale_up: dict[str, Any] | None = Field(default=None, description="{policies: [{periodSeconds, type, value}], "
+                                                                      "selectPolicy}")
+    scale_down: dict[str, Any] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _supported(cls, data: object) -> object:
-        if isinstance(data, dict):
-            given = [k for k in NOT_YET if k in data]
-            if given:
-                raise InvalidRequest(
-                    f"autoscaling.{given[0]} is not supported by dedicate yet: deployments take "
-                    "autoscaling.minReplicas and autoscaling.maxReplicas, and scale on requests in flight "
-                    "per replica (docs/api-v2.md)", param=f"autoscaling.{given[0]}")
-        return data
+    @model_validator(mode="after")
+    def _rules(self) -> AutoscalingIn:
+        self.parsed()  # every rule is checked with the request, before anything is stored
+        return self
+
+    def parsed(self) -> ParsedRules:
+        windows = {}
+        for name, value in (("scaleUpWindow", self.scale_up_window), ("scaleDownWindow", self.scale_down_window),
+                            ("scaleToZeroWindow", self.scale_to_zero_window)):
+            if value is not None:
+                windows[name] = parse_duration(value, f"autoscaling.{name}")
+        return ParsedRules(windows, parse_metric(self.scaling_metrics),
+                           parse_rate_rules(self.scale_up, "autoscaling.scaleUp") if self.scale_up is not None
+                           else None,
+                           parse_rate_rules(self.scale_down, "autoscaling.scaleDown") if self.scale_down is not None
+                           else None)
+
+
+@dataclass(frozen=True)
+class ParsedRules:
+    windows: dict[str, float]  # the windows given, by their v2 names, in seconds
+    target: float | None  # inflight_requests' target, when a metric was given
+    up: RateRules | None
+    down: RateRules | None
+
+    def merged(self, rules: ScalingRules) -> ScalingRules:
+        """``rules`` with what was given here."""
+        w = self.windows
+        return ScalingRules(up_window_s=w.get("scaleUpWindow", rules.up_window_s),
+                            down_window_s=w.get("scaleDownWindow", rules.down_window_s),
+                            zero_window_s=w.get("scaleToZeroWindow", rules.zero_window_s),
+                            up=self.up if self.up is not None else rules.up,
+                            down=self.down if self.down is not None else rules.down)
 
 
 def _inactive(value: object) -> int | None:

@@ -44,6 +44,7 @@ class Endpoint:
     last_request_at: datetime | None = None
     route_id: str | None = None  # the route (v2's endpoint) this deployment belongs to
     deployment_name: str | None = None  # its name there
+    scaling_rules: str | None = None  # v2's windows and rate policies (domain/scaling.py), as JSON
 
     def within_bounds(self, replicas: int) -> int:
         """``replicas`` clamped to [min_replicas, max_replicas]."""

@@ -139,6 +139,7 @@ class EndpointRow(Base):
     # The route (v2's endpoint) this deployment belongs to, and its name there.
     route_id: Mapped[str | None] = mapped_column(ForeignKey("routes.id"), nullable=True, index=True)
     deployment_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    scaling_rules: Mapped[str | None] = mapped_column(Text, nullable=True)  # domain/scaling.py, as JSON
 
     # GET /v1/endpoints pages in (created_at, id) order, an owner's or everyone's: from an index, a
     # page costs its own rows, not a sort of every endpoint ever made

@@ -42,6 +42,11 @@ Mask = Annotated[str | None, Query(alias="updateMask", description="comma-separa
 Etag = Annotated[str | None, Query(description="the etag last read; a different one is a 409")]
 
 
+def down_s(svc: Services) -> float:
+    """The installation's down window: a deployment's when it sets none."""
+    return svc.settings.autoscaling.stabilisation_s
+
+
 def deployments(svc: Services) -> Deployments:
     return Deployments(svc, Offerings(svc, svc.started_at))
 
@@ -53,7 +58,7 @@ async def create_endpoint(p: Caller, svc: Svc, project_id: str, body: EndpointIn
     """An endpoint with no deployment yet (unrouted); 409 if the name is taken in the project."""
     owner = owner_in(p, project_id)
     rv = await call(deployments(svc).create_endpoint, owner, body)
-    return EndpointOut.of(rv, svc.catalog)
+    return EndpointOut.of(rv, svc.catalog, down_s(svc))
 
 
 @router.get(BASE, response_model=EndpointPage, responses=responses(400, 404))
@@ -67,14 +72,14 @@ async def list_endpoints(
     owner = owner_in(p, project_id)
     views, cursor = await call(deployments(svc).list_endpoints, owner, filter=filter or None,
                                order_by=order_by or None, after=after or None, limit=limit)
-    return EndpointPage(data=[EndpointOut.of(v, svc.catalog) for v in views], next_cursor=cursor)
+    return EndpointPage(data=[EndpointOut.of(v, svc.catalog, down_s(svc)) for v in views], next_cursor=cursor)
 
 
 @router.get(BASE + "/{endpoint_id}", response_model=EndpointOut, responses=responses(404))
 async def get_endpoint(p: Caller, svc: Svc, project_id: str, endpoint_id: str) -> EndpointOut:
     """By id (``ep_…``) or by name."""
     rv = await call(deployments(svc).get_endpoint, owner_in(p, project_id), endpoint_id)
-    return EndpointOut.of(rv, svc.catalog)
+    return EndpointOut.of(rv, svc.catalog, down_s(svc))
 
 
 @router.patch(BASE + "/{endpoint_id}", response_model=EndpointOut, responses=responses(400, 404, 409))
@@ -84,7 +89,7 @@ async def update_endpoint(p: Caller, svc: Svc, project_id: str, endpoint_id: str
     owner = owner_in(p, project_id)
     fields = parse_mask(update_mask, ENDPOINT_FIELDS)
     rv = await call(deployments(svc).update_endpoint, owner, endpoint_id, body, fields)
-    return EndpointOut.of(rv, svc.catalog)
+    return EndpointOut.of(rv, svc.catalog, down_s(svc))
 
 
 @router.delete(BASE + "/{endpoint_id}", status_code=204, response_class=Response, responses=responses(404, 409))
@@ -110,7 +115,7 @@ async def create_deployment(
     route, view = await call(deployments(svc).create_deployment, p, owner, endpoint_id, body,
                              validate_only=validate_only)
     share = None if validate_only else traffic_shares(route.split, {}).get(view.endpoint.id, 0.0)
-    return DeploymentOut.of(route, view, svc.catalog, share)
+    return DeploymentOut.of(route, view, svc.catalog, share, down_s(svc))
 
 
 @router.get(BASE + "/{endpoint_id}/deployments", response_model=DeploymentPage, responses=responses(404))
@@ -118,7 +123,7 @@ async def list_deployments(p: Caller, svc: Svc, project_id: str, endpoint_id: st
     """Every deployment of the endpoint, oldest first (one page: an endpoint holds few)."""
     rv = await call(deployments(svc).list_deployments, owner_in(p, project_id), endpoint_id)
     shares = route_shares(rv)
-    return DeploymentPage(data=[DeploymentOut.of(rv.route, v, svc.catalog, shares.get(v.endpoint.id))
+    return DeploymentPage(data=[DeploymentOut.of(rv.route, v, svc.catalog, shares.get(v.endpoint.id), down_s(svc))
                                 for v in rv.deployments], next_cursor=None)
 
 
@@ -128,7 +133,7 @@ async def get_deployment(p: Caller, svc: Svc, project_id: str, endpoint_id: str,
                          deployment_id: str) -> DeploymentOut:
     """By id (``dep_…``) or by name."""
     route, view = await call(deployments(svc).get_deployment, owner_in(p, project_id), endpoint_id, deployment_id)
-    return DeploymentOut.of(route, view, svc.catalog, None)
+    return DeploymentOut.of(route, view, svc.catalog, None, down_s(svc))
 
 
 @router.patch(BASE + "/{endpoint_id}/deployments/{deployment_id}", response_model=DeploymentOut,
@@ -139,7 +144,7 @@ async def update_deployment(p: Caller, svc: Svc, project_id: str, endpoint_id: s
     owner = owner_in(p, project_id)
     fields = parse_mask(update_mask, DEPLOYMENT_FIELDS)
     route, view = await call(deployments(svc).update_deployment, p, owner, endpoint_id, deployment_id, body, fields)
-    return DeploymentOut.of(route, view, svc.catalog, None)
+    return DeploymentOut.of(route, view, svc.catalog, None, down_s(svc))
 
 
 @router.delete(BASE + "/{endpoint_id}/deployments/{deployment_id}", status_code=204, response_class=Response,
