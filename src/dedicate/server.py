@@ -123,7 +123,7 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
     table = RoutingTable(load, ttl_s=g.table_ttl_s,
                          health=HealthPolicy(g.failures_to_eject, g.ejection_base_s, g.ejection_max_s),
                          load_routes=store.live_routes)
-    gateway = Gateway(table, lambda header: authenticate(store, header), g)
+    gateway = Gateway(table, lambda header: authenticate(store, header), g, wall=clock.now)
     services.key_revoked = handoff.wrap(gateway.keys.forget)
     # Scales only while this process holds the reconciler lease, through its fenced store.
     autoscaler = Autoscaler(store, settings, clock, runtime.nodes,
@@ -143,8 +143,10 @@ async def flush_signals(parts: Parts, gateway_id: str, stop: asyncio.Event) -> N
         now = parts.clock.now()
         known = [(r.endpoint.id, r.endpoint.name, r.endpoint.owner) for r in gw.table.snapshot.routes.values()]
         rows, deltas = gw.signals.collect(now, gw.monotonic(), known)
+        minutes = gw.signals.collect_minutes(now)
         try:
             await asyncio.to_thread(parts.store.write_signals, gateway_id, now, rows, deltas, keep_s)
+            await asyncio.to_thread(parts.store.write_minutes, gateway_id, minutes, now)
         except Exception:  # the database is away: keep the usage for the next write
             log.exception("writing gateway signals failed; retrying in %ss", parts.settings.gateway.signals_interval_s)
             gw.signals.restore(deltas)

@@ -300,3 +300,47 @@ def test_scaling_rules_are_kept_shown_in_the_v2_form_and_merged_on_update(app: A
     assert bounds(changed) == (0, 4), "the bounds not given are kept"
     plain = deploy(app, ep, "plain")
     assert plain["autoscaling"]["scaleDownWindow"] == "300s" and "scaleUpWindow" not in plain["autoscaling"]
+
+
+def test_analytics_sum_the_gateways_minutes_per_deployment_with_percentiles_and_a_series(app: App) -> None:
+    from datetime import timedelta
+
+    from dedicate.domain import latency
+    from dedicate.domain.records import DeploymentMinute
+
+    ep = new_endpoint(app)
+    blue, green = deploy(app, ep), deploy(app, ep, "green")
+    now = app.clock.now().replace(second=0, microsecond=0)
+
+    def minute(dep: dict[str, Any], at: Any, ok_n: int, bad_n: int, ms: float) -> DeploymentMinute:
+        h = latency.empty()
+        for _ in range(ok_n + bad_n):
+            latency.add(h, ms)
+        return DeploymentMinute(dep["legacyId"], at, ok_n + bad_n, bad_n, 10 * ok_n, 4 * ok_n,
+                                {"200": ok_n, **({"503": bad_n} if bad_n else {})}, list(h), list(h))
+
+    app.parts.store.write_minutes("gw-1", [minute(blue, now - timedelta(minutes=2), 30, 0, 40),
+                                           minute(blue, now - timedelta(minutes=1), 10, 2, 40),
+                                           minute(green, now - timedelta(minutes=1), 8, 0, 900)], app.clock.now())
+    app.clock.advance(60)
+    out = ok(app.client.get(f"{BASE}/{ep['id']}/analytics", params={"granularity": "1m", "includeTimeSeries": "true",
+                                                                      "startTime": (now - timedelta(minutes=5))
+                                                                      .isoformat()}))
+    req = out["metrics"]["requestMetrics"]
+    assert (req["totalRequests"], req["failedRequests"], req["successfulRequests"]) == ("50", "2", "48")
+    assert req["requestsByStatusCode"] == {"200": "48", "503": "2"}
+    assert out["metrics"]["tokenMetrics"]["totalInputTokens"] == "480"
+    assert out["metrics"]["errorMetrics"]["errorsByType"] == {"503": "2"}
+    lat = out["metrics"]["latencyMetrics"]
+    assert 30 <= lat["latencyP50Ms"] <= 50 and 800 <= lat["latencyP99Ms"] <= 1200
+    per = {d["deploymentId"]: d for d in out["deploymentAnalytics"]}
+    assert per[blue["id"]]["metrics"]["requestMetrics"]["totalRequests"] == "42"
+    assert per[green["id"]]["metrics"]["requestMetrics"]["totalRequests"] == "8"
+    assert per[blue["id"]]["metrics"]["replicas"] == {"readyReplicas": 0, "desiredReplicas": 1}
+    assert [p["values"]["requests"] for p in out["timeSeries"]] == [30, 20]
+    assert [p["values"]["requests"] for p in per[blue["id"]]["timeSeries"]] == [30, 12]
+    one = ok(app.client.get(f"{BASE}/{ep['id']}/analytics", params={"deploymentId": green["id"]}))
+    assert one["metrics"]["requestMetrics"]["totalRequests"] == "8" and one["timeSeries"] == []
+    for bad in ({"granularity": "5m"}, {"startTime": "2026-11-01T00:00:00Z"}, {"deploymentId": "dep_nope"},
+                {"startTime": app.clock.now().isoformat(), "endTime": (now - timedelta(hours=1)).isoformat()}):
+        assert app.client.get(f"{BASE}/{ep['id']}/analytics", params=bad).status_code == 400, bad

@@ -191,3 +191,23 @@ def test_the_gateway_table_of_the_config_file_is_read_and_checked(tmp_path: Path
         cfg.write_text(f"[gateway]\n{bad}\n")
         with pytest.raises(ConfigError, match=words):
             load_settings({"DEDICATE_CONFIG": str(cfg), "DEDICATE_DATA_DIR": str(tmp_path)})
+
+
+def test_finished_requests_count_in_their_deployments_minute_and_old_minutes_are_let_go() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dedicate.gateway.signals import MINUTES_KEPT, Signals
+
+    s = Signals()
+    t = datetime(2026, 12, 1, 10, 0, 30, tzinfo=UTC)
+    s.observe("endpoint-a", t, 200, 15.0, 120.0, (7, 3))
+    s.observe("endpoint-a", t + timedelta(seconds=10), 503, None, 2.0, None)
+    s.observe("endpoint-a", t + timedelta(minutes=1), 200, 10.0, 50.0, (1, 1))
+    rows = {m.minute.minute: m for m in s.collect_minutes(t)}
+    first = rows[0]
+    assert (first.requests, first.failures, first.tokens_in, first.tokens_out) == (2, 1, 7, 3)
+    assert first.statuses == {"200": 1, "503": 1} and sum(first.ttft) == 1 and sum(first.latency) == 2
+    assert rows[1].requests == 1
+    later = t + timedelta(minutes=MINUTES_KEPT + 2)
+    assert len(s.collect_minutes(later)) == 2, "written once more"
+    assert s.collect_minutes(later) == [], "then forgotten"

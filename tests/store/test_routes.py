@@ -140,3 +140,27 @@ def test_a_deleted_deployments_name_is_free_for_a_new_one(store: Store) -> None:
     assert found is not None and found.id == "endpoint-b2"
     old = store.get_endpoint("endpoint-b1", include_deleted=True)
     assert old is not None and old.name.startswith("alice/chat/blue~")
+
+
+def test_deployment_minutes_are_replaced_per_gateway_summed_across_them_and_kept_a_week(store: Store) -> None:
+    from dedicate.domain import latency
+    from dedicate.domain.records import DeploymentMinute
+
+    minute = T0.replace(second=0, microsecond=0)
+
+    def m(requests: int, ms: float, status: str = "200") -> DeploymentMinute:
+        h = latency.empty()
+        for _ in range(requests):
+            latency.add(h, ms)
+        return DeploymentMinute("endpoint-1", minute, requests, 0 if status == "200" else requests, 10 * requests,
+                                5 * requests, {status: requests}, list(h), list(h))
+
+    store.write_minutes("gw-a", [m(3, 20)], T0)
+    store.write_minutes("gw-a", [m(5, 20)], T0)  # the same minute again: its whole count, replacing
+    store.write_minutes("gw-b", [m(2, 900, "503")], T0)
+    (got,) = store.minutes(["endpoint-1"], minute, minute + timedelta(minutes=1))
+    assert (got.requests, got.failures, got.tokens_in, got.tokens_out) == (7, 2, 70, 35)
+    assert got.statuses == {"200": 5, "503": 2} and sum(got.latency) == 7
+    assert store.minutes(["endpoint-1"], minute + timedelta(minutes=1), minute + timedelta(minutes=2)) == []
+    store.write_minutes("gw-a", [], T0 + timedelta(days=8))
+    assert store.minutes(["endpoint-1"], minute, minute + timedelta(minutes=1)) == [], "older than a week: gone"

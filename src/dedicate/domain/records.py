@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
@@ -141,3 +141,21 @@ class Event:
     at: datetime
     kind: str
     message: str
+
+
+@dataclass
+class DeploymentMinute:
+    """What one gateway saw of one deployment in one UTC minute: the unit of v2 analytics.
+
+    Times are histograms over ``domain/latency.BOUNDS_MS``; ``statuses`` counts answers by HTTP status.
+    """
+
+    endpoint_id: str
+    minute: datetime
+    requests: int = 0
+    failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    ttft: list[int] = field(default_factory=list)
+    latency: list[int] = field(default_factory=list)

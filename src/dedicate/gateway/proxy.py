@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from dedicate.control.auth import Principal
@@ -88,10 +89,11 @@ class Gateway:
     """Routing table, key cache, limits, signals and the upstream pool of one gateway process."""
 
     def __init__(self, table: RoutingTable, lookup: Callable[[str | None], Principal],
-                 config: GatewaySettings | None = None) -> None:
+                 config: GatewaySettings | None = None, wall: Callable[[], datetime] | None = None) -> None:
         self.config = config or GatewaySettings()
         self.table = table
         self.monotonic = table.monotonic
+        self.wall = wall or (lambda: datetime.now(UTC))  # the minute a finished request counts in
         self.keys = KeyCache(lookup, self.monotonic, self.config.key_cache_ttl_s)
         c = self.config
         self.limiter = Limiter(Limits(c.key_rps, c.key_burst, c.key_concurrency, c.owner_rps, c.owner_burst,
@@ -111,6 +113,7 @@ class Gateway:
                 raise
             status, headers, body = error_body(exc)
             ex.finished = True
+            ex.status = status
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
         except asyncio.CancelledError:
@@ -124,6 +127,7 @@ class Gateway:
             if ex.started:
                 raise
             ex.finished = True
+            ex.status = 500
             body = (b'{"error": {"message": "internal error: the gateway hit a bug; it was logged", '
                     b'"type": "server_error", "param": null, "code": "internal_error"}}')
             await send({"type": "http.response.start", "status": 500, "headers": JSON_HEADERS})
@@ -150,6 +154,9 @@ class _Exchange:
         self.releases: list[Callable[[], None]] = []
         self.ep: EndpointCounters | None = None
         self.tokens = (0, 0)
+        self.t0 = gw.monotonic()
+        self.t_first: float | None = None  # when the answer's status line went
+        self.status: int | None = None  # the answer's status, for the deployment's minute
 
     # the watcher ----------------------------------------------------------------------
 
@@ -182,6 +189,11 @@ class _Exchange:
         if ep is not None:
             self.ep = None
             self.gw.signals.add_usage(ep, *self.tokens)
+            end = self.gw.monotonic()
+            status = self.status if self.status is not None else 499  # the client went before an answer
+            first_ms = None if self.t_first is None else (self.t_first - self.t0) * 1000
+            self.gw.signals.observe(ep.endpoint_id, self.gw.wall(), status, first_ms, (end - self.t0) * 1000,
+                                    self.tokens if self.tokens != (0, 0) else None)
 
     # the request ---------------------------------------------------------------------
 
@@ -379,6 +391,7 @@ class _Exchange:
         try:
             first = resp.read_nowait()
             self.started = True
+            self.status, self.t_first = resp.status, gw.monotonic()
             await self.send({"type": "http.response.start", "status": resp.status, "headers": headers})
             if first is not None and (resp.complete or first == b"") and not drop_usage:
                 # the whole answer is here already: one write

@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from dedicate import exposition
-from dedicate.domain.records import EndpointSignals
+from dedicate.domain import latency
+from dedicate.domain.records import DeploymentMinute, EndpointSignals
 
 _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
@@ -78,12 +79,44 @@ class EndpointCounters(Counters):
         self.peak = max(self.peak, self.in_flight + self.queued)
 
 
+MINUTES_KEPT = 3  # minutes held in memory: the current one and those a late write may still carry
+
+
 class Signals:
-    """Per-endpoint counters and the token usage not yet written to the store."""
+    """Per-endpoint counters, the token usage not yet written to the store, and this gateway's minutes
+    of each deployment (requests, statuses, tokens, time to first byte and total time)."""
 
     def __init__(self) -> None:
         self.endpoints: dict[str, EndpointCounters] = {}
         self._usage: dict[tuple[str, str], list[int]] = {}
+        self.minutes: dict[tuple[str, datetime], DeploymentMinute] = {}
+
+    def observe(self, endpoint_id: str, at: datetime, status: int, first_ms: float | None, total_ms: float,
+                tokens: tuple[int, int] | None) -> None:
+        """One finished request of ``endpoint_id``, in the UTC minute of ``at``."""
+        minute = at.replace(second=0, microsecond=0)
+        m = self.minutes.get((endpoint_id, minute))
+        if m is None:
+            m = self.minutes[(endpoint_id, minute)] = DeploymentMinute(endpoint_id, minute, ttft=latency.empty(),
+                                                                       latency=latency.empty())
+        m.requests += 1
+        if status >= 400:
+            m.failures += 1
+        m.statuses[str(status)] = m.statuses.get(str(status), 0) + 1
+        if tokens is not None:
+            m.tokens_in += tokens[0]
+            m.tokens_out += tokens[1]
+        if first_ms is not None:
+            latency.add(m.ttft, first_ms)
+        latency.add(m.latency, total_ms)
+
+    def collect_minutes(self, now: datetime) -> list[DeploymentMinute]:
+        """Every minute held (each gateway writes its whole count of a minute, again until it ends);
+        minutes older than ``MINUTES_KEPT`` are written one last time and forgotten."""
+        rows = list(self.minutes.values())
+        horizon = now.replace(second=0, microsecond=0) - timedelta(minutes=MINUTES_KEPT)
+        self.minutes = {k: m for k, m in self.minutes.items() if m.minute > horizon}
+        return rows
 
     def endpoint(self, endpoint_id: str, name: str, owner: str) -> EndpointCounters:
         c = self.endpoints.get(endpoint_id)

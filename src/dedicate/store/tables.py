@@ -252,3 +252,21 @@ class EventRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
+
+
+class DeploymentMinuteRow(Base):
+    """One gateway's minute of one deployment (``records.DeploymentMinute``), kept ``MINUTES_KEPT_DAYS``."""
+
+    __tablename__ = "deployment_minutes"
+    endpoint_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    failures: Mapped[int] = mapped_column(Integer)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    statuses: Mapped[str] = mapped_column(Text)  # JSON {"200": n, ...}
+    ttft: Mapped[str] = mapped_column(Text)  # JSON bucket counts over domain/latency.BOUNDS_MS
+    latency: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_deployment_minutes_minute", "minute"),)

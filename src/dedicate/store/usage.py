@@ -3,6 +3,7 @@ alerts, owners' quotas, and the reconciler lease."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,11 +12,21 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from dedicate.domain.records import EndpointSignals
+from dedicate.domain import latency
+from dedicate.domain.records import DeploymentMinute, EndpointSignals
 from dedicate.store.base import StoreBase
-from dedicate.store.tables import AlertRow, EndpointRow, LeaseRow, OwnerRow, SignalRow, TokenUsageRow
+from dedicate.store.tables import (
+    AlertRow,
+    DeploymentMinuteRow,
+    EndpointRow,
+    LeaseRow,
+    OwnerRow,
+    SignalRow,
+    TokenUsageRow,
+)
 
 SIGNAL_ROWS_KEPT_S = 3600.0  # a gateway signal row nobody wrote for this long is deleted
+MINUTES_KEPT_DAYS = 7.0  # deployment minutes older than this are deleted: analytics look back a week
 
 
 class UsageStore(StoreBase):
@@ -128,6 +139,48 @@ class UsageStore(StoreBase):
             q = select(AlertRow).where(AlertRow.owner == owner).order_by(AlertRow.id)
             return [{"month": a.month, "threshold": a.threshold, "at": a.at, "message": a.message}
                     for a in s.scalars(q)]
+
+    # deployment minutes (v2 analytics) ----------------------------------------
+
+    def write_minutes(self, gateway: str, rows: Sequence[DeploymentMinute], now: datetime,
+                      keep_days: float = MINUTES_KEPT_DAYS) -> None:
+        """This gateway's count of each minute, replacing what it wrote of that minute before; minutes
+        older than ``keep_days`` (every gateway's) are deleted first."""
+        with self.tx() as s:
+            s.execute(delete(DeploymentMinuteRow).where(DeploymentMinuteRow.minute < now - timedelta(days=keep_days)))
+            for m in rows:
+                values = {"requests": m.requests, "failures": m.failures, "tokens_in": m.tokens_in,
+                          "tokens_out": m.tokens_out, "statuses": json.dumps(m.statuses, sort_keys=True),
+                          "ttft": json.dumps(m.ttft), "latency": json.dumps(m.latency)}
+                row = s.get(DeploymentMinuteRow, (m.endpoint_id, m.minute, gateway))
+                if row is None:
+                    s.add(DeploymentMinuteRow(endpoint_id=m.endpoint_id, minute=m.minute, gateway=gateway, **values))
+                else:
+                    for k, v in values.items():
+                        setattr(row, k, v)
+
+    def minutes(self, endpoint_ids: Sequence[str], start: datetime, end: datetime) -> list[DeploymentMinute]:
+        """The minutes of ``endpoint_ids`` in [start, end), every gateway's summed, oldest first."""
+        out: dict[tuple[str, datetime], DeploymentMinute] = {}
+        with self.tx() as s:
+            q = (select(DeploymentMinuteRow).where(DeploymentMinuteRow.endpoint_id.in_(list(endpoint_ids)),
+                                                   DeploymentMinuteRow.minute >= start,
+                                                   DeploymentMinuteRow.minute < end))
+            for r in s.scalars(q):
+                m = out.get((r.endpoint_id, r.minute))
+                if m is None:
+                    m = out[(r.endpoint_id, r.minute)] = DeploymentMinute(r.endpoint_id, r.minute,
+                                                                          ttft=latency.empty(),
+                                                                          latency=latency.empty())
+                m.requests += r.requests
+                m.failures += r.failures
+                m.tokens_in += r.tokens_in
+                m.tokens_out += r.tokens_out
+                for code, n in json.loads(r.statuses).items():
+                    m.statuses[code] = m.statuses.get(code, 0) + int(n)
+                m.ttft = latency.merged([m.ttft, json.loads(r.ttft)])
+                m.latency = latency.merged([m.latency, json.loads(r.latency)])
+        return sorted(out.values(), key=lambda m: (m.minute, m.endpoint_id))
 
     # owners and quotas -------------------------------------------------------
 

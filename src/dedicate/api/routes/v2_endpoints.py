@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Response
 from dedicate.api.deps import BoundedRoute, Caller, Svc, call, flag, one_of, time_param, whole
 from dedicate.api.errors import responses
 from dedicate.api.schemas_v2 import (
+    AnalyticsOut,
     DeploymentOut,
     DeploymentPage,
     EmptyPage,
@@ -25,6 +26,7 @@ from dedicate.api.schemas_v2 import (
     EventPage,
     route_shares,
 )
+from dedicate.control.analytics import GRANULARITY, analytics
 from dedicate.control.deployments import DEFAULT_PAGE, MAX_EVENTS, MAX_PAGE, Deployments, EventQuery
 from dedicate.control.inputs_v2 import DeploymentIn, DeploymentPatchIn, EndpointIn, EndpointPatchIn, parse_mask
 from dedicate.control.offerings import Offerings
@@ -196,6 +198,27 @@ async def list_events(
     data = [EventOut.of(route.route, v) for v in found
             if kinds is None or ("SOURCE_KIND_DEPLOYMENT" if v.deployment else "SOURCE_KIND_ENDPOINT") in kinds]
     return EventPage(data=data, next_cursor=cursor)
+
+
+@router.get(BASE + "/{endpoint_id}/analytics", response_model=AnalyticsOut, responses=responses(400, 404))
+async def endpoint_analytics(
+    p: Caller, svc: Svc, project_id: str, endpoint_id: str,
+    deployment_id: Annotated[str | None, Query(alias="deploymentId", description="one deployment's only")] = None,
+    start_time: Annotated[datetime | None, time_param("startTime"), Query(alias="startTime",
+                                                                          description="RFC 3339; default a day "
+                                                                                      "before endTime")] = None,
+    end_time: Annotated[datetime | None, time_param("endTime"), Query(alias="endTime",
+                                                                      description="RFC 3339; default now")] = None,
+    granularity: Annotated[str, one_of("granularity", *GRANULARITY), Query(description="1m, 1h or 1d")] = "1d",
+    include_time_series: Annotated[bool, flag("includeTimeSeries", False), Query(alias="includeTimeSeries")
+                                   ] = False,
+) -> AnalyticsOut:
+    """Requests, failures by status, tokens, TTFT and latency percentiles, per deployment and in all, from
+    what the gateways recorded per minute (kept a week), with replica counts now."""
+    found = await call(analytics, deployments(svc), owner_in(p, project_id), endpoint_id,
+                       deployment=deployment_id or None, start=start_time, end=end_time,
+                       granularity=granularity or "1d", series=include_time_series)
+    return AnalyticsOut.of(found)
 
 
 # the collections tg reads and dedicate does not fill yet -----------------------------------------
