@@ -344,3 +344,30 @@ def test_analytics_sum_the_gateways_minutes_per_deployment_with_percentiles_and_
     for bad in ({"granularity": "5m"}, {"startTime": "2026-11-01T00:00:00Z"}, {"deploymentId": "dep_nope"},
                 {"startTime": app.clock.now().isoformat(), "endTime": (now - timedelta(hours=1)).isoformat()}):
         assert app.client.get(f"{BASE}/{ep['id']}/analytics", params=bad).status_code == 400, bad
+
+
+def test_the_organization_lists_every_projects_shared_endpoints_only(app: App) -> None:
+    erin = ok(app.client.post("/v1/keys", json={"owner": "erin"}))["key"]
+    shared = ok(app.client.post("/v2/projects/proj_erin/endpoints", json={"name": "team",
+                                                                        "visibility": "VISIBILITY_INTERNAL"},
+                                headers=app.as_(erin)))
+    ok(app.client.post("/v2/projects/proj_erin/endpoints", json={"name": "mine"}, headers=app.as_(erin)))
+    new_endpoint(app, "admins")
+    bob = ok(app.client.post("/v1/keys", json={"owner": "bob"}))["key"]
+    listed = ok(app.client.get("/v2/organizations/org_dedicate/endpoints", headers=app.as_(bob)))["data"]
+    assert [e["id"] for e in listed] == [shared["id"]] and listed[0]["name"] == "erin/team"
+    exact = ok(app.client.get("/v2/organizations/org_dedicate/endpoints", params={"filter": 'name="erin/team"'},
+                              headers=app.as_(bob)))["data"]
+    assert [e["id"] for e in exact] == [shared["id"]]
+    resp = app.client.get("/v2/organizations/org_other/endpoints", headers=app.as_(bob))
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "organization_not_found"
+
+
+def test_v1_models_lists_a_v2_endpoint_by_the_name_requests_send(app: App) -> None:
+    ep = new_endpoint(app)
+    deploy(app, ep, "blue")
+    names = {m["id"] for m in ok(app.client.get("/v1/models"))["data"]}
+    assert {"admin/chat", "admin/chat/blue"} <= names
+    new_endpoint(app, "empty")
+    assert "admin/empty" not in {m["id"] for m in ok(app.client.get("/v1/models"))["data"]}, \
+        "a name that routes nowhere is not a model to call"

@@ -273,6 +273,27 @@ def test_tg3_update_changes_bounds_and_inactive_timeout_and_events_show_it(deplo
     assert all(e["deploymentId"] == dep_id for e in data)
 
 
+def test_tg3_ls_org_shows_a_shared_endpoint_that_another_projects_key_may_call(deployer: Tg3, chat: dict[str, Any],
+                                                                               server: Server, tmp_path: Path) -> None:
+    key = deployer.env["TOGETHER_API_KEY"]
+    ep_id = chat["endpoint"]["id"]
+    with server.client(key) as c:
+        shared = c.patch(f"/v2/projects/proj_tess/endpoints/{ep_id}", params={"updateMask": "visibility"},
+                         json={"visibility": "VISIBILITY_INTERNAL"})
+    assert shared.status_code == 200, shared.text
+    other = Tg3(server, tmp_path / "uma", new_key(server, "uma"))
+    listed = other.ok("endpoints", "ls", "--org")
+    assert [e["name"] for e in listed["data"]] == ["tess/chat"], listed
+    assert other.ok("endpoints", "ls")["data"] == [], "uma's own project has none"
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=other.env["TOGETHER_API_KEY"], max_retries=0)
+    out = client.chat.completions.create(model="tess/chat", messages=[{"role": "user", "content": "hi"}],
+                                         max_tokens=1)
+    assert out.choices[0].message.role == "assistant"
+    with pytest.raises(openai.NotFoundError):  # a deployment's own name is not shared
+        client.chat.completions.create(model="tess/chat/blue", messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=1)
+
+
 def test_tg3_rm_of_a_running_deployment_stops_it_then_removes_it(deployer: Tg3, chat: dict[str, Any],
                                                                  server: Server) -> None:
     key = deployer.env["TOGETHER_API_KEY"]

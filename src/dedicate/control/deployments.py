@@ -124,18 +124,25 @@ class Deployments:
     def get_endpoint(self, owner: str, key: str) -> RouteView:
         return self._views([self._route(owner, key)])[0]
 
-    def list_endpoints(self, owner: str, *, filter: str | None, order_by: str | None, after: str | None,
+    def list_endpoints(self, owner: str | None, *, filter: str | None, order_by: str | None, after: str | None,
                        limit: int) -> tuple[list[RouteView], str | None]:
+        """A page of ``owner``'s endpoints; with ``owner`` None, the organization's: every project's
+        endpoints shared with it (``VISIBILITY_INTERNAL``)."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", param="limit")
+        shared = Visibility.INTERNAL if owner is None else None
         name, contains = None, None
         if filter:
             m = _FILTER.fullmatch(filter)
             if m is None:
                 raise InvalidRequest('filter supports name="<name>" (exact) and name:"<text>" (contains, * any)',
                                      param="filter")
-            if m["op"] == "=" and "*" not in m["value"]:
+            if m["op"] == "=" and "*" not in m["value"] and owner is not None:
                 name = qualified(owner, m["value"], param="filter")
+            elif m["op"] == "=" and "/" in m["value"]:
+                name = m["value"]
+            elif m["op"] == "=":
+                contains = f"/{m['value']}"  # a bare name in the organization: every project's of that name
             else:
                 contains = m["value"]
         order, descending = "created_at", False
@@ -148,18 +155,18 @@ class Deployments:
         mark = None
         if after:
             mark = self.store.get_route(after) if after.startswith("ep_") else None
-            if mark is None or mark.owner != owner:
+            if mark is None or (mark.owner != owner if owner is not None else mark.visibility is not shared):
                 raise InvalidRequest(f"after {after!r} is not a cursor of this listing; pass the next_cursor of "
                                      "the previous page", param="after")
-        if contains is not None:  # a substring match reads the owner's routes; they are few
+        if contains is not None:  # a substring match reads the listing's routes; an owner has few
             every = self.store.routes_page(owner, name=None, order=order, descending=descending, after=mark,
-                                           limit=10_000)
+                                           limit=10_000, visibility=shared)
             pattern = re.compile(".*".join(re.escape(p) for p in contains.split("*")))
             found = [r for r in every if pattern.search(r.name)]
             page, more = found[:limit], len(found) > limit
         else:
             found = self.store.routes_page(owner, name=name, order=order, descending=descending, after=mark,
-                                           limit=limit + 1)
+                                           limit=limit + 1, visibility=shared)
             page, more = found[:limit], len(found) > limit
         return self._views(page), (page[-1].id if more and page else None)
 

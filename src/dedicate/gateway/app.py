@@ -116,4 +116,16 @@ async def models(request: Request) -> ModelList:
         data.append(ModelEntry(id=e.name, created=int(e.created_at.timestamp()), owned_by=e.owner,
                                display_name=e.display_name, context_length=spec.context_length if spec else None,
                                root=e.model, state=e.state.value))
+    # v2 endpoints whose name is not a deployment's own: the name requests send, over its split
+    listed = {e.name for e in eps}
+    by_id = {e.id: e for e in eps}
+    for r in await asyncio.to_thread(svc.store.routes_page, p.owner, name=None, order="created_at",
+                                     descending=False, after=None, limit=10_000):
+        first = next((by_id[s.deployment] for s in r.split if s.deployment in by_id), None)
+        if r.name in listed or first is None:
+            continue
+        spec = catalog.models.get(first.model)
+        data.append(ModelEntry(id=r.name, created=int(r.created_at.timestamp()), owned_by=r.owner,
+                               display_name=r.name, context_length=spec.context_length if spec else None,
+                               root=first.model, state=first.state.value))
     return ModelList(data=data)

@@ -265,14 +265,17 @@ class _Exchange:
         self.watch_timer = loop.call_later(WATCH_AFTER_S, self.start_watch)
 
         found = await gw.table.route(name)
+        # a caller's own names, an admin's any, and every endpoint shared with the organization
+        owner = found.owner if isinstance(found, Unrouted) else (found.endpoint.owner if found else None)
+        if owner is not None and owner != principal.owner and not principal.is_admin \
+                and not await gw.table.shared(name):
+            raise _not_found(name)
         if isinstance(found, Unrouted):
-            if found.owner != principal.owner and not principal.is_admin:
-                raise _not_found(name)
             raise Unavailable(f"endpoint {name} takes no traffic: no deployment in its traffic split has a weight "
                               f"above 0; give one a weight (PATCH /v2/projects/proj_{found.owner}/endpoints/"
                               f"{found.id} with updateMask=trafficSplit)", retry_after_s=gw.config.retry_after_s)
         route = found
-        if route is None or (route.endpoint.owner != principal.owner and not principal.is_admin):
+        if route is None:
             raise _not_found(name)
         _check_runnable(route)
         e = route.endpoint

@@ -192,6 +192,12 @@ class RoutingTable:
         ready = [(r, w * len(r.targets)) for r, w in running if r.targets]
         return self._pick(ready or running)
 
+    async def shared(self, name: str) -> bool:
+        """Whether ``name`` is a route shared with the organization (every key of it may call it), as a
+        snapshot no older than ``ttl_s`` says: a permission is never read from an old one."""
+        split = (await self.refresh(max_age_s=self.ttl_s)).splits.get(name)
+        return split is not None and split.route.visibility is named.Visibility.INTERNAL
+
     def _pick(self, weighted: list[tuple[Route, float]]) -> Route:
         if len(weighted) == 1:
             return weighted[0][0]

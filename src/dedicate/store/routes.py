@@ -74,12 +74,17 @@ class RouteStore(StoreBase):
         with self.tx() as s:
             return [_route(r) for r in s.scalars(select(RouteRow).where(RouteRow.deleted_at.is_(None)))]
 
-    def routes_page(self, owner: str, *, name: str | None, order: str, descending: bool,
-                    after: Route | None, limit: int) -> list[Route]:
-        """Up to ``limit`` live routes of ``owner`` in (``order``, id) order, after the route ``after``."""
+    def routes_page(self, owner: str | None, *, name: str | None, order: str, descending: bool,
+                    after: Route | None, limit: int, visibility: Visibility | None = None) -> list[Route]:
+        """Up to ``limit`` live routes of ``owner`` (None: every owner's) in (``order``, id) order, after the
+        route ``after``; with ``visibility``, only those."""
         column = ORDERS[order]
         with self.tx() as s:
-            q = select(RouteRow).where(RouteRow.owner == owner, RouteRow.deleted_at.is_(None))
+            q = select(RouteRow).where(RouteRow.deleted_at.is_(None))
+            if owner is not None:
+                q = q.where(RouteRow.owner == owner)
+            if visibility is not None:
+                q = q.where(RouteRow.visibility == visibility.value)
             if name is not None:
                 q = q.where(RouteRow.name == name)
             if after is not None:

@@ -32,7 +32,8 @@ from dedicate.control.inputs_v2 import DeploymentIn, DeploymentPatchIn, Endpoint
 from dedicate.control.offerings import Offerings
 from dedicate.control.projects import owner_in
 from dedicate.control.services import Services
-from dedicate.domain.errors import InvalidRequest
+from dedicate.domain.errors import InvalidRequest, NotFound
+from dedicate.domain.projects import Organization
 from dedicate.domain.routes import LEVELS, Level, traffic_shares
 
 router = APIRouter(route_class=BoundedRoute, tags=["v2 endpoints"])
@@ -73,6 +74,25 @@ async def list_endpoints(
 ) -> EndpointPage:
     owner = owner_in(p, project_id)
     views, cursor = await call(deployments(svc).list_endpoints, owner, filter=filter or None,
+                               order_by=order_by or None, after=after or None, limit=limit)
+    return EndpointPage(data=[EndpointOut.of(v, svc.catalog, down_s(svc)) for v in views], next_cursor=cursor)
+
+
+@router.get("/v2/organizations/{organization_id}/endpoints", response_model=EndpointPage,
+            responses=responses(400, 404))
+async def list_organization_endpoints(
+    p: Caller, svc: Svc, organization_id: str,
+    filter: Annotated[str | None, Query(description='name="<slug>/<name>" or name:"<text>"')] = None,
+    order_by: Annotated[str | None, Query(alias="orderBy", description="created_at|updated_at [asc|desc]")] = None,
+    limit: Annotated[int, whole("limit", 1, MAX_PAGE), Query(description=f"at most {MAX_PAGE}")] = DEFAULT_PAGE,
+    after: Annotated[str | None, Query(description="the next_cursor of the previous page")] = None,
+) -> EndpointPage:
+    """Every project's endpoints shared with the organization (VISIBILITY_INTERNAL)."""
+    org = Organization.named(svc.settings.organization)
+    if organization_id != org.id:
+        raise NotFound(f"organization {organization_id!r} not found; this installation is {org.id} "
+                       "(GET /v3/whoami)", code="organization_not_found")
+    views, cursor = await call(deployments(svc).list_endpoints, None, filter=filter or None,
                                order_by=order_by or None, after=after or None, limit=limit)
     return EndpointPage(data=[EndpointOut.of(v, svc.catalog, down_s(svc)) for v in views], next_cursor=cursor)
 
