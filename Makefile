@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 CLIENTS := .venv-clients
 CLIENTS3 := .venv-tg3
+CLIENTS16 := .venv-tg16
 DATA_DIR ?= $(CURDIR)/data
 TORCH := torch==2.13.0
 # A CPU build of torch: the machine's local wheel folder if it has one, else PyTorch's CPU index.
@@ -27,8 +28,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The published clients that users already have, each in an environment of its own (their pins differ):
-# together 2.42 (v1 API) and together 3.1.1 (`tg` speaks v2).
-clients: $(CLIENTS)/.installed $(CLIENTS3)/.installed
+# together 2.42 (v1 API), the legacy together 1.6 SDK (v1 API) and together 3.1.1 (`tg` speaks v2).
+clients: $(CLIENTS)/.installed $(CLIENTS3)/.installed $(CLIENTS16)/.installed
 
 $(CLIENTS)/.installed: Makefile
 	$(PYTHON) -m venv $(CLIENTS)
@@ -38,6 +39,11 @@ $(CLIENTS)/.installed: Makefile
 $(CLIENTS3)/.installed: Makefile
 	$(PYTHON) -m venv $(CLIENTS3)
 	$(CLIENTS3)/bin/pip install -q together==3.1.1
+	touch $@
+
+$(CLIENTS16)/.installed: Makefile
+	$(PYTHON) -m venv $(CLIENTS16)
+	$(CLIENTS16)/bin/pip install -q together==1.6.0
 	touch $@
 
 # PostgreSQL for the store tests (the tests start their own throwaway server).
@@ -55,4 +61,4 @@ test: setup clients system-deps lint
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(CLIENTS) $(CLIENTS3) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS) $(CLIENTS3) $(CLIENTS16) .pytest_cache .mypy_cache .ruff_cache
