@@ -98,3 +98,28 @@ def test_the_cli_finds_the_server_from_the_config_file_alone(tmp_path: Path) -> 
         assert [n["name"] for n in json.loads(out.stdout)] == ["local"], "an admin-only call: the admin key was found"
     finally:
         server.cleanup()
+
+
+def test_an_endpoint_with_two_deployments_through_the_cli(server: Server) -> None:
+    with server.client() as c:
+        key = c.post("/v1/keys", json={"owner": "cleo"}).json()["key"]
+    me = ok_json(server, "whoami", key=key)
+    assert me["project"]["id"] == "proj_cleo"
+    blue = ok_json(server, "deploy", "dedicate/tiny-chat", "--endpoint", "chat", "--deployment", "blue",
+                   "--hardware", "1x_cpu", key=key)
+    assert blue["name"] == "cleo/chat/blue" and blue["status"]["state"] == "DEPLOYMENT_STATE_PROVISIONING"
+    green = ok_json(server, "deploy", "dedicate/tiny-chat", "--endpoint", "chat", "--deployment", "green",
+                    "--min-replicas", "0", "--max-replicas", "0", "--weight", "1", key=key)
+    (ep,) = ok_json(server, "deployments", "list", key=key)
+    weights = {s["deploymentId"]: s["weight"] for s in ep["trafficSplit"]}
+    assert weights == {blue["id"]: 1.0, green["id"]: 1.0}, "the first took the traffic; the second its weight"
+    text = cli(server, "deployments", "list", "chat", key=key)
+    assert text.returncode == 0 and "blue" in text.stdout and "green" in text.stdout, text.stderr
+    split = ok_json(server, "deployments", "split", "chat", "blue=3", "green=0", key=key)
+    assert {s["deploymentId"]: s["weight"] for s in split["trafficSplit"]} == {blue["id"]: 3.0, green["id"]: 0.0}
+    bad = cli(server, "deployments", "split", "chat", "blue", key=key)
+    assert bad.returncode == 1 and "DEPLOYMENT=WEIGHT" in bad.stderr
+    assert cli(server, "deployments", "delete", "chat", "green", key=key).returncode == 0
+    (ep,) = ok_json(server, "deployments", "list", key=key)
+    assert [d["id"] for d in ep["deployments"]] == [blue["id"]]
+    assert cli(server, "deployments", "delete", "chat", "blue", key=key).returncode == 0

@@ -1,4 +1,4 @@
-"""`dedicate`: run the server, and drive it (endpoints, hardware, models, keys).
+"""`dedicate`: run the server, and drive it (endpoints and deployments, hardware, models, keys).
 
 The CLI talks to DEDICATE_URL with DEDICATE_API_KEY. Without them it finds the local server as
 `dedicate up` does (`settings.locate`: DEDICATE_CONFIG, DEDICATE_DATA_DIR, DEDICATE_HOST,
@@ -8,79 +8,14 @@ and the admin key there.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-import httpx
 
-from dedicate.settings import ConfigError, Location, load_settings, locate
-
-
-def _location() -> Location:
-    try:
-        return locate()
-    except ConfigError as exc:
-        _fail(f"config: {exc}")
-
-
-def _base_url() -> str:
-    if url := os.environ.get("DEDICATE_URL"):
-        return url.rstrip("/")
-    return _location().client_url()
-
-
-def _api_key() -> str:
-    if key := os.environ.get("DEDICATE_API_KEY"):
-        return key
-    key_file = _location().data_dir / "admin.key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    _fail("no API key: set DEDICATE_API_KEY, or run on the server's machine where "
-          f"{key_file} holds the admin key")
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-class Client:
-    def __init__(self) -> None:
-        self.http = httpx.Client(base_url=_base_url(), timeout=60.0,
-                                 headers={"authorization": f"Bearer {_api_key()}"})
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            _fail(f"cannot reach dedicate at {self.http.base_url}: {exc}; is `dedicate up` running?")
-        if resp.status_code >= 400:
-            try:
-                message = resp.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = resp.text or resp.reason_phrase
-            _fail(f"{message} (HTTP {resp.status_code})")
-        return None if resp.status_code == 204 or not resp.content else resp.json()
-
-
-def _out(obj: Any, as_json: bool, text: str | None = None) -> None:
-    if as_json:
-        click.echo(json.dumps(obj, indent=2))
-    elif text is not None:
-        click.echo(text)
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-
-    return "\n".join([line(header), *(line(r) for r in rows)])
+from dedicate.cli.common import Client, fail, json_opt, out, table
+from dedicate.cli.deployments import deploy, deployments, whoami
+from dedicate.settings import ConfigError, load_settings
 
 
 def _describe(ep: dict[str, Any]) -> str:
@@ -131,9 +66,9 @@ def _wait(client: Client, endpoint_id: str, target: set[str], timeout: float, as
         if ep["state"] in target:
             return ep
         if ep["state"] == "ERROR":
-            _fail(f"endpoint {endpoint_id} is in ERROR: {ep.get('status_message')}")
+            fail(f"endpoint {endpoint_id} is in ERROR: {ep.get('status_message')}")
         if time.monotonic() > deadline:
-            _fail(f"gave up waiting after {timeout:.0f} s; the endpoint is {ep['state']}")
+            fail(f"gave up waiting after {timeout:.0f} s; the endpoint is {ep['state']}")
         time.sleep(1.0)
 
 
@@ -150,15 +85,12 @@ def up() -> None:
     try:
         serve(load_settings())
     except ConfigError as exc:
-        _fail(f"config: {exc}")
+        fail(f"config: {exc}")
 
 
 @main.group()
 def endpoints() -> None:
     """Create, inspect, scale, stop, start and delete endpoints."""
-
-
-json_opt = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 
 @endpoints.command("create")
@@ -197,7 +129,7 @@ def create(model: str, hardware: str, min_replicas: int, max_replicas: int, disp
     ep = client.call("POST", "/v1/endpoints", json=body)
     if wait and not no_start:
         ep = _wait(client, ep["id"], {"STARTED"}, timeout, as_json)
-    _out(ep, as_json, _describe(ep))
+    out(ep, as_json, _describe(ep))
 
 
 @endpoints.command("list")
@@ -212,7 +144,7 @@ def list_(all_owners: bool, as_json: bool) -> None:
         page = client.call("GET", "/v1/endpoints", params={**params, "after": page["next_cursor"]})
         data += page["data"]
     rows = [[e["id"], e["name"], e["model"], e["state"], e["owner"]] for e in data]
-    _out(data, as_json, _table(rows, ["ID", "NAME", "MODEL", "STATE", "OWNER"]))
+    out(data, as_json, table(rows, ["ID", "NAME", "MODEL", "STATE", "OWNER"]))
 
 
 @endpoints.command("get")
@@ -221,7 +153,7 @@ def list_(all_owners: bool, as_json: bool) -> None:
 def get(endpoint_id: str, as_json: bool) -> None:
     """Show one endpoint."""
     ep = Client().call("GET", f"/v1/endpoints/{endpoint_id}")
-    _out(ep, as_json, _describe(ep))
+    out(ep, as_json, _describe(ep))
 
 
 @endpoints.command("update")
@@ -249,10 +181,10 @@ def update(endpoint_id: str, min_replicas: int | None, max_replicas: int | None,
     if inactive_timeout is not None:
         body["inactive_timeout"] = inactive_timeout
     if not body:
-        _fail("nothing to update: pass --min-replicas, --max-replicas, --target-concurrency, "
+        fail("nothing to update: pass --min-replicas, --max-replicas, --target-concurrency, "
               "--display-name or --inactive-timeout")
     ep = Client().call("PATCH", f"/v1/endpoints/{endpoint_id}", json=body)
-    _out(ep, as_json, _describe(ep))
+    out(ep, as_json, _describe(ep))
 
 
 @endpoints.command("scale")
@@ -262,7 +194,7 @@ def update(endpoint_id: str, min_replicas: int | None, max_replicas: int | None,
 def scale(endpoint_id: str, replicas: int, as_json: bool) -> None:
     """Set the desired replica count (clamped to the endpoint's min..max)."""
     ep = Client().call("POST", f"/v1/endpoints/{endpoint_id}/scale", json={"replicas": replicas})
-    _out(ep, as_json, _describe(ep))
+    out(ep, as_json, _describe(ep))
 
 
 def _set_state(endpoint_id: str, state: str, wait: bool, timeout: float, as_json: bool) -> None:
@@ -270,7 +202,7 @@ def _set_state(endpoint_id: str, state: str, wait: bool, timeout: float, as_json
     ep = client.call("PATCH", f"/v1/endpoints/{endpoint_id}", json={"state": state})
     if wait:
         ep = _wait(client, endpoint_id, {state}, timeout, as_json)
-    _out(ep, as_json, _describe(ep))
+    out(ep, as_json, _describe(ep))
 
 
 @endpoints.command("stop")
@@ -299,7 +231,7 @@ def start(endpoint_id: str, wait: bool, timeout: float, as_json: bool) -> None:
 def delete(endpoint_id: str, as_json: bool) -> None:
     """Delete an endpoint: it disappears at once; its replicas stop right after."""
     Client().call("DELETE", f"/v1/endpoints/{endpoint_id}")
-    _out({"id": endpoint_id, "deleted": True}, as_json, f"deleted {endpoint_id}")
+    out({"id": endpoint_id, "deleted": True}, as_json, f"deleted {endpoint_id}")
 
 
 @endpoints.command("events")
@@ -308,7 +240,7 @@ def delete(endpoint_id: str, as_json: bool) -> None:
 def events(endpoint_id: str, as_json: bool) -> None:
     """What happened to an endpoint, and why."""
     data = Client().call("GET", f"/v1/endpoints/{endpoint_id}/events")["data"]
-    _out(data, as_json, "\n".join(f"{e['at']}  {e['kind']:<9} {e['message']}" for e in data))
+    out(data, as_json, "\n".join(f"{e['at']}  {e['kind']:<9} {e['message']}" for e in data))
 
 
 @main.command()
@@ -320,7 +252,7 @@ def hardware(model: str | None, as_json: bool) -> None:
     data = Client().call("GET", "/v1/hardware", params=params)["data"]
     rows = [[h["id"], f"{h['pricing']['cents_per_minute']:g}", h["specs"]["gpu_type"],
              str(h["specs"]["gpu_count"]), h.get("availability", {}).get("status", "")] for h in data]
-    _out(data, as_json, _table(rows, ["ID", "CENTS/MIN", "TYPE", "COUNT", "AVAILABILITY"]))
+    out(data, as_json, table(rows, ["ID", "CENTS/MIN", "TYPE", "COUNT", "AVAILABILITY"]))
 
 
 @main.command()
@@ -330,7 +262,7 @@ def models(as_json: bool) -> None:
     data = Client().call("GET", "/v1/catalog/models")["data"]
     rows = [[m["id"], f"{m['parameters_b']:g}B", str(m["context_length"]),
              "yes" if m["deployable"] else "no"] for m in data]
-    _out(data, as_json, _table(rows, ["MODEL", "PARAMS", "CONTEXT", "DEPLOYABLE"]))
+    out(data, as_json, table(rows, ["MODEL", "PARAMS", "CONTEXT", "DEPLOYABLE"]))
 
 
 @main.command()
@@ -345,7 +277,7 @@ def nodes(as_json: bool) -> None:
         for r in n["replicas"]:
             slots = ",".join(map(str, r["slots"]))
             lines.append(f"  slots {slots:<8} {r['replica']}  {r['status']:<9} {r['endpoint']}")
-    _out(data, as_json, "\n".join(lines))
+    out(data, as_json, "\n".join(lines))
 
 
 @main.command()
@@ -355,7 +287,7 @@ def queue(as_json: bool) -> None:
     data = Client().call("GET", "/v1/queue")["data"]
     rows = [[q["pool"], str(q["position"] or "-"), q["name"], str(q["queued_replicas"]), q["kind"],
              q["message"]] for q in data]
-    _out(data, as_json, _table(rows, ["POOL", "POS", "ENDPOINT", "WAITING", "KIND", "WHY"]) if rows
+    out(data, as_json, table(rows, ["POOL", "POS", "ENDPOINT", "WAITING", "KIND", "WHY"]) if rows
          else "nothing is queued")
 
 
@@ -370,7 +302,7 @@ def quota() -> None:
 def quota_get(owner: str, as_json: bool) -> None:
     """An owner's GPU quota and use."""
     q = Client().call("GET", f"/v1/owners/{owner}")
-    _out(q, as_json, f"{owner}: quota {q['gpu_quota'] if q['gpu_quota'] is not None else 'none'}, "
+    out(q, as_json, f"{owner}: quota {q['gpu_quota'] if q['gpu_quota'] is not None else 'none'}, "
                      f"{q['gpus_committed']} committed, {q['gpus_in_use']} in use")
 
 
@@ -383,10 +315,10 @@ def quota_set(owner: str, gpus: str, as_json: bool) -> None:
     value: int | None = None
     if gpus.lower() != "none":
         if not gpus.isdigit():
-            _fail("GPUS must be a whole number or 'none'")
+            fail("GPUS must be a whole number or 'none'")
         value = int(gpus)
     q = Client().call("PUT", f"/v1/owners/{owner}/quota", json={"gpus": value})
-    _out(q, as_json, f"{owner}: quota {q['gpu_quota'] if q['gpu_quota'] is not None else 'none'}")
+    out(q, as_json, f"{owner}: quota {q['gpu_quota'] if q['gpu_quota'] is not None else 'none'}")
 
 
 @main.group()
@@ -405,8 +337,8 @@ def billing_usage(start: str | None, end: str | None, as_json: bool) -> None:
     rows = [[x["endpoint_name"] or x["endpoint"], x["hardware"] or "-", x["replica_minutes"], x["cents"],
              str(x["tokens_in"]), str(x["tokens_out"])] for x in u["data"]]
     header = ["ENDPOINT", "HARDWARE", "REPLICA-MIN", "CENTS", "TOKENS-IN", "TOKENS-OUT"]
-    text = _table(rows, header) + f"\ntotal: {u['total_cents']} cents"
-    _out(u, as_json, text)
+    text = table(rows, header) + f"\ntotal: {u['total_cents']} cents"
+    out(u, as_json, text)
 
 
 @billing.command("invoice")
@@ -416,7 +348,7 @@ def billing_invoice(month: str, as_json: bool) -> None:
     """The invoice of MONTH (YYYY-MM, UTC)."""
     inv = Client().call("GET", f"/v1/billing/invoices/{month}")
     rows = [[x["endpoint_name"], x["hardware"], x["replica_minutes"], x["cents"]] for x in inv["lines"]]
-    _out(inv, as_json, _table(rows, ["ENDPOINT", "HARDWARE", "REPLICA-MIN", "CENTS"])
+    out(inv, as_json, table(rows, ["ENDPOINT", "HARDWARE", "REPLICA-MIN", "CENTS"])
          + f"\ntotal: {inv['total_cents']} cents")
 
 
@@ -437,7 +369,7 @@ def billing_budget(cents: str | None, stop: bool | None, as_json: bool) -> None:
     lines = [f"budget: {b['monthly_cents'] or 'none'} cents/month; stop at limit: {b['stop_at_limit']}; "
              f"spent this month: {b['month_to_date_cents']} cents"]
     lines += [f"alert {a['at']}: {a['message']}" for a in b["alerts"]]
-    _out(b, as_json, "\n".join(lines))
+    out(b, as_json, "\n".join(lines))
 
 
 @main.group()
@@ -458,7 +390,7 @@ def keys_create(owner: str | None, name: str | None, is_admin: bool, as_json: bo
     if name:
         body["name"] = name
     k = Client().call("POST", "/v1/keys", json=body)
-    _out(k, as_json, f"{k['key']}\n(id {k['id']}, owner {k['owner']}; shown once: store it now)")
+    out(k, as_json, f"{k['key']}\n(id {k['id']}, owner {k['owner']}; shown once: store it now)")
 
 
 @keys.command("list")
@@ -469,7 +401,7 @@ def keys_list(all_owners: bool, as_json: bool) -> None:
     data = Client().call("GET", "/v1/keys", params={"all": str(all_owners).lower()})["data"]
     rows = [[k["id"], k["prefix"] + "…", k["owner"], "revoked" if k["revoked_at"] else "active"]
             for k in data]
-    _out(data, as_json, _table(rows, ["ID", "PREFIX", "OWNER", "STATUS"]))
+    out(data, as_json, table(rows, ["ID", "PREFIX", "OWNER", "STATUS"]))
 
 
 @keys.command("revoke")
@@ -478,7 +410,12 @@ def keys_list(all_owners: bool, as_json: bool) -> None:
 def keys_revoke(key_id: str, as_json: bool) -> None:
     """Revoke a key at once."""
     k = Client().call("DELETE", f"/v1/keys/{key_id}")
-    _out(k, as_json, f"revoked {key_id}")
+    out(k, as_json, f"revoked {key_id}")
+
+
+main.add_command(whoami)
+main.add_command(deploy)
+main.add_command(deployments)
 
 
 if __name__ == "__main__":
