@@ -240,3 +240,50 @@ class Server:
         assert resp.status_code == 200, resp.text
         result: dict[str, Any] = resp.json()
         return result
+
+
+# the published Together clients, run as subprocesses ------------------------------------------------
+
+@dataclass
+class CliResult:
+    """What one run of a client's command printed, and its exit status."""
+
+    args: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.stdout)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"`tg {' '.join(self.args)}` did not print JSON ({exc}):\n{self}") from None
+
+    def __str__(self) -> str:
+        return f"rc={self.rc}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+def together_env(home: Path, base_url: str, key: str, **extra: str) -> dict[str, str]:
+    """The environment a Together CLI runs in here: this server and key, a home of its own (a stored
+    `tg login` would override both), no telemetry, no version check, wide and plain output."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOGETHER_")}
+    env.update({"TOGETHER_BASE_URL": base_url, "TOGETHER_API_KEY": key,
+                "TOGETHER_CREDENTIALS_PATH": str(home / "no-credentials.json"), "HOME": str(home),
+                "XDG_CONFIG_HOME": str(home / ".config"), "TOGETHER_TELEMETRY_DISABLED": "1",
+                "TOGETHER_DISABLE_VERSION_CHECK": "1", "CI": "1",
+                "COLUMNS": "200",  # keep rich from wrapping what the assertions read
+                "NO_COLOR": "1", **extra})
+    return env
+
+
+def run_client(exe: str, argv: list[str], env: dict[str, str], timeout: float, server: Server) -> CliResult:
+    """One command, with a timeout; running past it fails with the server's log."""
+    try:
+        proc = subprocess.run([exe, *argv], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=timeout, cwd=env["HOME"])
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"`tg {' '.join(argv)}` did not finish in {timeout} s\n"
+                             f"stdout: {exc.stdout!r}\nstderr: {exc.stderr!r}\n"
+                             f"server log:\n{server.log_tail()}") from None
+    return CliResult(argv, proc.returncode, proc.stdout, proc.stderr)

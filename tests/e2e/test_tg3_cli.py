@@ -13,20 +13,17 @@ and `rm` of a deployment and of the endpoint (`--force` too), with real demo rep
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from tests.e2e.harness import ROOT, Server
+from tests.e2e.harness import ROOT, CliResult, Server, run_client, together_env
 
 pytestmark = pytest.mark.e2e
 
@@ -49,21 +46,7 @@ def tg3_bin() -> Path:
     return path
 
 
-@dataclass
-class Result:
-    args: list[str]
-    rc: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.stdout)
-        except json.JSONDecodeError as exc:
-            raise AssertionError(f"`tg {' '.join(self.args)}` did not print JSON ({exc}):\n{self}") from None
-
-    def __str__(self) -> str:
-        return f"rc={self.rc}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+Result = CliResult
 
 
 class Tg3:
@@ -72,33 +55,11 @@ class Tg3:
     def __init__(self, server: Server, home: Path, key: str, **env_extra: str) -> None:
         self.server = server
         self.exe = str(tg3_bin())
-        home.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOGETHER_")}
-        env.update({
-            "TOGETHER_BASE_URL": server.url,
-            "TOGETHER_API_KEY": key,
-            "TOGETHER_CREDENTIALS_PATH": str(home / "no-credentials.json"),
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "TOGETHER_TELEMETRY_DISABLED": "1",
-            "TOGETHER_DISABLE_VERSION_CHECK": "1",
-            "CI": "1",
-            "COLUMNS": "200",
-            "NO_COLOR": "1",
-            **env_extra,
-        })
-        self.env = env
+        self.env = together_env(home, server.url, key, **env_extra)
 
     def __call__(self, *args: str, json_output: bool = True) -> Result:
         argv = ["--json" if json_output else "--no-json", *args]
-        try:
-            proc = subprocess.run([self.exe, *argv], env=self.env, capture_output=True, text=True,
-                                  stdin=subprocess.DEVNULL, timeout=CALL_TIMEOUT_S, cwd=self.env["HOME"])
-        except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"`tg {' '.join(argv)}` did not finish in {CALL_TIMEOUT_S} s\n"
-                                 f"stdout: {exc.stdout!r}\nstderr: {exc.stderr!r}\n"
-                                 f"server log:\n{self.server.log_tail()}") from None
-        return Result(argv, proc.returncode, proc.stdout, proc.stderr)
+        return run_client(self.exe, argv, self.env, CALL_TIMEOUT_S, self.server)
 
     def ok(self, *args: str, json_output: bool = True) -> Any:
         result = self(*args, json_output=json_output)

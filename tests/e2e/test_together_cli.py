@@ -10,17 +10,14 @@ timeout on every call (`--wait` never ends on ERROR).
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import ROOT, Server
+from tests.e2e.harness import ROOT, CliResult, Server, run_client, together_env
 
 pytestmark = pytest.mark.e2e
 
@@ -41,21 +38,7 @@ def clients_bin(name: str) -> Path:
     return path
 
 
-@dataclass
-class Result:
-    args: list[str]
-    rc: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.stdout)
-        except json.JSONDecodeError as exc:
-            raise AssertionError(f"`tg {' '.join(self.args)}` did not print JSON ({exc}):\n{self}") from None
-
-    def __str__(self) -> str:
-        return f"rc={self.rc}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+Result = CliResult
 
 
 class Tg:
@@ -64,32 +47,11 @@ class Tg:
     def __init__(self, server: Server, home: Path, key: str, **env_extra: str) -> None:
         self.server = server
         self.exe = str(clients_bin("tg"))
-        home.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOGETHER_")}
-        env.update({
-            "TOGETHER_BASE_URL": f"{server.url}/v1",
-            "TOGETHER_API_KEY": key,
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "TOGETHER_TELEMETRY_DISABLED": "1",
-            "TOGETHER_DISABLE_VERSION_CHECK": "1",
-            "CI": "1",
-            "COLUMNS": "200",  # keep rich from wrapping what the assertions read
-            "NO_COLOR": "1",
-            **env_extra,
-        })
-        self.env = env
+        self.env = together_env(home, f"{server.url}/v1", key, **env_extra)
 
     def __call__(self, *args: str, json_output: bool = True, timeout: float = CALL_TIMEOUT_S) -> Result:
         argv = [*args, "--json" if json_output else "--no-json"]
-        try:
-            proc = subprocess.run([self.exe, *argv], env=self.env, capture_output=True, text=True,
-                                  stdin=subprocess.DEVNULL, timeout=timeout, cwd=self.env["HOME"])
-        except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"`tg {' '.join(argv)}` did not finish in {timeout} s\n"
-                                 f"stdout: {exc.stdout!r}\nstderr: {exc.stderr!r}\n"
-                                 f"server log:\n{self.server.log_tail()}") from None
-        return Result(argv, proc.returncode, proc.stdout, proc.stderr)
+        return run_client(self.exe, argv, self.env, timeout, self.server)
 
     def ok(self, *args: str, timeout: float = CALL_TIMEOUT_S) -> Any:
         """Run with --json, expect exit 0, return the parsed JSON document."""
