@@ -164,3 +164,18 @@ def test_deployment_minutes_are_replaced_per_gateway_summed_across_them_and_kept
     assert store.minutes(["endpoint-1"], minute + timedelta(minutes=1), minute + timedelta(minutes=2)) == []
     store.write_minutes("gw-a", [], T0 + timedelta(days=8))
     assert store.minutes(["endpoint-1"], minute, minute + timedelta(minutes=1)) == [], "older than a week: gone"
+
+
+def test_the_gateways_read_of_routes_sees_every_change_though_it_rebuilds_only_changed_ones(store: Store) -> None:
+    store.create_route(route())
+    store.create_route(route("ep_2", "alice/other"))
+    assert {r.name for r in store.live_routes()} == {"alice/chat", "alice/other"}
+    blue = replace(endpoint("endpoint-b1", "alice/chat/blue"), route_id="ep_1", deployment_name="blue")
+    store.insert_endpoint(blue, ("created", "made"))  # the split changes, the version does not
+    first = store.get_route("ep_1")
+    assert first is not None
+    store.update_route(first, {"visibility": "VISIBILITY_INTERNAL"}, T0)
+    other = store.get_route("ep_2")
+    assert other is not None and store.delete_route(other, T0)
+    (only,) = store.live_routes()
+    assert only.split == (SplitEntry("endpoint-b1", 1.0),) and only.visibility is Visibility.INTERNAL

@@ -126,6 +126,7 @@ class Store(LedgerStore, RouteStore):
         self._active_rows: RowCache[Endpoint] = RowCache()
         self._page_rows: RowCache[Endpoint] = RowCache(max_rows=20_000)
         self._endpoint_live_rows: RowCache[Replica] = RowCache(max_rows=50_000)
+        self._live_route_rows: RowCache[Route] = RowCache()
 
     # owners and keys -------------------------------------------------------
 
