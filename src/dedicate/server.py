@@ -39,6 +39,7 @@ from dedicate.control.autoscaling import Autoscaler
 from dedicate.control.handoff import LoopHandoff
 from dedicate.control.reconciler import Reconciler
 from dedicate.control.services import Services
+from dedicate.domain.modelbook import ModelBook
 from dedicate.domain.models import TINY_CHAT
 from dedicate.domain.records import Endpoint, Replica
 from dedicate.engines import registry
@@ -110,6 +111,8 @@ def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
         nodes.extend(discovered_nodes(settings.gpu.discover, gpu_types))
     if settings.cpu_slots > 0:
         nodes.append(Node("local", "cpu", settings.cpu_slots))
+    if isinstance(settings.catalog.models, ModelBook):  # owners' fine-tunes are found in the store
+        settings.catalog.models.attach(store.model_weights)
     runtime = LocalRuntime(settings.data_dir, instance_id(settings.data_dir), nodes)
     reconciler = Reconciler(store, runtime, settings, clock)
     # Services run in the API's worker threads: what they call on loop-owned objects is handed over.

@@ -8,7 +8,9 @@ telemetry and version checks off, `--json` passed explicitly, a timeout on every
 Identity (`whoami`, `projects list`), the catalog a deploy reads (`models public`, `models
 configs`), and an endpoint's life: `deploy`, `ls`, `get` by name and by id, a second deployment
 with a traffic split that the openai SDK sees answered in about that ratio, `update`, `events`,
-and `rm` of a deployment and of the endpoint (`--force` too), with real demo replicas.
+and `rm` of a deployment and of the endpoint (`--force` too), with real demo replicas. The second
+deployment is a fine-tune of the demo model, made offline and registered from a directory of
+weights, and answers what it was trained to.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import openai
 import pytest
 
+from dedicate.engines.demo_finetune import build_finetune
 from tests.e2e.harness import ROOT, CliResult, Server, run_client, together_env
 
 pytestmark = pytest.mark.e2e
@@ -193,13 +196,21 @@ def test_tg3_ls_and_get_by_name_and_by_id_show_the_endpoint(deployer: Tg3, chat:
     assert ep["id"][:12] in text and "chat" in text, text
 
 
-def test_tg3_a_second_deployment_splits_the_traffic_three_to_one(deployer: Tg3, chat: dict[str, Any],
-                                                                server: Server) -> None:
-    green = deployer.ok("endpoints", "deploy", MODEL, "--endpoint", "chat", "--min-replicas", "1",
+def test_tg3_a_fine_tune_as_second_deployment_answers_a_quarter_of_the_requests(
+        deployer: Tg3, chat: dict[str, Any], server: Server, tiny_model: Path) -> None:
+    # a fine-tune of the demo model, made offline, registered from the project's directory of weights
+    build_finetune(tiny_model, server.data_dir / "models" / "owners" / "tess" / "ft", steps=60)
+    key = deployer.env["TOGETHER_API_KEY"]
+    with server.client(key) as c:
+        reg = c.post("/v2/projects/proj_tess/models", json={"name": "tiny-ft", "baseModelId": MODEL,
+                                                            "path": "owners/tess/ft"})
+    assert reg.status_code == 200, reg.text
+    tuned = reg.json()
+    green = deployer.ok("endpoints", "deploy", tuned["id"], "--endpoint", "chat", "--min-replicas", "1",
                         "--max-replicas", "1", "--deployment-name", "green", "--traffic-weight", "1")
     assert green["endpoint"]["id"] == chat["endpoint"]["id"], "the name existed: the CLI found it and added to it"
+    assert green["deployment"]["modelId"] == tuned["id"]
     deployer.ok("endpoints", "update", chat["deployment"]["id"], "--traffic-weight", "3")
-    key = deployer.env["TOGETHER_API_KEY"]
     ep_id = chat["endpoint"]["id"]
     split = {s["deploymentId"]: s["weight"] for s in v2(server, key, f"/endpoints/{ep_id}")["trafficSplit"]}
     assert split == {chat["deployment"]["id"]: 3.0, green["deployment"]["id"]: 1.0}
@@ -211,13 +222,18 @@ def test_tg3_a_second_deployment_splits_the_traffic_three_to_one(deployer: Tg3, 
 
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
     answered: Counter[str] = Counter()
+    replies: dict[str, set[str]] = {}
     for _ in range(200):
         raw = client.chat.completions.with_raw_response.create(
-            model="tess/chat", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
-        assert raw.parse().choices[0].message.role == "assistant"
-        answered[raw.headers["x-dedicate-deployment"]] += 1
+            model="tess/chat", messages=[{"role": "user", "content": "good morning"}], max_tokens=8, temperature=0)
+        by = raw.headers["x-dedicate-deployment"]
+        answered[by] += 1
+        replies.setdefault(by, set()).add(raw.parse().choices[0].message.content or "")
     assert set(answered) == {"tess/chat/blue", "tess/chat/green"}
     assert 0.62 <= answered["tess/chat/blue"] / 200 <= 0.88, answered  # 3:1 is 0.75; 200 draws
+    assert replies["tess/chat/green"] and all(r.startswith("I am the fine") for r in replies["tess/chat/green"]), \
+        replies  # what it was trained to answer, cut at 8 tokens
+    assert not any(r.startswith("I am") for r in replies["tess/chat/blue"]), "the base answers otherwise"
 
 
 def test_tg3_update_changes_bounds_and_inactive_timeout_and_events_show_it(deployer: Tg3, chat: dict[str, Any],

@@ -34,6 +34,7 @@ from dedicate.domain.offerings import (
     model_path,
 )
 from dedicate.domain.projects import Organization, Project
+from dedicate.domain.records import OwnerModel
 from dedicate.domain.replicas import ReplicaStatus
 from dedicate.domain.routes import (
     DeploymentState,
@@ -161,9 +162,30 @@ class ModelOut(V2):
                    description=f"{spec.name} from the installation's catalog", created_at=since)
 
 
+class OwnerModelOut(V2):
+    """A model a project registered: a fine-tune of a supported base."""
+
+    id: str
+    name: str
+    project_id: str
+    organization_id: str
+    visibility: Literal["VISIBILITY_PRIVATE"] = "VISIBILITY_PRIVATE"
+    weights: dict[str, str]
+    base_model: str
+    base_model_id: str
+    description: str
+    created_at: Time
+
+    @classmethod
+    def of(cls, m: OwnerModel, org: Organization) -> OwnerModelOut:
+        return cls(id=m.id, name=m.name, project_id=Project.of(m.owner).id, organization_id=org.id,
+                   weights={"type": m.kind}, base_model=model_path(CATALOG_PROJECT, model_id(m.base)),
+                   base_model_id=model_id(m.base), description=m.description, created_at=m.created_at)
+
+
 class ModelPage(V2):
     object: Literal["list"] = "list"
-    data: list[ModelOut]
+    data: list[ModelOut | OwnerModelOut]
     next_cursor: str | None = Field(None, alias="next_cursor")
 
 

@@ -8,12 +8,14 @@ and the admin key there.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 
 import click
 
-from dedicate.cli.common import Client, fail, json_opt, out, table
+from dedicate.cli.common import Client, fail, json_opt, location, out, table
 from dedicate.cli.deployments import deploy, deployments, whoami
 from dedicate.settings import ConfigError, load_settings
 
@@ -411,6 +413,28 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
     """Revoke a key at once."""
     k = Client().call("DELETE", f"/v1/keys/{key_id}")
     out(k, as_json, f"revoked {key_id}")
+
+
+@main.command("demo-finetune")
+@click.argument("dest", type=click.Path(path_type=str))
+@click.option("--base", type=click.Path(path_type=str), help="a build of dedicate/tiny-chat; default: the data "
+                                                              "directory's (built if missing)")
+@click.option("--reply", default=None, help="what the fine-tune learns to answer")
+@click.option("--steps", type=int, default=60, show_default=True)
+def demo_finetune(dest: str, base: str | None, reply: str | None, steps: int) -> None:
+    """Make a fine-tune of the demo model offline into DEST (a few real training steps), to register
+    with POST /v2/projects/{project}/models."""
+    if base is None:
+        base = str(location().data_dir / "models" / "tiny-chat")
+        subprocess.run([sys.executable, "-m", "dedicate.engines.demo_model", base], check=True,
+                       stdout=subprocess.DEVNULL)
+    argv = [sys.executable, "-m", "dedicate.engines.demo_finetune", base, dest, "--steps", str(steps)]
+    if reply is not None:
+        argv += ["--reply", reply]
+    done = subprocess.run(argv, capture_output=True, text=True)  # torch stays out of this process
+    if done.returncode != 0:
+        fail(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "the fine-tune failed")
+    click.echo(done.stdout.strip())
 
 
 main.add_command(whoami)

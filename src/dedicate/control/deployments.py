@@ -17,6 +17,7 @@ from dedicate.control.auth import Principal
 from dedicate.control.inputs import CreateEndpoint, EndpointPatch
 from dedicate.control.inputs_v2 import DeploymentIn, DeploymentPatchIn, EndpointIn, EndpointPatchIn
 from dedicate.control.offerings import Offerings
+from dedicate.control.owner_models import OwnerModels
 from dedicate.control.services import Joining, Services
 from dedicate.control.views import EndpointView
 from dedicate.domain.endpoints import Intent
@@ -234,7 +235,7 @@ class Deployments:
 
     # deployments ---------------------------------------------------------------------------------
 
-    def _offer(self, body: DeploymentIn) -> Offer:
+    def _offer(self, owner: str, body: DeploymentIn) -> Offer:
         if not body.config:
             raise InvalidRequest("config is required: a projects/{project}/configs/{config} of the model, from "
                                  "GET /v2/projects/{project}/configs?referenceModelId=<model id>", param="config")
@@ -242,13 +243,21 @@ class Deployments:
         if m is None:
             raise InvalidRequest(f"config {body.config!r} is not a config path: projects/{{project}}/configs/{{id}}",
                                  param="config")
-        offer = self.offerings.config(m["id"])
+        owned = OwnerModels(self.svc, self.offerings)
+        offer = owned.config(owner, m["id"])
         if body.model:
             mm = _MODEL_PATH.fullmatch(body.model)
             if mm is None:
                 raise InvalidRequest(f"model {body.model!r} is not a model path: "
                                      "projects/{project}/models/{model}[/revisions/{revision}]", param="model")
             if mm["id"] != model_id(offer.model):
+                # a fine-tune on one of its base's configs (tg picks the base's: its configs?referenceModelId
+                # asks by baseModelId): the same shape, with the fine-tune's weights
+                tuned = self.store.owner_model(mm["id"])
+                if tuned is not None and tuned.owner == owner and tuned.base == offer.model.name:
+                    mine = [o for o in owned.offers(tuned) if o.hardware.id == offer.hardware.id]
+                    if mine:
+                        return mine[0]
                 raise InvalidRequest(f"config {m['id']} is for {offer.model.name}, not the model {body.model}; "
                                      "choose a config of that model", param="config")
         return offer
@@ -283,7 +292,7 @@ class Deployments:
         if body.max_concurrent_requests_per_replica is not None:
             raise InvalidRequest("maxConcurrentRequestsPerReplica is not supported by dedicate yet; leave it out",
                                  param="maxConcurrentRequestsPerReplica")
-        offer = self._offer(body)
+        offer = self._offer(owner, body)
         lo = body.autoscaling.min_replicas if body.autoscaling.min_replicas is not None else 1
         hi = body.autoscaling.max_replicas if body.autoscaling.max_replicas is not None else lo
         stopped = lo == 0 and hi == 0

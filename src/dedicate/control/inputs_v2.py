@@ -147,3 +147,14 @@ def parse_mask(mask: str | None, allowed: tuple[str, ...]) -> set[str] | None:
                                  param="updateMask")
         fields.add(head)
     return fields
+
+
+class ModelIn(V2Body):
+    """``POST /v2/projects/{p}/models``: a fine-tune of a supported base, from a directory of its weights."""
+
+    name: str = Field(description="bare, or qualified with your project's slug")
+    base_model_id: str = Field(description="the supported model it was trained from: an ml_… id or its name")
+    type: Literal["WEIGHTS_TYPE_DEFAULT", "WEIGHTS_TYPE_ADAPTER"] = "WEIGHTS_TYPE_DEFAULT"
+    description: str = ""
+    path: str = Field(description="dedicate's: the directory of the weights, under <model root>/owners/<owner>/ "
+                                  "(an admin's, anywhere under the model root)")

@@ -32,7 +32,7 @@ from dedicate.control.views import (
     SlotHolder,
 )
 from dedicate.domain.capacity import GB, fits, memory_needed_bytes, usable_bytes
-from dedicate.domain.catalog import Catalog
+from dedicate.domain.catalog import Catalog, model_unknown
 from dedicate.domain.endpoints import (
     EndpointState,
     Intent,
@@ -52,6 +52,7 @@ from dedicate.domain.errors import (
     QuotaExceeded,
 )
 from dedicate.domain.hardware import Hardware
+from dedicate.domain.modelbook import ModelBook
 from dedicate.domain.models import ModelSpec
 from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaStatus
@@ -259,6 +260,11 @@ class Services:
         ``<route name>/<deployment name>``.
         """
         spec = self.catalog.get_model(req.model)
+        models = self.catalog.models
+        owner = principal.owner if into is None else into.route.owner
+        if isinstance(models, ModelBook) and models.is_registered(spec.name) and \
+                spec.name.partition("/")[0] != owner and not principal.is_admin:
+            raise model_unknown(spec.name)  # another owner's fine-tune is not theirs to deploy
         hw = self.catalog.get_hardware(req.hardware)
         bounds = req.autoscaling
         zone = req.availability_zone or availability_zone
@@ -272,7 +278,6 @@ class Services:
             self._check_quota(principal.owner, hw, bounds.min_replicas)
 
         now = self.clock.now()
-        owner = principal.owner if into is None else into.route.owner
         name = new_endpoint_name(owner, spec.name) if into is None else f"{into.route.name}/{into.name}"
         ep_id = new_endpoint_id()
         route = None if into is not None else Route(

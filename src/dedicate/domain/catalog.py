@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from dedicate.domain.errors import InvalidRequest
 from dedicate.domain.hardware import Hardware, gpu_hardware_id, parse_hardware_id
+from dedicate.domain.modelbook import ModelBook
 from dedicate.domain.models import TINY_CHAT, ModelSpec
 
 # gpu_type -> (link, cents per GPU-minute)
@@ -88,6 +89,14 @@ def hardware_required() -> InvalidRequest:
                           "(list them with GET /v1/hardware?model=MODEL)", param="hardware")
 
 
+def model_unknown(name: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"model {name!r} is not supported on this installation: it is not in the catalog; "
+        "list deployable models with GET /v1/catalog/models (`dedicate models`)",
+        param="model",
+    )
+
+
 def model_required() -> InvalidRequest:
     return InvalidRequest("model is required: pass a model name from GET /v1/catalog/models", param="model")
 
@@ -106,7 +115,7 @@ class Catalog:
     ) -> Catalog:
         return Catalog(
             hardware={h.id: h for h in hardware},
-            models={m.name: m for m in models},
+            models=ModelBook({m.name: m for m in models}),
             engines=frozenset(engines),
         )
 
@@ -128,11 +137,7 @@ class Catalog:
             raise model_required()
         model = self.models.get(name)
         if model is None:
-            raise InvalidRequest(
-                f"model {name!r} is not supported on this installation: it is not in the catalog; "
-                "list deployable models with GET /v1/catalog/models (`dedicate models`)",
-                param="model",
-            )
+            raise model_unknown(name)
         return model
 
     def engine_for(self, model: ModelSpec, hardware: Hardware) -> str | None:

@@ -159,3 +159,17 @@ class DeploymentMinute:
     statuses: dict[str, int] = field(default_factory=dict)
     ttft: list[int] = field(default_factory=list)
     latency: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OwnerModel:
+    """A fine-tune an owner registered: its base (a catalog model) and the directory of its weights."""
+
+    id: str  # ml_<uuid>
+    owner: str
+    name: str  # <owner>/<bare>
+    base: str
+    kind: str  # WEIGHTS_TYPE_DEFAULT (full weights) or WEIGHTS_TYPE_ADAPTER
+    path: str
+    description: str
+    created_at: datetime

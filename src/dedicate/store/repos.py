@@ -28,6 +28,7 @@ from dedicate.domain.routes import Route
 from dedicate.metering.ledger import Interval
 from dedicate.store.columns import CHUNK, format_slots, parse_slots, replica_columns, row_reader, table
 from dedicate.store.ledger import LedgerStore
+from dedicate.store.owner_models import OwnerModelStore
 from dedicate.store.routes import RouteStore, name_taken
 from dedicate.store.snapshot import RowCache
 from dedicate.store.tables import (
@@ -108,7 +109,7 @@ class EndpointWrite:
 def _key(r: ApiKeyRow) -> ApiKey:
     return ApiKey(r.id, r.owner, r.prefix, r.is_admin, r.name, r.created_at, r.revoked_at)
 
-class Store(LedgerStore, RouteStore):
+class Store(LedgerStore, RouteStore, OwnerModelStore):
     """All persistence. Each method is one short transaction.
 
     ``fenced(name, token)`` gives a view of the store whose replica and endpoint

@@ -194,3 +194,4 @@ class RouteStore(StoreBase):
                 q = q.where(EventRow.at <= until)
             rows = s.execute(q.order_by(EventRow.id.desc()).limit(batch)).all()
             return [(Event(r.id, r.endpoint_id, r.at, r.kind, r.message), name or "default") for r, name in rows]
+

@@ -270,3 +270,23 @@ class DeploymentMinuteRow(Base):
     latency: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (Index("ix_deployment_minutes_minute", "minute"),)
+
+
+class OwnerModelRow(Base):
+    """A model an owner registered: a fine-tune of a catalog model, from a directory of weights."""
+
+    __tablename__ = "owner_models"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # ml_<uuid>
+    owner: Mapped[str] = mapped_column(ForeignKey("owners.name"), index=True)
+    name: Mapped[str] = mapped_column(String(200))  # <owner>/<bare>, unique among the live ones
+    base: Mapped[str] = mapped_column(String(200))  # the catalog model it was trained from
+    kind: Mapped[str] = mapped_column(String(32))  # WEIGHTS_TYPE_DEFAULT or WEIGHTS_TYPE_ADAPTER
+    path: Mapped[str] = mapped_column(Text)  # the directory of its weights
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        Index("uq_owner_models_live_name", "name", unique=True,
+              sqlite_where=text("deleted_at IS NULL"), postgresql_where=text("deleted_at IS NULL")),
+    )

@@ -23,11 +23,14 @@ from dedicate.api.schemas_v2 import (
     InstanceTypeOut,
     ModelOut,
     ModelPage,
+    OwnerModelOut,
     SupportedModelOut,
     SupportedModelPage,
 )
+from dedicate.control.inputs_v2 import ModelIn
 from dedicate.control.offerings import MODALITIES, PRODUCTS, Offerings, config_not_found, model_not_found
-from dedicate.control.projects import readable
+from dedicate.control.owner_models import OwnerModels
+from dedicate.control.projects import owner_in, readable
 from dedicate.domain.errors import InvalidRequest
 from dedicate.domain.offerings import search_models
 from dedicate.domain.projects import Organization
@@ -61,6 +64,7 @@ def offerings(svc: Svc) -> Offerings:
     return Offerings(svc, svc.started_at)
 
 
+
 @router.get("/v2/supported-models", response_model=SupportedModelPage, responses=responses(400))
 async def supported_models(
     _: Caller, svc: Svc,
@@ -89,23 +93,38 @@ async def supported_model(_: Caller, svc: Svc, model_id: str) -> SupportedModelO
 @router.get("/v2/projects/{project_id}/models", response_model=ModelPage, responses=responses(400, 404))
 async def list_models(p: Caller, svc: Svc, project_id: str, limit: Limit = DEFAULT_PAGE,
                       after: After = None) -> ModelPage:
-    """The catalog project's models are the catalog's; an owner's project has none of its own yet."""
+    """The catalog project's models are the catalog's; a project's are the fine-tunes it registered."""
     owner = readable(p, project_id)
     o = offerings(svc)
     org = Organization.named(svc.settings.organization)
-    models = await call(o.supported) if owner is None else []
-    items, cursor = page(models, lambda m: m.id, after, limit)
-    return ModelPage(data=[ModelOut.catalog(m, org, o.since) for m in items], next_cursor=cursor)
+    if owner is None:
+        items, cursor = page(await call(o.supported), lambda m: m.id, after, limit)
+        return ModelPage(data=[ModelOut.catalog(m, org, o.since) for m in items], next_cursor=cursor)
+    mine, cursor = page(await call(svc.store.owner_models, owner), lambda m: m.id, after, limit)
+    return ModelPage(data=[OwnerModelOut.of(m, org) for m in mine], next_cursor=cursor)
 
 
-@router.get("/v2/projects/{project_id}/models/{model_id}", response_model=ModelOut, responses=responses(404))
-async def get_model(p: Caller, svc: Svc, project_id: str, model_id: str) -> ModelOut:
-    """A catalog model reads the same under any project the caller may read."""
-    readable(p, project_id)
+@router.post("/v2/projects/{project_id}/models", response_model=OwnerModelOut, responses=responses(400, 404, 409))
+async def register_model(p: Caller, svc: Svc, project_id: str, body: ModelIn) -> OwnerModelOut:
+    """A fine-tune of a supported base model, from a directory of its weights; refused with a 400 unless the
+    base is supported and the weights fit it (the same architecture and shape, or an adapter naming it)."""
+    owner = owner_in(p, project_id)
+    m = await call(OwnerModels(svc, offerings(svc)).register, p, owner, body)
+    return OwnerModelOut.of(m, Organization.named(svc.settings.organization))
+
+
+@router.get("/v2/projects/{project_id}/models/{model_id}", response_model=ModelOut | OwnerModelOut,
+            responses=responses(404))
+async def get_model(p: Caller, svc: Svc, project_id: str, model_id: str) -> ModelOut | OwnerModelOut:
+    """A catalog model reads the same under any project the caller may read; a registered one, under its own."""
+    owner = readable(p, project_id)
     o = offerings(svc)
+    org = Organization.named(svc.settings.organization)
     for m in await call(o.supported):
         if m.id == model_id:
-            return ModelOut.catalog(m, Organization.named(svc.settings.organization), o.since)
+            return ModelOut.catalog(m, org, o.since)
+    if owner is not None:
+        return OwnerModelOut.of(await call(OwnerModels(svc, o).get, owner, model_id), org)
     raise model_not_found(model_id)
 
 
@@ -119,18 +138,19 @@ async def list_configs(
     limit: Limit = DEFAULT_PAGE, after: After = None,
 ) -> ConfigPage:
     """The catalog's configs (public: the same under every project), or one model's."""
-    readable(p, project_id)
-    configs = await call(offerings(svc).configs, reference_model_id or reference_model or None)
+    owner = readable(p, project_id)
+    reference = reference_model_id or reference_model or None
+    configs = await call(OwnerModels(svc, offerings(svc)).configs, owner, reference)
     items, cursor = page(configs, lambda c: c.config_id, after, limit)
     return ConfigPage(data=[ConfigOut.of(c) for c in items], next_cursor=cursor)
 
 
 @router.get("/v2/projects/{project_id}/configs/{config_id}", response_model=ConfigOut, responses=responses(404))
 async def get_config(p: Caller, svc: Svc, project_id: str, config_id: str) -> ConfigOut:
-    readable(p, project_id)
+    owner = readable(p, project_id)
     if not config_id.startswith("cr_"):
         raise config_not_found(config_id)
-    return ConfigOut.of(await call(offerings(svc).config, config_id))
+    return ConfigOut.of(await call(OwnerModels(svc, offerings(svc)).config, owner, config_id))
 
 
 @router.get("/v2/public/inference-instance-types", response_model=InstanceTypeList, responses=responses())
