@@ -25,6 +25,7 @@ BODIES = {
     ("post", "/v1/chat/completions"): ("InferenceRequest", True),
     ("post", "/v1/completions"): ("InferenceRequest", True),
     ("post", "/v2/projects/{project_id}/endpoints"): ("EndpointIn", True),
+    ("post", "/v2/projects/{project_id}/models"): ("ModelIn", True),
     ("patch", "/v2/projects/{project_id}/endpoints/{endpoint_id}"): ("EndpointPatchIn", True),
     ("post", "/v2/projects/{project_id}/endpoints/{endpoint_id}/deployments"): ("DeploymentIn", True),
     ("patch", "/v2/projects/{project_id}/endpoints/{endpoint_id}/deployments/{deployment_id}"):

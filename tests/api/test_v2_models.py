@@ -41,7 +41,7 @@ def test_a_fine_tune_of_a_supported_base_registers_lists_and_has_its_bases_shape
     assert resp.status_code == 200, resp.text
     m = resp.json()
     assert m["name"] == "admin/tiny-ft" and m["id"] == model_id("admin/tiny-ft")
-    assert m["baseModelId"] == model_id(TINY) and m["weights"] == {"type": "WEIGHTS_TYPE_DEFAULT"}
+    assert m["baseModelId"] == model_id(TINY) and m["weights"]["type"] == "WEIGHTS_TYPE_DEFAULT"
     listed = app.client.get("/v2/projects/proj_admin/models").json()["data"]
     assert [x["id"] for x in listed] == [m["id"]]
     assert app.client.get(f"/v2/projects/proj_admin/models/{m['id']}").json()["name"] == "admin/tiny-ft"

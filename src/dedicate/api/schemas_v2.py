@@ -21,6 +21,7 @@ from dedicate.control.views import EndpointView
 from dedicate.domain import latency
 from dedicate.domain.catalog import Catalog
 from dedicate.domain.endpoints import Intent
+from dedicate.domain.models import ModelSpec
 from dedicate.domain.offerings import (
     CATALOG_PROJECT,
     Offer,
@@ -132,7 +133,7 @@ class Parameters(V2):
 
 
 class Weights(V2):
-    type: Literal["WEIGHTS_TYPE_DEFAULT"] = "WEIGHTS_TYPE_DEFAULT"
+    type: Literal["WEIGHTS_TYPE_DEFAULT", "WEIGHTS_TYPE_ADAPTER"] = "WEIGHTS_TYPE_DEFAULT"
     architecture: str
     context_length: str
     parameters: Parameters
@@ -143,7 +144,7 @@ class ModelOut(V2):
     name: str
     project_id: str
     organization_id: str
-    visibility: Literal["VISIBILITY_INTERNAL"] = "VISIBILITY_INTERNAL"
+    visibility: Literal["VISIBILITY_PRIVATE", "VISIBILITY_INTERNAL"] = "VISIBILITY_INTERNAL"
     weights: Weights
     base_model: str
     base_model_id: str
@@ -153,39 +154,31 @@ class ModelOut(V2):
     @classmethod
     def catalog(cls, m: SupportedModel, org: Organization, since: Time) -> ModelOut:
         spec = m.model
-        total = str(round(spec.params_b * 1e9))
-        params = Parameters(total=total, by_dtype=[{"dtype": spec.dtype, "count": total}])
         return cls(id=m.id, name=spec.name, project_id=CATALOG_PROJECT, organization_id=org.id,
-                   weights=Weights(architecture=spec.family, context_length=str(spec.context_length),
-                                   parameters=params),
+                   weights=_weights(spec, "WEIGHTS_TYPE_DEFAULT"),
                    base_model=model_path(CATALOG_PROJECT, m.id), base_model_id=m.id,
                    description=f"{spec.name} from the installation's catalog", created_at=since)
 
-
-class OwnerModelOut(V2):
-    """A model a project registered: a fine-tune of a supported base."""
-
-    id: str
-    name: str
-    project_id: str
-    organization_id: str
-    visibility: Literal["VISIBILITY_PRIVATE"] = "VISIBILITY_PRIVATE"
-    weights: dict[str, str]
-    base_model: str
-    base_model_id: str
-    description: str
-    created_at: Time
-
     @classmethod
-    def of(cls, m: OwnerModel, org: Organization) -> OwnerModelOut:
+    def registered(cls, m: OwnerModel, base: ModelSpec, org: Organization) -> ModelOut:
+        """A project's fine-tune: private to it, with its base's architecture and size."""
+        kind: Literal["WEIGHTS_TYPE_DEFAULT", "WEIGHTS_TYPE_ADAPTER"] = \
+            "WEIGHTS_TYPE_ADAPTER" if m.kind == "WEIGHTS_TYPE_ADAPTER" else "WEIGHTS_TYPE_DEFAULT"
         return cls(id=m.id, name=m.name, project_id=Project.of(m.owner).id, organization_id=org.id,
-                   weights={"type": m.kind}, base_model=model_path(CATALOG_PROJECT, model_id(m.base)),
-                   base_model_id=model_id(m.base), description=m.description, created_at=m.created_at)
+                   visibility="VISIBILITY_PRIVATE", weights=_weights(base, kind),
+                   base_model=model_path(CATALOG_PROJECT, model_id(m.base)), base_model_id=model_id(m.base),
+                   description=m.description or f"a fine-tune of {m.base}", created_at=m.created_at)
+
+
+def _weights(spec: ModelSpec, kind: Literal["WEIGHTS_TYPE_DEFAULT", "WEIGHTS_TYPE_ADAPTER"]) -> Weights:
+    total = str(round(spec.params_b * 1e9))
+    return Weights(type=kind, architecture=spec.family, context_length=str(spec.context_length),
+                   parameters=Parameters(total=total, by_dtype=[{"dtype": spec.dtype, "count": total}]))
 
 
 class ModelPage(V2):
     object: Literal["list"] = "list"
-    data: list[ModelOut | OwnerModelOut]
+    data: list[ModelOut]
     next_cursor: str | None = Field(None, alias="next_cursor")
 
 

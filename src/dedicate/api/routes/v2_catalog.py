@@ -23,7 +23,6 @@ from dedicate.api.schemas_v2 import (
     InstanceTypeOut,
     ModelOut,
     ModelPage,
-    OwnerModelOut,
     SupportedModelOut,
     SupportedModelPage,
 )
@@ -31,9 +30,11 @@ from dedicate.control.inputs_v2 import ModelIn
 from dedicate.control.offerings import MODALITIES, PRODUCTS, Offerings, config_not_found, model_not_found
 from dedicate.control.owner_models import OwnerModels
 from dedicate.control.projects import owner_in, readable
+from dedicate.control.services import Services
 from dedicate.domain.errors import InvalidRequest
 from dedicate.domain.offerings import search_models
 from dedicate.domain.projects import Organization
+from dedicate.domain.records import OwnerModel
 
 router = APIRouter(route_class=BoundedRoute, tags=["v2 catalog"])
 T = TypeVar("T")
@@ -62,6 +63,10 @@ def page(items: Sequence[T], key: Callable[[T], str], after: str | None, limit: 
 
 def offerings(svc: Svc) -> Offerings:
     return Offerings(svc, svc.started_at)
+
+
+def registered_out(svc: Services, m: OwnerModel, org: Organization) -> ModelOut:
+    return ModelOut.registered(m, svc.catalog.get_model(m.base), org)
 
 
 
@@ -101,21 +106,20 @@ async def list_models(p: Caller, svc: Svc, project_id: str, limit: Limit = DEFAU
         items, cursor = page(await call(o.supported), lambda m: m.id, after, limit)
         return ModelPage(data=[ModelOut.catalog(m, org, o.since) for m in items], next_cursor=cursor)
     mine, cursor = page(await call(svc.store.owner_models, owner), lambda m: m.id, after, limit)
-    return ModelPage(data=[OwnerModelOut.of(m, org) for m in mine], next_cursor=cursor)
+    return ModelPage(data=[registered_out(svc, m, org) for m in mine], next_cursor=cursor)
 
 
-@router.post("/v2/projects/{project_id}/models", response_model=OwnerModelOut, responses=responses(400, 404, 409))
-async def register_model(p: Caller, svc: Svc, project_id: str, body: ModelIn) -> OwnerModelOut:
+@router.post("/v2/projects/{project_id}/models", response_model=ModelOut, responses=responses(400, 404, 409))
+async def register_model(p: Caller, svc: Svc, project_id: str, body: ModelIn) -> ModelOut:
     """A fine-tune of a supported base model, from a directory of its weights; refused with a 400 unless the
     base is supported and the weights fit it (the same architecture and shape, or an adapter naming it)."""
     owner = owner_in(p, project_id)
     m = await call(OwnerModels(svc, offerings(svc)).register, p, owner, body)
-    return OwnerModelOut.of(m, Organization.named(svc.settings.organization))
+    return registered_out(svc, m, Organization.named(svc.settings.organization))
 
 
-@router.get("/v2/projects/{project_id}/models/{model_id}", response_model=ModelOut | OwnerModelOut,
-            responses=responses(404))
-async def get_model(p: Caller, svc: Svc, project_id: str, model_id: str) -> ModelOut | OwnerModelOut:
+@router.get("/v2/projects/{project_id}/models/{model_id}", response_model=ModelOut, responses=responses(404))
+async def get_model(p: Caller, svc: Svc, project_id: str, model_id: str) -> ModelOut:
     """A catalog model reads the same under any project the caller may read; a registered one, under its own."""
     owner = readable(p, project_id)
     o = offerings(svc)
@@ -124,7 +128,7 @@ async def get_model(p: Caller, svc: Svc, project_id: str, model_id: str) -> Mode
         if m.id == model_id:
             return ModelOut.catalog(m, org, o.since)
     if owner is not None:
-        return OwnerModelOut.of(await call(OwnerModels(svc, o).get, owner, model_id), org)
+        return registered_out(svc, await call(OwnerModels(svc, o).get, owner, model_id), org)
     raise model_not_found(model_id)
 
 
