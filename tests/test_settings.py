@@ -269,7 +269,7 @@ UNKNOWN_KEYS = [
                                          "[[models]], [[nodes]], [server], [timing]"),
     ("server", '[server]\ndata_dri = "/srv"\n',
      "[server] unknown setting 'data_dri' (did you mean 'data_dir'?); known: availability_zones, data_dir, "
-     "database_url, host, organization, port"),
+     "database_url, host, max_upload_bytes, organization, port"),
     ("cpu", "[cpu]\nslot = 2\n", "[cpu] unknown setting 'slot' (did you mean 'slots'?); known: cents_per_minute"),
     ("timing", "[timing]\nreconcile_s = 1\n", "[timing] unknown setting 'reconcile_s'"),
     ("gpu", "[gpu]\ndiscovery = false\n", "[gpu] unknown setting 'discovery' (did you mean 'discover'?)"),

@@ -218,6 +218,7 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
     app.include_router(billing_routes.router)
     app.include_router(identity_routes.router)
     app.include_router(v2_catalog_routes.router)
+    app.include_router(v2_catalog_routes.uploads)
     app.include_router(v2_endpoint_routes.router)
     app.include_router(gateway_app.router, responses=api_errors.responses())
 

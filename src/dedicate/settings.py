@@ -157,6 +157,8 @@ class ServerTable(_Table):
     availability_zones: Annotated[tuple[Text, ...], Field(min_length=1)] = ("local",)
     # The installation as Together's v2 clients see it: the one organization of every project.
     organization: Annotated[str, BeforeValidator(_organization)] = "dedicate"
+    # The most one upload of model weights may hold (all its files together).
+    max_upload_bytes: Annotated[int, BeforeValidator(_whole(1))] = 64 << 30
 
 
 class CpuTable(_Table):
@@ -449,6 +451,7 @@ class Settings:
     gpu: GpuSettings = field(default_factory=GpuSettings)
     availability_zones: tuple[str, ...] = ("local",)
     organization: str = "dedicate"
+    max_upload_bytes: int = 64 << 30
     config_path: Path | None = None
 
     @property
@@ -562,6 +565,7 @@ def _settings(env: Mapping[str, str], place: Location, file: ConfigFile) -> Sett
         gpu=file.gpu,
         availability_zones=file.server.availability_zones,
         organization=file.server.organization,
+        max_upload_bytes=file.server.max_upload_bytes,
         config_path=place.config_path,
     )
 

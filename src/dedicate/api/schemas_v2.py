@@ -176,6 +176,13 @@ def _weights(spec: ModelSpec, kind: Literal["WEIGHTS_TYPE_DEFAULT", "WEIGHTS_TYP
                    parameters=Parameters(total=total, by_dtype=[{"dtype": spec.dtype, "count": total}]))
 
 
+class UploadOut(V2):
+    directory: str = Field(description="the upload's directory under the model root: register it as `path`")
+    file: str
+    bytes: str = Field(description="int64, as a string")
+    upload_bytes: str = Field(description="every file of the upload together")
+
+
 class ModelPage(V2):
     object: Literal["list"] = "list"
     data: list[ModelOut]

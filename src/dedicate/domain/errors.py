@@ -65,6 +65,11 @@ class InvalidRequest(DedicateError):
     should_retry = False
 
 
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
 class HardwareUnavailable(InvalidRequest):
     code = "hardware_unavailable"
 

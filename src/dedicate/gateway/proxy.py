@@ -27,7 +27,15 @@ from typing import Any, Final
 
 from dedicate.control.auth import Principal
 from dedicate.domain.endpoints import EndpointState, Intent
-from dedicate.domain.errors import DedicateError, EndpointStopped, InvalidRequest, NotFound, RateLimited, Unavailable
+from dedicate.domain.errors import (
+    DedicateError,
+    EndpointStopped,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+)
 from dedicate.gateway.keys import KeyCache
 from dedicate.gateway.limits import Limiter, Limits
 from dedicate.gateway.routing import Route, RoutingTable, Target, Unrouted
@@ -50,11 +58,6 @@ HOP_HEADERS: Final = frozenset({b"connection", b"keep-alive", b"transfer-encodin
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 STREAM_ERROR: Final = (b'data: {"error": {"message": "the replica failed mid-response; the answer is incomplete",'
                        b' "type": "server_error", "param": null, "code": "upstream_error"}}\n\n')
-
-
-class PayloadTooLarge(InvalidRequest):
-    status = 413
-    code = "request_too_large"
 
 
 def error_body(exc: DedicateError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from dedicate.api.deps import BoundedRoute, Caller, Svc, call, one_of, whole
 from dedicate.api.errors import responses
@@ -25,12 +25,14 @@ from dedicate.api.schemas_v2 import (
     ModelPage,
     SupportedModelOut,
     SupportedModelPage,
+    UploadOut,
 )
 from dedicate.control.inputs_v2 import ModelIn
 from dedicate.control.offerings import MODALITIES, PRODUCTS, Offerings, config_not_found, model_not_found
 from dedicate.control.owner_models import OwnerModels
 from dedicate.control.projects import owner_in, readable
 from dedicate.control.services import Services
+from dedicate.control.uploads import receive
 from dedicate.domain.errors import InvalidRequest
 from dedicate.domain.offerings import search_models
 from dedicate.domain.projects import Organization
@@ -168,3 +170,22 @@ async def instance_types(_: Caller, svc: Svc) -> InstanceTypeList:
             responses=responses(404))
 async def instance_type(_: Caller, svc: Svc, type_id: str) -> InstanceTypeOut:
     return InstanceTypeOut.of(await call(offerings(svc).instance_type, type_id))
+
+
+# uploads: weights for a model, a file at a time ----------------------------------------------------
+
+uploads = APIRouter(tags=["v2 catalog"])  # no body bound: an upload streams its own, under its cap
+
+
+@uploads.put("/v2/projects/{project_id}/uploads/{upload}/files/{path:path}", response_model=UploadOut,
+             responses=responses(400, 404, 413),
+             openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+                 "schema": {"type": "string", "format": "binary"}}}}})
+async def upload_file(p: Caller, svc: Svc, request: Request, project_id: str, upload: str, path: str) -> UploadOut:
+    """One file of an upload, streamed into your directory under the model root; the whole upload is at most
+    `[server] max_upload_bytes`. Register the upload's `directory` with POST .../models as its `path`."""
+    owner = owner_in(p, project_id)
+    declared = request.headers.get("content-length", "")
+    got = await receive(svc.settings.models_dir, owner, upload, path, int(declared) if declared.isdigit() else None,
+                        request.stream(), svc.settings.max_upload_bytes)
+    return UploadOut(directory=got.directory, file=got.file, bytes=str(got.size), upload_bytes=str(got.total))
