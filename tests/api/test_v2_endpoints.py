@@ -185,8 +185,11 @@ def test_validate_only_prices_a_deployment_and_makes_nothing(app: App) -> None:
     ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scaleUpWindow": "soon"}}, "autoscaling.scaleUpWindow"),
     ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scaleDownWindow": "2h"}}, "autoscaling.scaleDownWindow"),
     ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scalingMetrics": [
-        {"name": "ttft", "type": "METRIC_TARGET_TYPE_VALUE", "target": 500, "percentile": "p95"}]}},
+        {"name": "gpu_utilization", "type": "METRIC_TARGET_TYPE_UTILIZATION", "target": 80}]}},
      "autoscaling.scalingMetrics[0].name"),
+    ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scalingMetrics": [
+        {"name": "ttft", "type": "METRIC_TARGET_TYPE_VALUE", "target": 500, "percentile": "p42"}]}},
+     "autoscaling.scalingMetrics[0].percentile"),
     ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "scaleUp": {
         "policies": [{"periodSeconds": 0, "type": "SCALING_POLICY_TYPE_PODS", "value": 1}]}}},
      "autoscaling.scaleUp.policies[0].periodSeconds"),

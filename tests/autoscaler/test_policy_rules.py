@@ -77,3 +77,20 @@ def test_the_zero_window_is_how_long_silence_lasts_before_no_replica_is_left() -
     assert run.desired == 1, "down to one with the down window; not to zero yet"
     run.run(70, lambda t: 0)
     assert run.desired == 0 and "scaled to zero" in run.events[-1][1]
+
+
+def test_a_latency_metric_over_its_target_asks_for_replicas_in_proportion() -> None:
+    from dedicate.autoscaler.policy import Inputs, recommend
+    from dedicate.domain.scaling import Metric
+
+    c = cfg(metric=Metric("ttft", 200, 95))
+    slow = recommend(Inputs(desired=2, in_flight=2, ready=2, latency_ms=500), c)
+    assert slow.replicas == 5 and "ttft p95 500 ms over target 200 ms" in slow.why
+    fast = recommend(Inputs(desired=2, in_flight=2, ready=2, latency_ms=50), c)
+    assert fast.replicas == 1, "under target: the in-flight count decides"
+    tokens = recommend(Inputs(desired=1, in_flight=1, ready=1, tokens_per_s=250),
+                       cfg(metric=Metric("throughput_per_replica", 100)))
+    assert tokens.replicas == 3
+    full = recommend(Inputs(desired=2, in_flight=1, ready=2, kv_cache_usage=0.6),
+                     cfg(metric=Metric("token_utilization", 50)))
+    assert full.replicas == 3, "the KV-cache target is the metric's: 2 x 0.6 / 0.5"

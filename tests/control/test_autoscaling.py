@@ -405,3 +405,26 @@ def test_a_deployments_own_rules_hold_its_scale_up_for_its_window_and_cap_its_ra
     assert f.ep(e)["desired"] == 3, "after the window, as far as 2 replicas per 10 minutes allow"
     assert any("up window" in m and "scaleUp policies allow 3" in m for m in f.events(e, "scaled")), \
         f.events(e, "scaled")
+
+
+def test_a_ttft_metric_scales_on_what_the_gateways_timed(tmp_path: Path) -> None:
+    from dedicate.domain import latency
+    from dedicate.domain.records import DeploymentMinute
+    from dedicate.domain.scaling import Metric, ScalingRules
+
+    f = Fleet(tmp_path)
+    e = f.create(ALICE, 1, 8, autoscaling={"target_concurrency": 100})
+    f.settle()
+    ep = f.store.get_endpoint(e)
+    rules = ScalingRules(metric=Metric("ttft", 200, 95))
+    assert ep is not None and f.store.update_endpoint(ep, f.clock.now(), None, scaling_rules=rules.to_json())
+    h = latency.empty()
+    for _ in range(20):
+        latency.add(h, 700)  # every first token took 700 ms: 3.5 times the target
+    now = f.clock.now()
+    f.store.write_minutes("gw-1", [DeploymentMinute(e, now.replace(second=0, microsecond=0), 20, 0, 0, 0,
+                                                    {"200": 20}, h, list(h))], now)
+    f.load(e, 1)
+    f.scale()
+    assert f.ep(e)["desired"] == 4, f.events(e, "scaled")
+    assert "ttft p95" in f.events(e, "scaled")[-1]

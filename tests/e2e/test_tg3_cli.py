@@ -177,10 +177,10 @@ def test_tg3_deploy_makes_an_endpoint_with_a_provisioning_deployment(chat: dict[
 
 
 def test_tg3_deploy_with_a_metric_dedicate_cannot_observe_is_refused_naming_the_one_it_can(deployer: Tg3) -> None:
-    refused = deployer("endpoints", "deploy", MODEL, "--endpoint", "chat-ttft", "--scaling-metric", "ttft",
-                       "--scaling-target", "500", "--scaling-percentile", "p95")
+    refused = deployer("endpoints", "deploy", MODEL, "--endpoint", "chat-gpu", "--scaling-metric", "gpu_utilization",
+                       "--scaling-target", "80")
     assert refused.rc == 1 and "inflight_requests" in refused.stdout + refused.stderr, str(refused)
-    assert all(e["name"] != "tess/chat-ttft" for e in deployer.ok("endpoints", "ls")["data"]), \
+    assert all(e["name"] != "tess/chat-gpu" for e in deployer.ok("endpoints", "ls")["data"]), \
         "the endpoint made for the deploy is rolled back"
 
 

@@ -46,7 +46,15 @@ from dedicate.domain.routes import (
     deployment_state,
     traffic_shares,
 )
-from dedicate.domain.scaling import Kind, RateRules, ScalingRules, Select, duration_text
+from dedicate.domain.scaling import (
+    METRIC_TYPES,
+    Kind,
+    RateRules,
+    ScalingRules,
+    Select,
+    duration_text,
+    percentile_name,
+)
 from dedicate.domain.status import replica_counts
 
 
@@ -271,9 +279,10 @@ class RateOut(V2):
 
 
 class MetricOut(V2):
-    name: Literal["inflight_requests"] = "inflight_requests"
-    type: Literal["METRIC_TARGET_TYPE_AVERAGE_VALUE"] = "METRIC_TARGET_TYPE_AVERAGE_VALUE"
+    name: str = "inflight_requests"
+    type: str = "METRIC_TARGET_TYPE_AVERAGE_VALUE"
     target: float
+    percentile: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class AutoscalingOut(V2):
@@ -300,7 +309,11 @@ class AutoscalingOut(V2):
                    scale_up_window=duration_text(rules.up_window_s) if rules.up_window_s else None,
                    scale_down_window=duration_text(down),
                    scale_to_zero_window=duration_text(down if rules.zero_window_s is None else rules.zero_window_s),
-                   scaling_metrics=[MetricOut(target=target)], scale_up=rate(rules.up), scale_down=rate(rules.down))
+                   scaling_metrics=[MetricOut(target=target, percentile=None) if rules.metric is None else
+                                    MetricOut(name=rules.metric.name, type=METRIC_TYPES[rules.metric.name],
+                                              target=rules.metric.target,
+                                              percentile=percentile_name(rules.metric.percentile))],
+                   scale_up=rate(rules.up), scale_down=rate(rules.down))
 
 
 class DeploymentStatusOut(V2):

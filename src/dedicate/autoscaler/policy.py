@@ -40,7 +40,11 @@ A deployment's v2 scaling rules (``domain/scaling.py``) tune these:
    (``zero_window_s``, the down window by default) is how long a deployment with
    ``min_replicas`` 0 must see no request before it has no replica; until then
    it keeps one.
-7. **Rates.** Each direction's policies cap how far the count may move from the
+7. **A metric** besides requests in flight can only ask for more: time to first
+   token or end-to-end latency at a percentile over target asks for
+   ``ceil(ready x latency / target)``, output tokens per second for
+   ``ceil(tokens / target)``, and a KV-cache target replaces ``kv_cache_target``.
+8. **Rates.** Each direction's policies cap how far the count may move from the
    count at the start of their period (``n`` replicas, or ``n`` % of it, rounded
    up, at least one); ``MAX`` takes the policy that allows the larger move,
    ``MIN`` the smaller, and ``DISABLED`` never moves that way.
@@ -59,7 +63,7 @@ import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from dedicate.domain.scaling import RateRules, Select
+from dedicate.domain.scaling import Metric, RateRules, Select
 
 STATE_VERSION = 1
 
@@ -76,6 +80,8 @@ class Inputs:
     engine_waiting: int | None = None  # requests waiting inside engines for a slot, where reported
     kv_cache_usage: float | None = None  # the fullest replica's KV cache, 0..1, where reported
     peak_load: int = 0  # the most in flight + held at once since the gateways' previous report
+    latency_ms: float | None = None  # the metric's latency (ttft or e2e) at its percentile, recent minutes
+    tokens_per_s: float | None = None  # output tokens per second, recent minutes
 
     @property
     def load(self) -> int:
@@ -95,6 +101,7 @@ class PolicyConfig:
     zero_window_s: float | None = None  # silence before no replica is left (None: the down window)
     up_rate: RateRules = field(default_factory=RateRules)  # how far the count may rise per period
     down_rate: RateRules = field(default_factory=RateRules)
+    metric: Metric | None = None  # a metric that may ask for more than requests in flight do
 
 
 @dataclass(frozen=True)
@@ -184,11 +191,24 @@ def recommend(i: Inputs, c: PolicyConfig) -> Recommendation:
         if n > best.replicas:
             best = Recommendation(n, f"the engines of {i.ready} ready replica(s) hold {i.engine_waiting} "
                                      f"request(s) waiting for a generation slot ({per})")
-    if i.kv_cache_usage is not None and i.ready > 0 and i.kv_cache_usage > c.kv_cache_target:
-        n = math.ceil(i.ready * i.kv_cache_usage / c.kv_cache_target - 1e-9)
+    m = c.metric
+    kv_target = m.target / 100 if m is not None and m.name == "token_utilization" else c.kv_cache_target
+    if i.kv_cache_usage is not None and i.ready > 0 and i.kv_cache_usage > kv_target:
+        n = math.ceil(i.ready * i.kv_cache_usage / kv_target - 1e-9)
         if n > best.replicas:
             best = Recommendation(n, f"KV cache {i.kv_cache_usage:.0%} full over target "
-                                     f"{c.kv_cache_target:.0%} on {i.ready} ready replica(s)")
+                                     f"{kv_target:.0%} on {i.ready} ready replica(s)")
+    if m is not None and m.name in ("ttft", "e2e_latency") and i.latency_ms is not None and i.ready > 0 \
+            and i.latency_ms > m.target:
+        n = math.ceil(i.ready * i.latency_ms / m.target - 1e-9)
+        if n > best.replicas:
+            best = Recommendation(n, f"{m.name} p{m.percentile} {i.latency_ms:.0f} ms over target {_num(m.target)} ms "
+                                     f"on {i.ready} ready replica(s)")
+    if m is not None and m.name == "throughput_per_replica" and i.tokens_per_s is not None:
+        n = math.ceil(i.tokens_per_s / m.target - 1e-9)
+        if n > best.replicas:
+            best = Recommendation(n, f"{i.tokens_per_s:.1f} output tokens/s over target {_num(m.target)} per "
+                                     "replica")
     return best
 
 

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 
@@ -33,6 +33,7 @@ from dedicate.autoscaler.idle import idle_reason
 from dedicate.autoscaler.policy import Inputs, PolicyConfig, PolicyState, Target, decide
 from dedicate.clock import Clock
 from dedicate.control.capacity import engine_for
+from dedicate.domain import latency
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.records import Endpoint, EndpointSignals, Replica
 from dedicate.domain.replicas import ReplicaStatus
@@ -46,6 +47,7 @@ from dedicate.store.base import StaleLease
 from dedicate.store.repos import Store
 
 log = logging.getLogger("dedicate.autoscaler")
+METRIC_MINUTES = 3  # a latency or throughput metric is read over this many of the gateways' minutes
 
 
 def target_for(settings: Settings, nodes: Sequence[Node], ep: Endpoint) -> Target:
@@ -127,6 +129,21 @@ class Autoscaler:
             except Exception:
                 log.exception("autoscaling endpoint %s failed", ep.id)
 
+    async def _observed(self, ep: Endpoint, rules: ScalingRules, now: datetime) -> tuple[float | None, float | None]:
+        """What the gateways saw of ``ep`` in the last ``METRIC_MINUTES`` minutes, for a latency or
+        throughput metric: (latency in ms at its percentile, output tokens per second); None without requests."""
+        m = rules.metric
+        if m is None or m.name not in ("ttft", "e2e_latency", "throughput_per_replica"):
+            return None, None
+        start = now.replace(second=0, microsecond=0) - timedelta(minutes=METRIC_MINUTES - 1)
+        minutes = await asyncio.to_thread(self.store.minutes, [ep.id], start, now + timedelta(minutes=1))
+        if not any(x.requests for x in minutes):
+            return None, None
+        if m.name == "throughput_per_replica":
+            return None, sum(x.tokens_out for x in minutes) / max((now - start).total_seconds(), 1.0)
+        histogram = latency.merged(x.ttft if m.name == "ttft" else x.latency for x in minutes)
+        return latency.percentile(histogram, m.percentile or 95), None
+
     async def _engine_samples(self, ready: list[Replica]) -> dict[str, EngineSample]:
         if not self.config.scrape_engines or not ready:
             return {}
@@ -158,18 +175,20 @@ class Autoscaler:
         reported = [samples[r.id] for r in replicas if r.id in samples and r.status is ReplicaStatus.READY]
         waiting = [s.waiting for s in reported if s.waiting is not None]
         kv = [s.kv_cache_usage for s in reported if s.kv_cache_usage is not None]
+        rules = ScalingRules.from_json(ep.scaling_rules)
+        latency_ms, tokens_per_s = await self._observed(ep, rules, now)
         inputs = Inputs(
             desired=ep.desired_replicas, in_flight=sig.in_flight if sig else 0, held=sig.queued if sig else 0,
             ready=counts.ready, starting=counts.starting, engine_waiting=sum(waiting) if waiting else None,
-            kv_cache_usage=max(kv) if kv else None, peak_load=sig.peak_load if sig else 0)
+            kv_cache_usage=max(kv) if kv else None, peak_load=sig.peak_load if sig else 0,
+            latency_ms=latency_ms, tokens_per_s=tokens_per_s)
         target = target_for(self.settings, nodes, ep)
-        rules = ScalingRules.from_json(ep.scaling_rules)
         config = PolicyConfig(ep.min_replicas, ep.max_replicas, target.value,
                               stabilisation_s=self.config.stabilisation_s if rules.down_window_s is None
                               else rules.down_window_s,
                               kv_cache_target=self.config.kv_cache_target, bucket_s=self.config.bucket_s,
                               up_window_s=rules.up_window_s or 0.0, zero_window_s=rules.zero_window_s,
-                              up_rate=rules.up, down_rate=rules.down)
+                              up_rate=rules.up, down_rate=rules.down, metric=rules.metric)
         decision = decide(inputs, PolicyState.from_json(ep.autoscale_state), now, config)
         changes: dict[str, object] = {}
         if decision.desired != ep.desired_replicas:

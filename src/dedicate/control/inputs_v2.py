@@ -15,7 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from dedicate.domain.endpoints import MAX_REPLICAS
 from dedicate.domain.errors import InvalidRequest
-from dedicate.domain.scaling import RateRules, ScalingRules, parse_duration, parse_metric, parse_rate_rules
+from dedicate.domain.scaling import Metric, RateRules, ScalingRules, parse_duration, parse_metric, parse_rate_rules
 
 INACTIVE_MIN, INACTIVE_MAX = 30, 1440
 
@@ -56,7 +56,8 @@ class AutoscalingIn(V2Body):
     scale_to_zero_window: str | None = Field(default=None, description="silence before no replica is left "
                                                                        "(minReplicas 0); default: the down window")
     scaling_metrics: list[dict[str, Any]] | None = Field(
-        default=None, description="one metric: inflight_requests (METRIC_TARGET_TYPE_AVERAGE_VALUE) and its target")
+        default=None, description="one metric and its target: inflight_requests (the default), ttft or e2e_latency "
+                                  "(ms, at a percentile), throughput_per_replica (tokens/s), token_utilization (%)")
     scale_up: dict[str, Any] | None = Field(default=None, description="{policies: [{periodSeconds, type, value}], "
                                                                       "selectPolicy}")
     scale_down: dict[str, Any] | None = None
@@ -82,18 +83,26 @@ class AutoscalingIn(V2Body):
 @dataclass(frozen=True)
 class ParsedRules:
     windows: dict[str, float]  # the windows given, by their v2 names, in seconds
-    target: float | None  # inflight_requests' target, when a metric was given
+    metric: Metric | None  # the metric given, if one was
     up: RateRules | None
     down: RateRules | None
 
+    @property
+    def target(self) -> float | None:
+        """inflight_requests' target: the deployment's target concurrency."""
+        return self.metric.target if self.metric is not None and self.metric.name == "inflight_requests" else None
+
     def merged(self, rules: ScalingRules) -> ScalingRules:
-        """``rules`` with what was given here."""
+        """``rules`` with what was given here; a metric given replaces the one before (in flight is kept
+        as the target concurrency, not here)."""
         w = self.windows
+        metric = rules.metric if self.metric is None else \
+            (None if self.metric.name == "inflight_requests" else self.metric)
         return ScalingRules(up_window_s=w.get("scaleUpWindow", rules.up_window_s),
                             down_window_s=w.get("scaleDownWindow", rules.down_window_s),
                             zero_window_s=w.get("scaleToZeroWindow", rules.zero_window_s),
                             up=self.up if self.up is not None else rules.up,
-                            down=self.down if self.down is not None else rules.down)
+                            down=self.down if self.down is not None else rules.down, metric=metric)
 
 
 def _inactive(value: object) -> int | None:

@@ -6,9 +6,11 @@ that long, the down window holds a decrease the same way, the zero window is how
 deployment with ``minReplicas`` 0 must see no traffic before it has no replica, and each
 direction's rate policies cap how far the count moves within a period.
 
-The metric is requests in flight per replica (``inflight_requests``): the one dedicate observes
-for every engine; its target is the deployment's target concurrency. The others v2 names are
-refused with a message that says so.
+The metric is requests in flight per replica (``inflight_requests``, the default; its target is
+the deployment's target concurrency), time to first token or end-to-end latency at a
+percentile (``ttft``, ``e2e_latency``, from the gateways' minutes), output tokens per second
+per replica (``throughput_per_replica``), or how full the engines' KV cache is
+(``token_utilization``). The others v2 names are refused with a message that says so.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from dedicate.domain.errors import InvalidRequest
 
 MAX_WINDOW_S = 3600.0
 MAX_PERIOD_S = 1800
-OBSERVED_METRICS = ("inflight_requests",)
+OBSERVED_METRICS = ("inflight_requests", "ttft", "e2e_latency", "throughput_per_replica", "token_utilization")
+LATENCY_METRICS = ("ttft", "e2e_latency")
+PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
+METRIC_TYPES = {"inflight_requests": "METRIC_TARGET_TYPE_AVERAGE_VALUE",
+                "throughput_per_replica": "METRIC_TARGET_TYPE_AVERAGE_VALUE",
+                "ttft": "METRIC_TARGET_TYPE_VALUE", "e2e_latency": "METRIC_TARGET_TYPE_VALUE",
+                "token_utilization": "METRIC_TARGET_TYPE_UTILIZATION"}
 KNOWN_METRICS = ("inflight_requests", "ttft", "e2e_latency", "throughput_per_replica", "token_utilization",
                  "active_sessions", "decoding_speed", "gpu_utilization", "cache_hit_rate")
 _DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?$")
@@ -64,20 +72,33 @@ class RateRules:
 
 
 @dataclass(frozen=True)
+class Metric:
+    """The metric a deployment scales on besides requests in flight, and its target."""
+
+    name: str  # ttft, e2e_latency (ms at ``percentile``), throughput_per_replica (tokens/s), token_utilization (%)
+    target: float
+    percentile: int | None = None
+
+
+@dataclass(frozen=True)
 class ScalingRules:
     up_window_s: float | None = None  # None: at once
     down_window_s: float | None = None  # None: the installation's stabilisation window
     zero_window_s: float | None = None  # None: the down window
     up: RateRules = field(default_factory=RateRules)
     down: RateRules = field(default_factory=RateRules)
+    metric: Metric | None = None  # None: requests in flight per replica alone
 
     def to_json(self) -> str:
         def rules(r: RateRules) -> dict[str, object]:
             return {"select": r.select.value,
                     "policies": [[p.kind.value, p.value, p.period_s] for p in r.policies]}
+        m = self.metric
         return json.dumps({"up_window_s": self.up_window_s, "down_window_s": self.down_window_s,
                            "zero_window_s": self.zero_window_s,
-                           "up": rules(self.up), "down": rules(self.down)}, sort_keys=True, separators=(",", ":"))
+                           "up": rules(self.up), "down": rules(self.down),
+                           "metric": None if m is None else [m.name, m.target, m.percentile]},
+                          sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | None) -> ScalingRules:
@@ -92,8 +113,10 @@ class ScalingRules:
             assert isinstance(policies, list)
             return RateRules(tuple(RatePolicy(Kind(k), int(v), int(p)) for k, v, p in policies),
                              Select(str(r.get("select", Select.MAX.value))))
+        m = raw.get("metric")
         return cls(raw.get("up_window_s"), raw.get("down_window_s"), raw.get("zero_window_s"),
-                   rules(raw.get("up")), rules(raw.get("down")))
+                   rules(raw.get("up")), rules(raw.get("down")),
+                   None if not m else Metric(str(m[0]), float(m[1]), None if m[2] is None else int(m[2])))
 
 
 def parse_duration(value: object, param: str) -> float:
@@ -114,8 +137,8 @@ def duration_text(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def parse_metric(metrics: object) -> float | None:
-    """The target of the one metric dedicate scales on, from v2's ``scalingMetrics``; None if absent."""
+def parse_metric(metrics: object) -> Metric | None:
+    """The one metric of v2's ``scalingMetrics``, checked; None if absent."""
     if metrics is None:
         return None
     if not isinstance(metrics, list):
@@ -132,18 +155,37 @@ def parse_metric(metrics: object) -> float | None:
     if name not in OBSERVED_METRICS:
         known = "" if name in KNOWN_METRICS else " is not a metric v2 knows, and it"
         raise InvalidRequest(f"{where}.name {name!r}{known} cannot be observed by dedicate: it scales on "
-                             f"{', '.join(OBSERVED_METRICS)} (requests in flight per replica)",
-                             param=f"{where}.name")
-    if m.get("type") not in (None, "METRIC_TARGET_TYPE_AVERAGE_VALUE"):
-        raise InvalidRequest(f"{where}.type for inflight_requests is METRIC_TARGET_TYPE_AVERAGE_VALUE",
-                             param=f"{where}.type")
+                             f"{', '.join(OBSERVED_METRICS)}", param=f"{where}.name")
+    kind = METRIC_TYPES[name]
+    if m.get("type") not in (None, kind):
+        raise InvalidRequest(f"{where}.type for {name} is {kind}", param=f"{where}.type")
     target = m.get("target")
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 4096:
-        raise InvalidRequest(f"{where}.target must be a number above 0 and at most 4096 (requests per replica)",
-                             param=f"{where}.target")
-    if m.get("percentile") is not None:
-        raise InvalidRequest(f"{where}.percentile is for latency metrics only", param=f"{where}.percentile")
-    return float(target)
+    top = 100 if name == "token_utilization" else 10**7
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= top:
+        raise InvalidRequest(f"{where}.target must be a number above 0 and at most {top:g} "
+                             f"({_unit(name)})", param=f"{where}.target")
+    percentile = m.get("percentile")
+    if name in LATENCY_METRICS:
+        if percentile is None:
+            percentile = "p95"
+        if percentile not in PERCENTILES:
+            raise InvalidRequest(f"{where}.percentile must be one of {', '.join(PERCENTILES)}",
+                                 param=f"{where}.percentile")
+        return Metric(name, float(target), PERCENTILES[percentile])
+    if percentile is not None:
+        raise InvalidRequest(f"{where}.percentile is for latency metrics only (ttft, e2e_latency)",
+                             param=f"{where}.percentile")
+    return Metric(name, float(target))
+
+
+def _unit(name: str) -> str:
+    return {"inflight_requests": "requests per replica", "ttft": "ms", "e2e_latency": "ms",
+            "throughput_per_replica": "tokens per second per replica",
+            "token_utilization": "percent of the KV cache"}[name]
+
+
+def percentile_name(q: int | None) -> str | None:
+    return next((k for k, v in PERCENTILES.items() if v == q), None)
 
 
 def parse_rate_rules(raw: object, param: str) -> RateRules:
