@@ -25,6 +25,7 @@ from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Unauthorized
 from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.domain.replicas import ReplicaFacts
+from dedicate.domain.routes import Route as NamedRoute
 from dedicate.gateway.app import GatewayFront
 from dedicate.gateway.health import HealthPolicy
 from dedicate.gateway.proxy import Gateway
@@ -281,6 +282,7 @@ class World:
     endpoints: list[Endpoint] = field(default_factory=list)
     replicas: list[Replica] = field(default_factory=list)
     loads: int = 0
+    routes: list[NamedRoute] = field(default_factory=list)  # v2 endpoints: names over traffic splits
 
     def load(self) -> tuple[list[Endpoint], list[Replica]]:
         self.loads += 1
@@ -302,7 +304,8 @@ async def gateway(world: World, config: GatewaySettings | None = None, clock: Fa
     cfg = config or GatewaySettings()
     mono = clock or FakeClock()
     table = RoutingTable(world.load, ttl_s=cfg.table_ttl_s, rng=random.Random(seed), monotonic=mono,
-                         health=HealthPolicy(cfg.failures_to_eject, cfg.ejection_base_s, cfg.ejection_max_s))
+                         health=HealthPolicy(cfg.failures_to_eject, cfg.ejection_base_s, cfg.ejection_max_s),
+                         load_routes=lambda: list(world.routes))
     gw = Gateway(table, lookup_fn, cfg)
     async with contextlib.AsyncExitStack() as stack:
         port = await stack.enter_async_context(serve(GatewayFront(_not_found, gw)))
