@@ -287,3 +287,20 @@ def test_steady_good_probes_move_facts_and_intervals_together_in_one_write(store
     assert all(i.last_seen_at == later for i in spans.values())
     assert store.record_probes_ok(list(ready.values()), T0 + timedelta(seconds=60), max_gap_s=30) == set(), \
         "a silence longer than the gap is not billed in bulk"
+
+
+def test_a_page_of_endpoints_intervals_is_read_at_once_as_each_ones_own(store: Store) -> None:
+    for eid, name in (("endpoint-1", "alice/tiny-00000001"), ("endpoint-2", "alice/tiny-00000002"),
+                      ("endpoint-3", "alice/tiny-00000003")):
+        store.insert_endpoint(endpoint(eid, name), ("created", "made"))
+        for n in (1, 2):
+            store.insert_replica(replica(f"{eid}-r{n}", eid))
+            r = store.get_replica(f"{eid}-r{n}")
+            assert r is not None and store.record_probe_ok(
+                r, T0, None, {"first_ready_at": T0, "last_probe_ok_at": T0, "launched_at": T0}, owner="alice",
+                hardware="1x_cpu", cents_per_minute=Decimal(1), max_gap_s=30)
+    lo, hi = T0 - timedelta(hours=1), T0 + timedelta(hours=1)
+    got = store.intervals_of(["endpoint-1", "endpoint-3"], lo, hi)
+    each = [i for eid in ("endpoint-1", "endpoint-3") for i in store.intervals(endpoint_id=eid, start=lo, end=hi)]
+    assert sorted(got, key=lambda i: i.replica_id) == sorted(each, key=lambda i: i.replica_id) and len(got) == 4
+    assert store.intervals_of([], lo, hi) == []

@@ -119,8 +119,10 @@ class Deployments:
         return found
 
     def _views(self, routes: list[Route]) -> list[RouteView]:
+        """The routes with their deployments' views: a page costs the same few reads whatever its size."""
         members = self.store.deployments_of([r.id for r in routes])
-        return [RouteView(r, [self.svc.view(ep) for ep in members[r.id]]) for r in routes]
+        views = {v.endpoint.id: v for v in self.svc.views([ep for r in routes for ep in members[r.id]])}
+        return [RouteView(r, [views[ep.id] for ep in members[r.id]]) for r in routes]
 
     def get_endpoint(self, owner: str, key: str) -> RouteView:
         return self._views([self._route(owner, key)])[0]

@@ -58,6 +58,7 @@ from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaStatus
 from dedicate.domain.routes import Route, SplitEntry, Visibility, route_id_for
 from dedicate.engines import registry
+from dedicate.metering.ledger import Interval
 from dedicate.metering.rating import predict
 from dedicate.runtimes.base import Node
 from dedicate.scheduler.placement import NodeView, NoPlacement, place
@@ -324,6 +325,21 @@ class Services:
         return EndpointView(ep, replicas, predict(ep.cents_per_minute, ep.min_replicas, ep.max_replicas),
                             cost, target=target_for(self.settings, self.nodes(), ep),
                             last_scaling=PolicyState.from_json(ep.autoscale_state).last)
+
+    def views(self, eps: Sequence[Endpoint]) -> list[EndpointView]:
+        """``view`` of many endpoints from two reads, whatever their number: the live replicas, and this
+        month's intervals of these endpoints."""
+        if not eps:
+            return []
+        lo, now = self.billing.month_so_far()
+        replicas: dict[str, list[Replica]] = {ep.id: [] for ep in eps}
+        for r in self.store.live_replicas():  # every live one, through the row cache: cheaper than a read each
+            if r.endpoint_id in replicas:
+                replicas[r.endpoint_id].append(r)
+        intervals: dict[str, list[Interval]] = {ep.id: [] for ep in eps}
+        for i in self.store.intervals_of(list(intervals), lo, now):
+            intervals[i.endpoint_id].append(i)
+        return [self.view(ep, EndpointDetail(ep, replicas[ep.id], intervals[ep.id], (lo, now))) for ep in eps]
 
     def get(self, principal: Principal, key: str) -> EndpointView:
         """One transaction for the endpoint, its replicas and this month's intervals."""

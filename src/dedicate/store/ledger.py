@@ -159,6 +159,21 @@ class LedgerStore(UsageStore):
         with self.tx() as s:
             return self._intervals(s, owner=owner, endpoint_id=endpoint_id, start=start, end=end)
 
+    def intervals_of(self, endpoint_ids: Sequence[str], start: datetime, end: datetime) -> list[Interval]:
+        """The intervals of ``endpoint_ids`` overlapping [start, end): a page of endpoints in a few reads."""
+        out: list[Interval] = []
+        with self.tx() as s:
+            cols, row = row_reader(s.get_bind().dialect, "billing_intervals")
+            lo, hi = self.db_time(s, start), self.db_time(s, end)
+            for i in range(0, len(endpoint_ids), CHUNK):
+                chunk = list(endpoint_ids[i:i + CHUNK])
+                marks = ", ".join("?" for _ in chunk)
+                rows = self.raw(s, f"SELECT {cols} FROM billing_intervals WHERE endpoint_id IN ({marks}) "
+                                   "AND last_seen_at > ? AND started_at < ? ORDER BY id", (*chunk, lo, hi))
+                out.extend(Interval(r.replica_id, r.endpoint_id, r.owner, r.hardware, Decimal(r.cents_per_minute),
+                                    r.started_at, r.last_seen_at) for r in map(row, rows))
+        return out
+
     def _intervals(self, s: Session, *, owner: str | None = None, endpoint_id: str | None = None,
                    start: datetime | None = None, end: datetime | None = None) -> list[Interval]:
         """Intervals that overlap [start, end), oldest first, in plain SQL: GET of an endpoint reads its own."""
