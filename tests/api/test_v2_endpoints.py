@@ -374,3 +374,26 @@ def test_v1_models_lists_a_v2_endpoint_by_the_name_requests_send(app: App) -> No
     new_endpoint(app, "empty")
     assert "admin/empty" not in {m["id"] for m in ok(app.client.get("/v1/models"))["data"]}, \
         "a name that routes nowhere is not a model to call"
+
+
+def test_a_deployments_etag_moves_with_its_settings_not_with_the_reconcilers_writes(app: App) -> None:
+    ep = new_endpoint(app)
+    dep = deploy(app, ep, lo=0, hi=0)
+    path = f"{BASE}/{ep['id']}/deployments/{dep['id']}"
+    store = app.parts.store
+    for n in range(3):  # what the reconciler and the autoscaler write: status, queue, the policy's state
+        rec = store.get_endpoint(dep["legacyId"])
+        assert rec is not None and store.update_endpoint(rec, app.clock.now(), None, status_message=f"pass {n}",
+                                                         autoscale_state=f'{{"v":1,"n":{n}}}')
+    rec = store.get_endpoint(dep["legacyId"])
+    assert rec is not None and rec.version >= 4, "the record moved"
+    after = ok(app.client.get(path))
+    assert after["etag"] == dep["etag"], "the record moved, not the deployment's settings"
+    changed = ok(app.client.patch(path, params={"updateMask": "inactiveTimeout"},
+                                  json={"etag": dep["etag"], "inactiveTimeout": 60}))
+    assert changed["etag"] != dep["etag"]
+    stale = app.client.patch(path, params={"updateMask": "inactiveTimeout"},
+                             json={"etag": dep["etag"], "inactiveTimeout": 90})
+    assert stale.status_code == 409 and stale.headers["x-should-retry"] == "false"
+    assert app.client.delete(path, params={"etag": dep["etag"]}).status_code == 409
+    assert app.client.delete(path, params={"etag": changed["etag"]}).status_code == 204

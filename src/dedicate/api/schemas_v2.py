@@ -42,6 +42,7 @@ from dedicate.domain.routes import (
     Level,
     Route,
     Visibility,
+    deployment_etag,
     deployment_id,
     deployment_state,
     traffic_shares,
@@ -391,7 +392,8 @@ class DeploymentOut(V2):
     name: str
     endpoint_id: str
     project_id: str
-    etag: str = Field(description="changes whenever the deployment does; PATCH and DELETE may pass it")
+    etag: str = Field(description="changes when the deployment's own settings do (not with its replicas); "
+                                  "PATCH and DELETE may pass it")
     status: DeploymentStatusOut
     model: str
     model_id: str
@@ -418,7 +420,7 @@ class DeploymentOut(V2):
         ep = f.ep
         hw = catalog.hardware.get(ep.hardware)
         return cls(id=f.id, name=f.name, endpoint_id=route.id, project_id=Project.of(route.owner).id,
-                   etag=str(ep.version),
+                   etag=deployment_etag(ep),
                    status=DeploymentStatusOut(state=f.state, message=ep.status_message,
                                               ready_replicas=f.counts.ready, scheduled_replicas=f.scheduled),
                    model=f.model, model_id=f.model_id, config=f.config, config_id=f.config_id,

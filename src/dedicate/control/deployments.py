@@ -30,6 +30,7 @@ from dedicate.domain.routes import (
     Route,
     Visibility,
     check_split,
+    deployment_etag,
     deployment_id,
     deployment_name,
     event_type,
@@ -317,8 +318,8 @@ class Deployments:
                           body: DeploymentPatchIn, fields: set[str] | None) -> tuple[Route, EndpointView]:
         route = self._route(owner, route_key)
         ep = self._member(route, key)
-        if body.etag is not None and body.etag != str(ep.version):
-            raise _etag_mismatch(f"deployment {deployment_id(ep.id)}", body.etag, str(ep.version))
+        if body.etag is not None and body.etag != deployment_etag(ep):
+            raise _etag_mismatch(f"deployment {deployment_id(ep.id)}", body.etag, deployment_etag(ep))
         given = {f for f in body.model_fields_set if f != "etag"} if fields is None else \
             {{"inactiveTimeout": "inactive_timeout", "maxConcurrentRequestsPerReplica":
               "max_concurrent_requests_per_replica"}.get(f, f) for f in fields}
@@ -373,8 +374,8 @@ class Deployments:
                           etag: str | None) -> None:
         route = self._route(owner, route_key)
         ep = self._member(route, key)
-        if etag is not None and etag != str(ep.version):
-            raise _etag_mismatch(f"deployment {deployment_id(ep.id)}", etag, str(ep.version))
+        if etag is not None and etag != deployment_etag(ep):
+            raise _etag_mismatch(f"deployment {deployment_id(ep.id)}", etag, deployment_etag(ep))
         if ep.intent is not Intent.STOP:
             raise Conflict(f"deployment {deployment_id(ep.id)} is running; scale it to 0/0 first (PATCH with "
                            'updateMask=autoscaling {"autoscaling":{"minReplicas":0,"maxReplicas":0}}), then delete '

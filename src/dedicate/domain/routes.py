@@ -17,6 +17,7 @@ entry but takes no new requests; an empty split leaves the name unrouted.
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 import re
 import uuid
@@ -221,3 +222,14 @@ def scaled_between(message: str) -> tuple[int, int] | None:
     """The replica counts of a scaling event ("desired replicas 1 → 3: ..."), when it says them."""
     m = _SCALED.search(message)
     return (int(m[1]), int(m[2])) if m else None
+
+
+def deployment_etag(ep: Endpoint) -> str:
+    """A deployment's etag: a digest of what its owner set (bounds, stop, idle timeout, target, rules, name).
+
+    Not its record's version, which the reconciler and the autoscaler move all the time: an etag read
+    by a client stays current until someone changes the deployment itself.
+    """
+    spec = (ep.min_replicas, ep.max_replicas, ep.intent.value, ep.inactive_timeout, ep.target_concurrency,
+            ep.scaling_rules, ep.deployment_name, ep.display_name, ep.deleted_at is None)
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
