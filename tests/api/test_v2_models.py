@@ -148,3 +148,17 @@ def test_an_upload_over_the_cap_or_to_a_bad_path_is_refused_and_leaves_nothing(a
         assert resp.status_code in (400, 404), (bad, resp.status_code, resp.text)
     erin = app.client.post("/v1/keys", json={"owner": "erin"}).json()["key"]
     assert app.client.put(f"{base}/d.bin", content=b"\0", headers=app.as_(erin)).status_code == 404
+
+
+def test_a_registered_model_is_deleted_once_nothing_runs_it(app: App) -> None:
+    m = register(app, {"name": "tiny-ft", "baseModelId": TINY, "path": weights(app, "admin", "ft")}).json()
+    v1 = app.client.post("/v1/endpoints", json={"model": "admin/tiny-ft", "hardware": "1x_cpu",
+                                                "autoscaling": {"min_replicas": 1, "max_replicas": 1}})
+    assert v1.status_code == 200, v1.text
+    busy = app.client.delete(f"/v2/projects/proj_admin/models/{m['id']}")
+    assert busy.status_code == 409 and v1.json()["name"] in busy.json()["error"]["message"]
+    assert app.client.delete(f"/v1/endpoints/{v1.json()['id']}").status_code == 204
+    assert app.client.delete(f"/v2/projects/proj_admin/models/{m['id']}").status_code == 204
+    assert app.client.get(f"/v2/projects/proj_admin/models/{m['id']}").status_code == 404
+    again = register(app, {"name": "tiny-ft", "baseModelId": TINY, "path": weights(app, "admin", "ft")})
+    assert again.status_code == 200, "the name is free again"

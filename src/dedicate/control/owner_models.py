@@ -17,7 +17,7 @@ from dedicate.control.inputs_v2 import ModelIn
 from dedicate.control.models import model_dir
 from dedicate.control.offerings import Offerings, config_not_found, model_not_found
 from dedicate.control.services import Services
-from dedicate.domain.errors import InvalidRequest, NotFound
+from dedicate.domain.errors import Conflict, InvalidRequest, NotFound
 from dedicate.domain.finetunes import ADAPTER, check_adapter, check_full_weights
 from dedicate.domain.modelbook import ModelBook
 from dedicate.domain.offerings import Offer, model_id
@@ -90,6 +90,17 @@ class OwnerModels:
         if m is None or (owner is not None and m.owner != owner):
             raise model_not_found(key)
         return m
+
+    def delete(self, owner: str, key: str) -> None:
+        """Deletes a registered model once no deployment runs it; its weights stay where they are."""
+        m = self.get(owner, key)
+        using = self.svc.store.delete_model(m, self.svc.clock.now())
+        if using:
+            raise Conflict(f"model {m.name} is deployed as {', '.join(using)}; delete those deployments first",
+                           code="model_in_use")
+        models = self.svc.catalog.models
+        if isinstance(models, ModelBook):
+            models.forget(m.name)
 
     def offers(self, m: OwnerModel) -> list[Offer]:
         """A fine-tune's configs: its base's shapes, under its own name (none for an adapter: no engine here

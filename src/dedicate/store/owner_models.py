@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import OwnerModel
 from dedicate.store.base import StoreBase
-from dedicate.store.tables import OwnerModelRow
+from dedicate.store.tables import EndpointRow, OwnerModelRow
 
 
 def _owner_model(r: OwnerModelRow) -> OwnerModel:
@@ -44,3 +46,13 @@ class OwnerModelStore(StoreBase):
         """(base, directory) of the registered model ``name``: what the model book reads through."""
         m = self.owner_model(name)
         return None if m is None else (m.base, m.path)
+
+    def delete_model(self, m: OwnerModel, now: datetime) -> list[str]:
+        """Deletes ``m`` unless live deployments run it; returns their names (empty: deleted)."""
+        with self.tx() as s:
+            using = list(s.scalars(select(EndpointRow.name).where(EndpointRow.model == m.name,
+                                                                  EndpointRow.deleted_at.is_(None))))
+            if not using:  # the id is the name's: the deleted row gives it up, for a model of that name again
+                s.execute(update(OwnerModelRow).where(OwnerModelRow.id == m.id, OwnerModelRow.deleted_at.is_(None))
+                          .values(deleted_at=now, id=f"{m.id}~{now.timestamp():.0f}"))
+            return using

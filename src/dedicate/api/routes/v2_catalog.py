@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from dedicate.api.deps import BoundedRoute, Caller, Svc, call, one_of, whole
 from dedicate.api.errors import responses
@@ -118,6 +118,14 @@ async def register_model(p: Caller, svc: Svc, project_id: str, body: ModelIn) ->
     owner = owner_in(p, project_id)
     m = await call(OwnerModels(svc, offerings(svc)).register, p, owner, body)
     return registered_out(svc, m, Organization.named(svc.settings.organization))
+
+
+@router.delete("/v2/projects/{project_id}/models/{model_id}", status_code=204, response_class=Response,
+               responses=responses(404, 409))
+async def delete_model(p: Caller, svc: Svc, project_id: str, model_id: str) -> Response:
+    """204 once no deployment runs it (409 names them); the weights are left on disk."""
+    await call(OwnerModels(svc, offerings(svc)).delete, owner_in(p, project_id), model_id)
+    return Response(status_code=204)
 
 
 @router.get("/v2/projects/{project_id}/models/{model_id}", response_model=ModelOut, responses=responses(404))
