@@ -197,7 +197,8 @@ def test_validate_only_prices_a_deployment_and_makes_nothing(app: App) -> None:
     ({"config": f"projects/{CATALOG_PROJECT}/configs/cr_nope"}, None),
     ({"model": f"projects/{CATALOG_PROJECT}/models/ml_other"}, "config"),
     ({"name": "bad name"}, "name"),
-    ({"maxConcurrentRequestsPerReplica": "8"}, "maxConcurrentRequestsPerReplica"),
+    ({"maxConcurrentRequestsPerReplica": "-1"}, "maxConcurrentRequestsPerReplica"),
+    ({"maxConcurrentRequestsPerReplica": "lots"}, "maxConcurrentRequestsPerReplica"),
     ({"placement": {"inline": {"regions": ["mars"]}}}, "placement.inline.regions"),
 ])
 def test_a_bad_deployment_is_refused_with_what_to_do_and_nothing_is_stored(app: App, change: dict[str, Any],
@@ -397,3 +398,16 @@ def test_a_deployments_etag_moves_with_its_settings_not_with_the_reconcilers_wri
     assert stale.status_code == 409 and stale.headers["x-should-retry"] == "false"
     assert app.client.delete(path, params={"etag": dep["etag"]}).status_code == 409
     assert app.client.delete(path, params={"etag": changed["etag"]}).status_code == 204
+
+
+def test_a_per_replica_cap_is_kept_shown_as_a_string_and_changed_without_a_restart(app: App) -> None:
+    ep = new_endpoint(app)
+    dep = ok(app.client.post(f"{BASE}/{ep['id']}/deployments",
+                             json=deployment_body(app, maxConcurrentRequestsPerReplica="4")))
+    assert dep["maxConcurrentRequestsPerReplica"] == "4"
+    assert app.parts.store.get_endpoint(dep["legacyId"]).max_concurrency == 4  # type: ignore[union-attr]
+    path = f"{BASE}/{ep['id']}/deployments/{dep['id']}"
+    changed = ok(app.client.patch(path, params={"updateMask": "maxConcurrentRequestsPerReplica"},
+                                  json={"maxConcurrentRequestsPerReplica": "0"}))
+    assert changed["maxConcurrentRequestsPerReplica"] == "0" and changed["etag"] != dep["etag"]
+    assert app.parts.store.get_endpoint(dep["legacyId"]).max_concurrency is None  # type: ignore[union-attr]

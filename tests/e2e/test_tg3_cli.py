@@ -240,8 +240,10 @@ def test_tg3_update_changes_bounds_and_inactive_timeout_and_events_show_it(deplo
                                                                          server: Server) -> None:
     dep_id = chat["deployment"]["id"]
     out = deployer.ok("endpoints", "update", dep_id, "--min-replicas", "1", "--max-replicas", "3",
-                      "--inactive-timeout", "45", "--scale-down-window", "10m")
+                      "--inactive-timeout", "45", "--scale-down-window", "10m",
+                      "--max-concurrent-requests-per-replica", "8")
     assert bounds(out) == (1, 3) and out["inactiveTimeout"] == 45
+    assert out["maxConcurrentRequestsPerReplica"] == "8"
     assert out["autoscaling"]["scaleDownWindow"] == "600s" and out["autoscaling"]["scaleUpWindow"] == "30s"
     events = deployer.ok("endpoints", "events", "chat", "--deployment-ids", dep_id, "--types",
                          "deployment.created,deployment.updated", "--limit", "20")

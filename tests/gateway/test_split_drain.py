@@ -39,3 +39,27 @@ def test_weight_zero_drains_a_deployment_without_failing_its_requests_in_flight(
                 assert body.endswith(b"data: [DONE]\n\n") and b'"error"' not in body, body
                 assert blue.calls == 1, "blue got nothing new once its weight was 0"
     run(scenario())
+
+
+def test_a_per_replica_cap_holds_the_request_past_it_until_a_slot_frees() -> None:
+    async def scenario() -> None:
+        one = FakeReplica("one", mode="sse")
+        one.gate = asyncio.Queue()
+        async with replicas(one):
+            ep = replace(make_endpoint(), max_concurrency=1)
+            world = World([ep], [make_replica("r-1", ep, one.url)])
+            async with gateway(world, GatewaySettings(table_ttl_s=0.05, hold_s=30)) as (_gw, c):
+                first = c.stream("POST", "/v1/chat/completions", json=chat(stream=True))
+                held = await first.__aenter__()
+                assert held.status_code == 200 and one.calls == 1
+                second = asyncio.ensure_future(c.post("/v1/chat/completions", json=chat()))
+                await asyncio.sleep(0.5)
+                assert not second.done() and one.calls == 1, "the second waits: the replica is at its cap of 1"
+                for _ in range(one.events):
+                    one.gate.put_nowait(None)
+                await held.aread()
+                await first.__aexit__(None, None, None)
+                one.mode = "ok"
+                r = await asyncio.wait_for(second, 10)
+                assert r.status_code == 200 and one.calls == 2, "then it went, once the first was done"
+    run(scenario())

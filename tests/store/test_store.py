@@ -198,7 +198,7 @@ def test_signal_rows_nobody_writes_are_deleted_after_an_hour_without_changing_th
     assert store.signals(later, fresh_s=3600)[ep.id].in_flight == 2 + 7, "rows within the hour still count"
 
 
-ROUTE_COLUMNS = {"route_id", "deployment_name", "scaling_rules"}  # added by 0008 and 0009
+ROUTE_COLUMNS = {"route_id", "deployment_name", "scaling_rules", "max_concurrency"}  # added by 0008 to 0012
 
 
 def insert_old_endpoint(engine: Engine, ep: Endpoint) -> None:

@@ -403,6 +403,7 @@ class DeploymentOut(V2):
     dedicate_hardware: str = Field(description="dedicate's hardware id (v1's `hardware`)")
     autoscaling: AutoscalingOut
     inactive_timeout: int = Field(description="minutes; 0: never")
+    max_concurrent_requests_per_replica: str = Field(description="int64 as a string; \"0\": no cap")
     traffic_mode: Literal["TRAFFIC_MODE_LIVE"] = "TRAFFIC_MODE_LIVE"
     desired_replicas: int
     ready_replicas: int
@@ -425,7 +426,8 @@ class DeploymentOut(V2):
                                               ready_replicas=f.counts.ready, scheduled_replicas=f.scheduled),
                    model=f.model, model_id=f.model_id, config=f.config, config_id=f.config_id,
                    hardware=f.hardware, dedicate_hardware=ep.hardware, autoscaling=f.autoscaling,
-                   inactive_timeout=ep.inactive_timeout or 0, desired_replicas=f.counts.desired,
+                   inactive_timeout=ep.inactive_timeout or 0,
+                   max_concurrent_requests_per_replica=str(ep.max_concurrency or 0), desired_replicas=f.counts.desired,
                    ready_replicas=f.counts.ready, estimated_effective_traffic_share=share,
                    runtime_info=RuntimeInfo(engine_type=hw.engine if hw is not None else ""),
                    pricing=f.pricing, legacy_id=ep.id, created_at=ep.created_at, updated_at=ep.updated_at)

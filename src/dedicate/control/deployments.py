@@ -15,7 +15,7 @@ from typing import Any
 
 from dedicate.control.auth import Principal
 from dedicate.control.inputs import CreateEndpoint, EndpointPatch
-from dedicate.control.inputs_v2 import DeploymentIn, DeploymentPatchIn, EndpointIn, EndpointPatchIn
+from dedicate.control.inputs_v2 import DeploymentIn, DeploymentPatchIn, EndpointIn, EndpointPatchIn, parse_cap
 from dedicate.control.offerings import Offerings
 from dedicate.control.owner_models import OwnerModels
 from dedicate.control.services import Joining, Services
@@ -292,9 +292,7 @@ class Deployments:
         if any(ep.deployment_name == name for ep in self.store.deployments_of([route.id])[route.id]):
             raise Conflict(f"deployment {name!r} already exists on endpoint {route.name}; pick another name",
                            code="deployment_exists")
-        if body.max_concurrent_requests_per_replica is not None:
-            raise InvalidRequest("maxConcurrentRequestsPerReplica is not supported by dedicate yet; leave it out",
-                                 param="maxConcurrentRequestsPerReplica")
+        cap = parse_cap(body.max_concurrent_requests_per_replica)
         offer = self._offer(owner, body)
         lo = body.autoscaling.min_replicas if body.autoscaling.min_replicas is not None else 1
         hi = body.autoscaling.max_replicas if body.autoscaling.max_replicas is not None else lo
@@ -308,7 +306,7 @@ class Deployments:
             "availability_zone": self._zone(body.placement)})
         caller = replace(principal, owner=owner)  # an admin acting in a project acts as its owner
         stored = rules.merged(ScalingRules())
-        joining = Joining(route, name, None if stored == ScalingRules() else stored.to_json())
+        joining = Joining(route, name, None if stored == ScalingRules() else stored.to_json(), cap)
         view = self.svc.create(caller, req, dry_run=validate_only, into=joining)
         if not validate_only:
             route = self._route(owner, route.id)  # a first deployment took the split
@@ -324,8 +322,9 @@ class Deployments:
             {{"inactiveTimeout": "inactive_timeout", "maxConcurrentRequestsPerReplica":
               "max_concurrent_requests_per_replica"}.get(f, f) for f in fields}
         if "max_concurrent_requests_per_replica" in given:
-            raise InvalidRequest("maxConcurrentRequestsPerReplica is not supported by dedicate yet",
-                                 param="maxConcurrentRequestsPerReplica")
+            cap = parse_cap(body.max_concurrent_requests_per_replica)
+            if cap != ep.max_concurrency:  # the gateway reads it on its next snapshot: no restart
+                ep = self._write_setting(ep, "per-replica cap", max_concurrency=cap)
         if "name" in given and body.name is not None and deployment_name(body.name) != ep.deployment_name:
             raise InvalidRequest("a deployment cannot be renamed yet; create one with the new name",
                                  param="name")
@@ -358,16 +357,19 @@ class Deployments:
         return route, view
 
     def _set_rules(self, ep: Endpoint, rules: ScalingRules) -> None:
-        """The deployment's scaling rules, in a guarded write of their own (retried on a concurrent change)."""
+        self._write_setting(ep, "scaling rules", scaling_rules=rules.to_json())
+
+    def _write_setting(self, ep: Endpoint, what: str, **changes: Any) -> Endpoint:
+        """A setting of the deployment in a guarded write of its own (retried on a concurrent change)."""
         for _ in range(5):
-            if self.store.update_endpoint(ep, self.svc.clock.now(), ("updated", "scaling rules set"),
-                                          scaling_rules=rules.to_json()):
+            if self.store.update_endpoint(ep, self.svc.clock.now(), ("updated", f"{what} set"), **changes):
                 self.svc.wake()
-                return
-            fresh = self.store.get_endpoint(ep.id)
-            if fresh is None:
+                fresh = self.store.get_endpoint(ep.id)
+                return fresh if fresh is not None else ep
+            again = self.store.get_endpoint(ep.id)
+            if again is None:
                 raise deployment_not_found(deployment_id(ep.id))
-            ep = fresh
+            ep = again
         raise InvalidRequest("the deployment changed while updating it; try again")
 
     def delete_deployment(self, principal: Principal, owner: str, route_key: str, key: str,

@@ -123,7 +123,9 @@ class DeploymentIn(V2Body):
     model: str | None = Field(default=None, description="projects/{p}/models/{m}[/revisions/{r}]")
     config: str | None = Field(default=None, description="projects/{p}/configs/{cr}: the shape")
     inactive_timeout: int | None = Field(default=None, description="minutes; 0 or omitted: never; else 30 to 1440")
-    max_concurrent_requests_per_replica: str | None = None
+    max_concurrent_requests_per_replica: str | None = Field(
+        default=None, description="int64 as a string: requests a replica is sent at once at most; 0 or omitted: "
+                                  "no cap (beyond it requests wait in the gateway's queue)")
     placement: dict[str, Any] | None = None
     config_id: str | None = None
     model_id: str | None = None
@@ -167,3 +169,14 @@ class ModelIn(V2Body):
     description: str = ""
     path: str = Field(description="dedicate's: the directory of the weights, under <model root>/owners/<owner>/ "
                                   "(an admin's, anywhere under the model root)")
+
+
+def parse_cap(value: str | None) -> int | None:
+    """``maxConcurrentRequestsPerReplica``: a whole number as a string; 0 is no cap (None)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.isdigit() or int(text) > 1_000_000:
+        raise InvalidRequest(f"maxConcurrentRequestsPerReplica must be a whole number from 0 to 1000000 (as a "
+                             f"string), got {value!r}", param="maxConcurrentRequestsPerReplica")
+    return int(text) or None

@@ -77,6 +77,7 @@ class Joining:
     route: Route
     name: str
     scaling_rules: str | None = None  # v2's windows and rate policies, as JSON
+    max_concurrency: int | None = None  # requests one replica is sent at once at most
 
 
 def not_found(key: str) -> NotFound:
@@ -299,6 +300,7 @@ class Services:
             route_id=into.route.id if into is not None else route_id_for(ep_id),
             deployment_name=into.name if into is not None else DEFAULT_DEPLOYMENT,
             scaling_rules=into.scaling_rules if into is not None else None,
+            max_concurrency=into.max_concurrency if into is not None else None,
         )
         prediction = predict(hw.cents_per_minute, bounds.min_replicas, bounds.max_replicas)
         view = EndpointView(ep, [], prediction, target=target_for(self.settings, self.nodes(), ep))

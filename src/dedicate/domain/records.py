@@ -45,6 +45,7 @@ class Endpoint:
     route_id: str | None = None  # the route (v2's endpoint) this deployment belongs to
     deployment_name: str | None = None  # its name there
     scaling_rules: str | None = None  # v2's windows and rate policies (domain/scaling.py), as JSON
+    max_concurrency: int | None = None  # requests a replica is sent at once at most; None: no cap
 
     def within_bounds(self, replicas: int) -> int:
         """``replicas`` clamped to [min_replicas, max_replicas]."""

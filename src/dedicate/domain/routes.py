@@ -231,5 +231,5 @@ def deployment_etag(ep: Endpoint) -> str:
     by a client stays current until someone changes the deployment itself.
     """
     spec = (ep.min_replicas, ep.max_replicas, ep.intent.value, ep.inactive_timeout, ep.target_concurrency,
-            ep.scaling_rules, ep.deployment_name, ep.display_name, ep.deleted_at is None)
+            ep.scaling_rules, ep.max_concurrency, ep.deployment_name, ep.display_name, ep.deleted_at is None)
     return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]

@@ -285,7 +285,7 @@ class _Exchange:
         ep = self.ep = gw.signals.endpoint(e.id, e.name, e.owner)
         ep.requests += 1
         ep.last_request = gw.monotonic()
-        if not route.targets:
+        if not gw.table.with_room(route):  # no ready replica, or every one at its cap: wait for one
             route = await self._hold(route, loop.time() + gw.config.hold_s)
         ep.admitted()
         self.releases.append(self._endpoint_release(ep))
@@ -314,6 +314,10 @@ class _Exchange:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     ep.errors += 1
+                    if route.targets:  # ready, but each serving as many as its cap allows
+                        raise Unavailable(f"endpoint {name}: all {len(route.targets)} ready replica(s) are serving "
+                                          f"their cap of {route.endpoint.max_concurrency} request(s); retry shortly",
+                                          retry_after_s=gw.config.retry_after_s)
                     message = route.endpoint.status_message or route.endpoint.state.value.lower()
                     raise Unavailable(f"endpoint {name} has no ready replica yet ({message}); it is being started, "
                                       "retry shortly", retry_after_s=gw.config.retry_after_s)
@@ -323,7 +327,7 @@ class _Exchange:
                     raise _not_found(name)
                 route = found
                 _check_runnable(route)
-                if route.targets:
+                if gw.table.with_room(route):
                     return route
         finally:
             ep.queued -= 1
@@ -338,7 +342,7 @@ class _Exchange:
         length = str(len(raw)).encode() + b"\r\n\r\n"
         last_error = "no replica answered"
         for attempt in range(1, cfg.max_tries + 1):
-            target = table.choose(route.targets, tried)
+            target = table.choose(table.with_room(route), tried)
             if target is None:
                 break
             st = target.state

@@ -219,6 +219,14 @@ class RoutingTable:
 
     # choosing ------------------------------------------------------------------------
 
+    @staticmethod
+    def with_room(route: Route) -> tuple[Target, ...]:
+        """The route's replicas that may take one more request under its deployment's per-replica cap."""
+        cap = route.endpoint.max_concurrency
+        if not cap:
+            return route.targets
+        return tuple(t for t in route.targets if t.state.in_flight < cap)
+
     def choose(self, targets: tuple[Target, ...], exclude: set[str] | None = None) -> Target | None:
         """Least outstanding requests between two random choices, among replicas not ejected.
 

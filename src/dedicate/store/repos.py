@@ -60,7 +60,7 @@ def _endpoint(r: EndpointRow) -> Endpoint:
         min_queued_at=r.min_queued_at, queued_replicas=r.queued_replicas, queue_position=r.queue_position,
         target_concurrency=r.target_concurrency, autoscale_state=r.autoscale_state,
         last_request_at=r.last_request_at, route_id=r.route_id, deployment_name=r.deployment_name,
-        scaling_rules=r.scaling_rules,
+        scaling_rules=r.scaling_rules, max_concurrency=r.max_concurrency,
     )
 
 
@@ -203,6 +203,7 @@ class Store(LedgerStore, RouteStore, OwnerModelStore):
                     min_queued_at=ep.min_queued_at, queued_replicas=0, queue_position=None,
                     target_concurrency=ep.target_concurrency, route_id=ep.route_id,
                     deployment_name=ep.deployment_name, scaling_rules=ep.scaling_rules,
+                    max_concurrency=ep.max_concurrency,
                 ))
                 s.flush()
                 s.add(EventRow(endpoint_id=ep.id, at=ep.created_at, kind=event[0], message=event[1]))

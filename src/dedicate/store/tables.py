@@ -140,6 +140,7 @@ class EndpointRow(Base):
     route_id: Mapped[str | None] = mapped_column(ForeignKey("routes.id"), nullable=True, index=True)
     deployment_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
     scaling_rules: Mapped[str | None] = mapped_column(Text, nullable=True)  # domain/scaling.py, as JSON
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)  # per replica; None: no cap
 
     # GET /v1/endpoints pages in (created_at, id) order, an owner's or everyone's: from an index, a
     # page costs its own rows, not a sort of every endpoint ever made
