@@ -15,8 +15,8 @@ from fastapi import APIRouter, Query, Response
 
 from dedicate.api.deps import BoundedRoute, Caller, Svc, call, flag, one_of, time_param, whole
 from dedicate.api.errors import responses
-from dedicate.api.schemas_v2 import (
-    AnalyticsOut,
+from dedicate.api.schemas_v2_analytics import AnalyticsOut
+from dedicate.api.schemas_v2_endpoints import (
     DeploymentOut,
     DeploymentPage,
     EmptyPage,
@@ -245,7 +245,7 @@ async def endpoint_analytics(
 
 async def _empty(p: Caller, svc: Svc, project_id: str, endpoint_id: str) -> EmptyPage:
     await call(deployments(svc).get_endpoint, owner_in(p, project_id), endpoint_id)  # 404 for no endpoint
-    return EmptyPage(next_cursor=None)
+    return EmptyPage(data=[], next_cursor=None)
 
 
 for collection in ("abExperiments", "shadowExperiments", "rollouts"):
@@ -259,5 +259,5 @@ for collection in ("abExperiments", "shadowExperiments", "rollouts"):
 async def list_adapters(p: Caller, svc: Svc, project_id: str, endpoint_id: str, deployment_id: str) -> EmptyPage:
     """No deployment serves adapters yet."""
     await call(deployments(svc).get_deployment, owner_in(p, project_id), endpoint_id, deployment_id)
-    return EmptyPage(next_cursor=None)
+    return EmptyPage(data=[], next_cursor=None)
 
