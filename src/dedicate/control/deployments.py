@@ -95,6 +95,7 @@ class EventQuery:
     subject: str | None = None
     after: str | None = None
     limit: int = 50
+    source_kinds: set[str] | None = None  # SOURCE_KIND_ENDPOINT, SOURCE_KIND_DEPLOYMENT
 
 
 MAX_EVENTS = 10_000
@@ -113,11 +114,16 @@ class Deployments:
 
     # reading -------------------------------------------------------------------------------------
 
-    def _route(self, owner: str, key: str) -> Route:
+    def route(self, owner: str, key: str) -> Route:
+        """The endpoint (a route) by id or bare name, if it is this owner's."""
         found = self.store.get_route(key if key.startswith("ep_") else qualified(owner, key))
         if found is None or found.owner != owner:
             raise endpoint_not_found(key)
         return found
+
+    def member(self, owner: str, route_key: str, key: str) -> Endpoint:
+        """A deployment of the endpoint, by id or name, without its view (replicas, cost)."""
+        return self._member(self.route(owner, route_key), key)
 
     def _views(self, routes: list[Route]) -> list[RouteView]:
         """The routes with their deployments' views: a page costs the same few reads whatever its size."""
@@ -126,7 +132,7 @@ class Deployments:
         return [RouteView(r, [views[ep.id] for ep in members[r.id]]) for r in routes]
 
     def get_endpoint(self, owner: str, key: str) -> RouteView:
-        return self._views([self._route(owner, key)])[0]
+        return self._views([self.route(owner, key)])[0]
 
     def list_endpoints(self, owner: str | None, *, filter: str | None, order_by: str | None, after: str | None,
                        limit: int) -> tuple[list[RouteView], str | None]:
@@ -175,7 +181,7 @@ class Deployments:
         return self._views(page), (page[-1].id if more and page else None)
 
     def get_deployment(self, owner: str, route_key: str, key: str) -> tuple[Route, EndpointView]:
-        route = self._route(owner, route_key)
+        route = self.route(owner, route_key)
         return route, self.svc.view(self._member(route, key))
 
     def list_deployments(self, owner: str, route_key: str) -> RouteView:
@@ -199,7 +205,7 @@ class Deployments:
 
     def update_endpoint(self, owner: str, key: str, body: EndpointPatchIn, fields: set[str] | None) -> RouteView:
         given = body.model_fields_set - {"etag"} if fields is None else fields
-        route = self._route(owner, key)
+        route = self.route(owner, key)
         if body.etag is not None and body.etag != route.etag:
             raise _etag_mismatch(f"endpoint {route.id}", body.etag, route.etag)
         changes: dict[str, Any] = {}
@@ -218,13 +224,13 @@ class Deployments:
             return self.get_endpoint(owner, route.id)
         updated = self.store.update_route(route, changes, self.svc.clock.now())
         if updated is None:
-            current = self._route(owner, route.id)
+            current = self.route(owner, route.id)
             raise _etag_mismatch(f"endpoint {route.id}", route.etag, current.etag)
         self.svc.wake()
         return self._views([updated])[0]
 
     def delete_endpoint(self, owner: str, key: str, etag: str | None) -> None:
-        route = self._route(owner, key)
+        route = self.route(owner, key)
         if etag is not None and etag != route.etag:
             raise _etag_mismatch(f"endpoint {route.id}", etag, route.etag)
         left = self.store.deployments_of([route.id])[route.id]
@@ -287,7 +293,7 @@ class Deployments:
 
     def create_deployment(self, principal: Principal, owner: str, route_key: str, body: DeploymentIn, *,
                           validate_only: bool) -> tuple[Route, EndpointView]:
-        route = self._route(owner, route_key)
+        route = self.route(owner, route_key)
         name = deployment_name(body.name)
         if any(ep.deployment_name == name for ep in self.store.deployments_of([route.id])[route.id]):
             raise Conflict(f"deployment {name!r} already exists on endpoint {route.name}; pick another name",
@@ -309,12 +315,12 @@ class Deployments:
         joining = Joining(route, name, None if stored == ScalingRules() else stored.to_json(), cap)
         view = self.svc.create(caller, req, dry_run=validate_only, into=joining)
         if not validate_only:
-            route = self._route(owner, route.id)  # a first deployment took the split
+            route = self.route(owner, route.id)  # a first deployment took the split
         return route, view
 
     def update_deployment(self, principal: Principal, owner: str, route_key: str, key: str,
                           body: DeploymentPatchIn, fields: set[str] | None) -> tuple[Route, EndpointView]:
-        route = self._route(owner, route_key)
+        route = self.route(owner, route_key)
         ep = self._member(route, key)
         if body.etag is not None and body.etag != deployment_etag(ep):
             raise _etag_mismatch(f"deployment {deployment_id(ep.id)}", body.etag, deployment_etag(ep))
@@ -374,7 +380,7 @@ class Deployments:
 
     def delete_deployment(self, principal: Principal, owner: str, route_key: str, key: str,
                           etag: str | None) -> None:
-        route = self._route(owner, route_key)
+        route = self.route(owner, route_key)
         ep = self._member(route, key)
         if etag is not None and etag != deployment_etag(ep):
             raise _etag_mismatch(f"deployment {deployment_id(ep.id)}", etag, deployment_etag(ep))
@@ -384,15 +390,14 @@ class Deployments:
                            "it", code="deployment_running")
         self.svc.delete(replace(principal, owner=owner), ep.id, keep_route=True)
 
-
     # events --------------------------------------------------------------------------------------
 
-    def events(self, owner: str, key: str, q: EventQuery) -> tuple[list[EventView], str | None]:
-        """The endpoint's events, newest first: its deployments' (deleted ones' too) from the event log,
-        then its own creation; filtered, a page at a time (the cursor is the last event's id)."""
+    def events(self, owner: str, key: str, q: EventQuery) -> tuple[Route, list[EventView], str | None]:
+        """The endpoint and its events, newest first: its deployments' (deleted ones' too) from the event
+        log, then its own creation; filtered, a page at a time (the cursor is the last event's id)."""
         if not 1 <= q.limit <= MAX_EVENTS:
             raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_EVENTS}", param="limit")
-        route = self._route(owner, key)
+        route = self.route(owner, key)
         records = None if q.deployment_ids is None else [record_id(x) or "" for x in q.deployment_ids]
         if records is not None and "" in records:
             raise InvalidRequest("deploymentIds must be dep_… ids", param="deploymentIds")
@@ -400,7 +405,7 @@ class Deployments:
             rec = record_id(q.subject)
             records = [rec] if rec is not None and (records is None or rec in records) else []
         if q.after == ENDPOINT_CREATED_ID:
-            return [], None  # the endpoint's creation was the last event there is
+            return route, [], None  # the endpoint's creation was the last event there is
         if q.after is not None and not q.after.isdigit():
             raise InvalidRequest(f"after {q.after!r} is not a cursor of this listing; pass the next_cursor of the "
                                  "previous page", param="after")
@@ -408,7 +413,9 @@ class Deployments:
         floor = LEVELS.index(q.min_level) if q.min_level is not None else 0
 
         def wanted(v: EventView) -> bool:
-            return (q.types is None or v.type in q.types) and LEVELS.index(v.level) >= floor
+            kind = "SOURCE_KIND_DEPLOYMENT" if v.deployment is not None else "SOURCE_KIND_ENDPOINT"
+            return (q.types is None or v.type in q.types) and LEVELS.index(v.level) >= floor and \
+                (q.source_kinds is None or kind in q.source_kinds)
 
         out: list[EventView] = []
         while records != [] and len(out) <= q.limit and before != 0:
@@ -431,4 +438,4 @@ class Deployments:
             out.append(made)
         page = out[:q.limit]
         more = len(out) > q.limit and page[-1].id != ENDPOINT_CREATED_ID
-        return page, (page[-1].id if more else None)
+        return route, page, (page[-1].id if more else None)

@@ -209,15 +209,12 @@ async def list_events(
             raise InvalidRequest("sourceKinds takes SOURCE_KIND_ENDPOINT and SOURCE_KIND_DEPLOYMENT",
                                  param="sourceKinds")
     owner = owner_in(p, project_id)
-    d = deployments(svc)
     q = EventQuery(deployment_ids=_csv(deployment_ids), types=set(_csv(types) or ()) or None,
                    min_level=Level(min_level) if min_level else None, since=since, until=until,
-                   subject=subject_id or None, after=after or None, limit=limit)
-    route = await call(d.get_endpoint, owner, endpoint_id)
-    found, cursor = await call(d.events, owner, endpoint_id, q)
-    data = [EventOut.of(route.route, v) for v in found
-            if kinds is None or ("SOURCE_KIND_DEPLOYMENT" if v.deployment else "SOURCE_KIND_ENDPOINT") in kinds]
-    return EventPage(data=data, next_cursor=cursor)
+                   subject=subject_id or None, after=after or None, limit=limit,
+                   source_kinds=set(kinds) if kinds else None)
+    route, found, cursor = await call(deployments(svc).events, owner, endpoint_id, q)
+    return EventPage(data=[EventOut.of(route, v) for v in found], next_cursor=cursor)
 
 
 @router.get(BASE + "/{endpoint_id}/analytics", response_model=AnalyticsOut, responses=responses(400, 404))
@@ -244,7 +241,7 @@ async def endpoint_analytics(
 # the collections tg reads and dedicate does not fill yet -----------------------------------------
 
 async def _empty(p: Caller, svc: Svc, project_id: str, endpoint_id: str) -> EmptyPage:
-    await call(deployments(svc).get_endpoint, owner_in(p, project_id), endpoint_id)  # 404 for no endpoint
+    await call(deployments(svc).route, owner_in(p, project_id), endpoint_id)  # 404 for no endpoint
     return EmptyPage(data=[], next_cursor=None)
 
 
@@ -258,6 +255,6 @@ for collection in ("abExperiments", "shadowExperiments", "rollouts"):
             responses=responses(404))
 async def list_adapters(p: Caller, svc: Svc, project_id: str, endpoint_id: str, deployment_id: str) -> EmptyPage:
     """No deployment serves adapters yet."""
-    await call(deployments(svc).get_deployment, owner_in(p, project_id), endpoint_id, deployment_id)
+    await call(deployments(svc).member, owner_in(p, project_id), endpoint_id, deployment_id)  # 404 for none
     return EmptyPage(data=[], next_cursor=None)
 
