@@ -237,7 +237,7 @@ class EndpointOut(V2):
 
 def route_shares(rv: RouteView) -> dict[str, float]:
     ready = {v.endpoint.id: v.count(ReplicaStatus.READY) for v in rv.deployments}
-    return traffic_shares(rv.route.split, ready)
+    return traffic_shares(rv.route.split, ready, {v.endpoint.id: v.endpoint.should_run for v in rv.deployments})
 
 
 # events -----------------------------------------------------------------------------------------

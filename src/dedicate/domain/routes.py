@@ -10,7 +10,7 @@ record ``endpoint-<uuid>``, so the two ids of one deployment map onto each other
 column. A route made for a v1 endpoint takes that endpoint's uuid as well.
 
 The split names deployments by record id with a weight; a request goes to a deployment with
-probability proportional to weight × ready replicas (``route_weights``). Weight 0 keeps the
+probability proportional to weight × ready replicas (``choice_weights``). Weight 0 keeps the
 entry but takes no new requests; an empty split leaves the name unrouted.
 """
 
@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from dedicate.domain.endpoints import EndpointState, Intent, ReplicaCounts
 from dedicate.domain.errors import InvalidRequest
@@ -144,16 +145,28 @@ def check_split(entries: Sequence[tuple[str, object]], members: Mapping[str, str
     return tuple(out)
 
 
-def route_weights(split: Sequence[SplitEntry], ready: Mapping[str, int]) -> list[tuple[str, float]]:
-    """Each deployment that takes new requests with its share: weight × ready replicas, above 0."""
-    return [(e.deployment, e.weight * ready.get(e.deployment, 0)) for e in split
-            if e.weight * ready.get(e.deployment, 0) > 0]
+K = TypeVar("K")
 
 
-def traffic_shares(split: Sequence[SplitEntry], ready: Mapping[str, int]) -> dict[str, float]:
-    """The share of new requests each deployment of the split gets now (0 to 1): by weight × ready
-    replicas, or, while none is ready, by weight alone (where requests wait for one)."""
-    weights = route_weights(split, ready) or [(e.deployment, e.weight) for e in split if e.weight > 0]
+def choice_weights(members: Sequence[tuple[K, float, int, bool]]) -> list[tuple[K, float]]:
+    """What a split's new requests go by: (member, weight, ready replicas, told to run) in, each member that
+    takes requests now with its weight out.
+
+    Weight × ready replicas, over the members with a weight above 0; while none of them has a ready
+    replica, their weights alone (a request waits there for one). Members told to stop count only
+    when every weighted one is. The gateway chooses by these; ``traffic_shares`` shows them.
+    """
+    weighted = [m for m in members if m[1] > 0]
+    running = [m for m in weighted if m[3]] or weighted
+    ready = [(k, w * n) for k, w, n, _ in running if n > 0]
+    return ready or [(k, w) for k, w, _, _ in running]
+
+
+def traffic_shares(split: Sequence[SplitEntry], ready: Mapping[str, int],
+                   running: Mapping[str, bool] | None = None) -> dict[str, float]:
+    """The share of new requests each deployment of the split gets now (0 to 1), as ``choice_weights`` has it."""
+    weights = choice_weights([(e.deployment, e.weight, ready.get(e.deployment, 0),
+                               True if running is None else running.get(e.deployment, False)) for e in split])
     total = sum(w for _, w in weights)
     shares = {e.deployment: 0.0 for e in split}
     for dep, w in weights:

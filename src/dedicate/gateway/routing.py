@@ -185,12 +185,12 @@ class RoutingTable:
         split = snap.splits.get(name)
         if split is None:
             return snap.routes.get(name)
-        members = [(snap.routes[n], w) for n, w in split.members if n in snap.routes]
-        if not members:
+        members = [(r, w, len(r.targets), r.endpoint.should_run)
+                   for n, w in split.members if (r := snap.routes.get(n)) is not None]
+        weighted = named.choice_weights(members)
+        if not weighted:
             return Unrouted(split.route.name, split.route.owner, split.route.id)
-        running = [(r, w) for r, w in members if r.endpoint.should_run] or members
-        ready = [(r, w * len(r.targets)) for r, w in running if r.targets]
-        return self._pick(ready or running)
+        return self._pick(weighted)
 
     async def shared(self, name: str) -> bool:
         """Whether ``name`` is a route shared with the organization (every key of it may call it), as a
