@@ -46,10 +46,14 @@ $(CLIENTS16)/.installed: Makefile
 	$(CLIENTS16)/bin/pip install -q together==1.6.0
 	touch $@
 
-# PostgreSQL for the store tests (the tests start their own throwaway server).
+# PostgreSQL for the store tests (the tests start their own throwaway server) and Debian's Chromium
+# for the console's browser tests (Playwright drives /usr/bin/chromium; never `playwright install`).
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 lint: setup

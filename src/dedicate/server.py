@@ -55,6 +55,8 @@ from dedicate.settings import Settings
 from dedicate.store.db import make_engine, migrate
 from dedicate.store.repos import Store
 from dedicate.store.usage import SIGNAL_ROWS_KEPT_S
+from dedicate.web import pages as console_pages
+from dedicate.web.session import CookieBearer
 
 log = logging.getLogger("dedicate")
 ADMIN_OWNER = "admin"
@@ -178,8 +180,9 @@ def gateway_families(gw: Gateway) -> list[exposition.Metric]:
     return signal_families(gw.signals, list(gw.table.states.values()), gw.monotonic(), time.time())
 
 
-def create_app(parts: Parts) -> gateway_app.GatewayFront:
-    """The whole server's ASGI app: the gateway's inference paths in front, the FastAPI app (``.app``) behind."""
+def create_app(parts: Parts) -> CookieBearer:
+    """The whole server's ASGI app: the console's session turned into a key (``web/session``), then the
+    gateway's inference paths (``.app``), then the FastAPI app (``.app.app``) with the API and the console."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
@@ -221,6 +224,7 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
     app.include_router(v2_catalog_routes.uploads)
     app.include_router(v2_endpoint_routes.router)
     app.include_router(gateway_app.router, responses=api_errors.responses())
+    app.include_router(console_pages.router)
 
     @app.get("/healthz", response_model=Health, tags=["server"])
     async def healthz() -> Health:
@@ -244,7 +248,7 @@ def create_app(parts: Parts) -> gateway_app.GatewayFront:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return gateway_app.GatewayFront(app, parts.gateway)
+    return CookieBearer(gateway_app.GatewayFront(app, parts.gateway))
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -62,7 +62,7 @@ def test_the_document_is_valid_openapi(doc: dict[str, Any]) -> None:
 
 def test_every_route_of_the_app_is_in_the_document(app: App, doc: dict[str, Any]) -> None:
     documented = {(m, p) for m, p, _ in operations(doc)}
-    routes = list(api_routes(app.client.app.app.routes))  # type: ignore[attr-defined]
+    routes = list(api_routes(app.client.app.app.app.routes))  # type: ignore[attr-defined]
     assert len(routes) > 25
     for route in routes:
         if route.include_in_schema:
