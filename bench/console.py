@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 import tempfile
@@ -38,13 +39,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile
 
 from dedicate.clock import ManualClock
 from dedicate.control.reconciler import Reconciler
 from dedicate.domain.records import Address
 from dedicate.runtimes.fake import FakeRuntime
-from dedicate.server import build_parts, create_app
+from dedicate.server import build_parts, create_app, tune_collector
 from dedicate.settings import load_settings
 from dedicate.web.session import COOKIE
 
@@ -122,35 +125,45 @@ async def timed(c: httpx.AsyncClient, path: str, n: int, **kw: Any) -> list[floa
     return sorted(out)
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    thresholds = gc.get_threshold()
+    try:
+        asyncio.run(run(argv))
+    finally:  # as it was: a smoke test runs this inside the test session
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+async def run(argv: list[str] | None) -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--endpoints", type=int, default=200)
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--pass-s", type=float, default=20.0,
                     help="seconds between the billing hour's passes; over 30 s, each pass opens a new interval "
                          "per replica (a replica seen ready only now and then), 60 intervals per replica-hour")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dedicate-bench-console-") as tmp:
         t0 = time.perf_counter()
         app, owner, admin, first = await build(Path(tmp), args.endpoints, args.pass_s)
         print(f"built {args.endpoints} endpoints in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        tune_collector()  # as `dedicate up` does before it serves
         transport = httpx.ASGITransport(app=app)
         n = args.requests
         figures: dict[str, Any] = {"endpoints": args.endpoints, "requests": n, "pass_s": args.pass_s}
         samples: dict[str, list[float]] = {}
         async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
-            signed_in = {"cookies": {COOKIE: owner}}
+            signed_in = {"headers": {"cookie": f"{COOKIE}={owner}"}}
             samples["home"] = await timed(c, "/", n, **signed_in)
             samples["rows"] = await timed(c, "/ui/endpoints/rows", n, **signed_in)
             samples["billing"] = await timed(c, "/billing", n, **signed_in)
             samples["detail"] = await timed(c, f"/endpoints/{first}", n, **signed_in)
-            samples["admin"] = await timed(c, "/admin", n, cookies={COOKIE: admin})
+            samples["admin"] = await timed(c, "/admin", n, headers={"cookie": f"{COOKIE}={admin}"})
             bearer = {"headers": {"authorization": f"Bearer {owner}"}}
             samples["api_list"] = await timed(c, f"/v1/endpoints?limit={args.endpoints}", n, **bearer)
             samples["api_v2_list"] = await timed(c, f"/v2/projects/proj_{OWNER}/endpoints?limit={args.endpoints}",
                                                  n, **bearer)
             samples["healthz"] = await timed(c, "/healthz", n)
-            home = (await c.get("/", cookies={COOKIE: owner})).text
+            home = (await c.get("/", **signed_in)).text
             figures["home_rows"] = home.count("<tr") - 1
     print(f"\n{'page':<28}{'p50 ms':>10}{'p99 ms':>10}{'× v2 list':>12}")
     labels = {"home": "/ (Endpoints)", "rows": "/ui/endpoints/rows", "billing": "/billing",
@@ -173,4 +186,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dedicate.control.inputs import BudgetUpdate, EndpointPatch
 from dedicate.domain.records import Address
-from dedicate.metering.ledger import Interval, invoice, invoice_bytes, month_bounds, usage
+from dedicate.metering.ledger import Interval, billed, invoice, invoice_bytes, lines, month_bounds, usage
 from dedicate.metering.rating import charge_exact
 from dedicate.store.tables import IntervalRow
 from tests.control.test_capacity import ADMIN, ALICE, BOB, Fleet, h100_node
@@ -207,6 +207,28 @@ def test_billing_a_period_equals_the_sum_of_billing_any_split_of_it(cuts: list[i
     assert parts == whole
     seconds = usage([iv], start, start + timedelta(days=1))[0].replica_seconds
     assert whole == seconds * Fraction(price) / 60, "charges = replica-seconds × price per second"
+
+
+@settings(max_examples=200, deadline=None)
+@given(spans=st.lists(st.tuples(st.sampled_from(["e1", "e2"]), st.sampled_from(["h1", "h2"]),
+                                st.sampled_from([Decimal("5.6"), Decimal("0.123456"), Decimal("999")]),
+                                st.integers(min_value=-10**10, max_value=10**11),
+                                st.integers(min_value=0, max_value=10**10)), max_size=12))
+def test_summing_time_per_price_first_charges_exactly_what_each_interval_charges(
+        spans: list[tuple[str, str, Decimal, int, int]]) -> None:
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+    end = start + timedelta(days=1)
+    ivs = [Interval(f"r{n}", e, "o", h, price, start + timedelta(microseconds=at),
+                    start + timedelta(microseconds=at + length)) for n, (e, h, price, at, length) in enumerate(spans)]
+    expected: dict[tuple[str, str], tuple[Fraction, Fraction]] = {}
+    for iv in ivs:  # each interval charged on its own, as a bill line is defined
+        s = iv.seconds_within(start, end)
+        if s:
+            sec, cents = expected.get((iv.endpoint_id, iv.hardware), (Fraction(0), Fraction(0)))
+            expected[(iv.endpoint_id, iv.hardware)] = (sec + s, cents + charge_exact(iv.cents_per_minute, s))
+    got = {(line.endpoint_id, line.hardware): (line.replica_seconds, line.exact_cents)
+           for line in lines(billed(ivs, start, end))}
+    assert got == expected
 
 
 def test_invoice_bytes_are_canonical() -> None:

@@ -14,8 +14,10 @@ from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Address, Endpoint, EndpointSignals, Replica
 from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus
+from dedicate.metering.ledger import Billed, billed
 from dedicate.store.db import make_engine, migrate
 from dedicate.store.repos import Store
+from dedicate.store.tables import IntervalRow
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -304,3 +306,45 @@ def test_a_page_of_endpoints_intervals_is_read_at_once_as_each_ones_own(store: S
     each = [i for eid in ("endpoint-1", "endpoint-3") for i in store.intervals(endpoint_id=eid, start=lo, end=hi)]
     assert sorted(got, key=lambda i: i.replica_id) == sorted(each, key=lambda i: i.replica_id) and len(got) == 4
     assert store.intervals_of([], lo, hi) == []
+
+
+def test_the_billed_time_summed_in_the_database_is_what_the_intervals_add_up_to(store: Store) -> None:
+    """Every edge: spans cut by the period at both ends, outside it, zero-length, microseconds, two
+    prices on one endpoint, two hardware shapes, two owners; on SQLite and PostgreSQL alike."""
+    spans = [  # (endpoint, owner, hardware, price, start offset µs, length µs)
+        ("endpoint-1", "alice", "1x_cpu", Decimal("0.123456"), -7_200_000_001, 3_600_000_007),  # ends before
+        ("endpoint-1", "alice", "1x_cpu", Decimal("0.123456"), -1_000_003, 90_000_011),  # starts before the period
+        ("endpoint-1", "alice", "1x_cpu", Decimal("5.6"), 13, 59_999_999),  # another price, same shape
+        ("endpoint-1", "alice", "2x_cpu", Decimal("5.6"), 999_999, 1),
+        ("endpoint-2", "alice", "1x_cpu", Decimal("0.123456"), 3_599_000_000, 7_200_000_000),  # runs past the end
+        ("endpoint-2", "alice", "1x_cpu", Decimal("0.123456"), 42, 0),  # seen ready once: no time
+        ("endpoint-2", "alice", "4x_cpu", Decimal("0.123456"), 42, 0),  # ... the only one of its shape: no line
+        ("endpoint-3", "bob", "1x_cpu", Decimal("999"), 1, 86_400_000_000),  # the whole day
+    ]
+    for eid, owner in (("endpoint-1", "alice"), ("endpoint-2", "alice"), ("endpoint-3", "bob")):
+        store.insert_endpoint(endpoint(eid, f"{owner}/tiny-{eid[-1] * 8}", owner), ("created", "made"))
+    for n, (eid, *_) in enumerate(spans):
+        store.insert_replica(replica(f"r-{n}", eid))
+    with store.engine.begin() as conn:
+        for n, (eid, owner, hw, price, at, length) in enumerate(spans):
+            conn.execute(insert(IntervalRow).values(
+                replica_id=f"r-{n}", endpoint_id=eid, owner=owner, hardware=hw, cents_per_minute=price,
+                started_at=T0 + timedelta(microseconds=at), last_seen_at=T0 + timedelta(microseconds=at + length),
+                closed=True))
+    lo, hi = T0, T0 + timedelta(hours=1)
+
+    def key(b: Billed) -> tuple[str, str, Decimal]:
+        return b.endpoint_id, b.hardware, b.cents_per_minute
+
+    def from_intervals(**where: str) -> list[Billed]:
+        return sorted((b for b in billed(store.intervals(start=lo, end=hi, **where), lo, hi)), key=key)
+
+    everything = sorted(store.billed(lo, hi), key=key)
+    assert everything == from_intervals() and len(everything) == 5
+    assert sorted(store.billed(lo, hi, owner="alice"), key=key) == from_intervals(owner="alice")
+    assert sorted(store.billed(lo, hi, endpoint_ids=["endpoint-2", "endpoint-3"]), key=key) == \
+        sorted(from_intervals(endpoint_id="endpoint-2") + from_intervals(endpoint_id="endpoint-3"), key=key)
+    assert store.billed(lo, hi, endpoint_ids=[]) == []
+    first = next(b for b in everything if b.endpoint_id == "endpoint-1" and b.hardware == "1x_cpu"
+                 and b.cents_per_minute == Decimal("0.123456"))
+    assert first.microseconds == 90_000_011 - 1_000_003, "cut at the period's start, to the microsecond"

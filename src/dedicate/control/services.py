@@ -58,7 +58,7 @@ from dedicate.domain.records import ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaStatus
 from dedicate.domain.routes import Route, SplitEntry, Visibility, route_id_for
 from dedicate.engines import registry
-from dedicate.metering.ledger import Interval
+from dedicate.metering.ledger import Billed
 from dedicate.metering.rating import predict
 from dedicate.runtimes.base import Node
 from dedicate.scheduler.placement import NodeView, NoPlacement, place
@@ -322,15 +322,14 @@ class Services:
         """What GET shows of ``ep``: from ``detail`` where the caller read it already."""
         replicas = self.store.live_replicas(ep.id) if detail is None else detail.replicas
         ready = sum(1 for r in replicas if r.status is ReplicaStatus.READY)
-        cost = self.billing.endpoint_cost(ep, ready) if detail is None else \
-            self.billing.endpoint_cost(ep, ready, detail.intervals, detail.period)
+        cost = self.billing.endpoint_cost(ep, ready, None if detail is None else detail.billed)
         return EndpointView(ep, replicas, predict(ep.cents_per_minute, ep.min_replicas, ep.max_replicas),
                             cost, target=target_for(self.settings, self.nodes(), ep),
                             last_scaling=PolicyState.from_json(ep.autoscale_state).last)
 
     def views(self, eps: Sequence[Endpoint]) -> list[EndpointView]:
-        """``view`` of many endpoints from two reads, whatever their number: the live replicas, and this
-        month's intervals of these endpoints."""
+        """``view`` of many endpoints from two reads, whatever their number: the live replicas, and the
+        billed time of these endpoints' intervals this month."""
         if not eps:
             return []
         lo, now = self.billing.month_so_far()
@@ -338,10 +337,10 @@ class Services:
         for r in self.store.live_replicas():  # every live one, through the row cache: cheaper than a read each
             if r.endpoint_id in replicas:
                 replicas[r.endpoint_id].append(r)
-        intervals: dict[str, list[Interval]] = {ep.id: [] for ep in eps}
-        for i in self.store.intervals_of(list(intervals), lo, now):
-            intervals[i.endpoint_id].append(i)
-        return [self.view(ep, EndpointDetail(ep, replicas[ep.id], intervals[ep.id], (lo, now))) for ep in eps]
+        billed: dict[str, list[Billed]] = {ep.id: [] for ep in eps}
+        for b in self.store.billed(lo, now, endpoint_ids=list(billed)):
+            billed[b.endpoint_id].append(b)
+        return [self.view(ep, EndpointDetail(ep, replicas[ep.id], billed[ep.id], (lo, now))) for ep in eps]
 
     def get(self, principal: Principal, key: str) -> EndpointView:
         """One transaction for the endpoint, its replicas and this month's intervals."""

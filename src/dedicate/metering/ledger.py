@@ -53,18 +53,52 @@ class UsageLine:
         return self.replica_seconds / 60
 
 
-def usage(intervals: Iterable[Interval], start: datetime, end: datetime) -> list[UsageLine]:
-    """One line per endpoint and hardware, for the period [start, end)."""
-    seconds: dict[tuple[str, str], Fraction] = {}
-    cents: dict[tuple[str, str], Fraction] = {}
+@dataclass(frozen=True)
+class Billed:
+    """The billed time of an endpoint's intervals at one hardware and one price, inside a period.
+
+    A charge is linear in time at one price, so these sums carry everything a usage line needs;
+    the store adds them up in SQL (``LedgerStore.billed``), without reading the intervals.
+    """
+
+    endpoint_id: str
+    hardware: str
+    cents_per_minute: Decimal
+    microseconds: int
+
+    @property
+    def seconds(self) -> Fraction:
+        return Fraction(self.microseconds, 10**6)
+
+
+def billed(intervals: Iterable[Interval], start: datetime, end: datetime) -> list[Billed]:
+    """The intervals' billed time inside [start, end), summed per endpoint, hardware and price."""
+    micros: dict[tuple[str, str, Decimal], int] = {}
     for iv in intervals:
         s = iv.seconds_within(start, end)
         if s == 0:
             continue
-        key = (iv.endpoint_id, iv.hardware)
-        seconds[key] = seconds.get(key, Fraction(0)) + s
-        cents[key] = cents.get(key, Fraction(0)) + charge_exact(iv.cents_per_minute, s)
+        key = (iv.endpoint_id, iv.hardware, iv.cents_per_minute)
+        micros[key] = micros.get(key, 0) + int(s * 10**6)  # whole microseconds: the intervals' resolution
+    return [Billed(e, h, c, m) for (e, h, c), m in micros.items()]
+
+
+def lines(sums: Iterable[Billed]) -> list[UsageLine]:
+    """One line per endpoint and hardware, each price's time charged at that price."""
+    seconds: dict[tuple[str, str], Fraction] = {}
+    cents: dict[tuple[str, str], Fraction] = {}
+    for b in sums:
+        if b.microseconds == 0:
+            continue
+        key = (b.endpoint_id, b.hardware)
+        seconds[key] = seconds.get(key, Fraction(0)) + b.seconds
+        cents[key] = cents.get(key, Fraction(0)) + charge_exact(b.cents_per_minute, b.seconds)
     return [UsageLine(e, h, seconds[(e, h)], cents[(e, h)]) for e, h in sorted(seconds)]
+
+
+def usage(intervals: Iterable[Interval], start: datetime, end: datetime) -> list[UsageLine]:
+    """One line per endpoint and hardware, for the period [start, end)."""
+    return lines(billed(intervals, start, end))
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
@@ -88,7 +122,12 @@ def fmt_fraction(x: Fraction, places: int = 6) -> str:
 def invoice(owner: str, month: str, intervals: Sequence[Interval], names: dict[str, str]) -> dict[str, object]:
     """One owner's invoice for one calendar month (UTC), as a plain, deterministic object."""
     start, end = month_bounds(month)
-    lines = usage((iv for iv in intervals if iv.owner == owner), start, end)
+    return invoice_of(owner, month, usage((iv for iv in intervals if iv.owner == owner), start, end), names)
+
+
+def invoice_of(owner: str, month: str, month_lines: Sequence[UsageLine], names: dict[str, str]) -> dict[str, object]:
+    """The invoice of one owner's usage lines of one month."""
+    start, end = month_bounds(month)
     out_lines = [{
         "endpoint": line.endpoint_id,
         "endpoint_name": names.get(line.endpoint_id, line.endpoint_id),
@@ -96,8 +135,8 @@ def invoice(owner: str, month: str, intervals: Sequence[Interval], names: dict[s
         "replica_seconds": fmt_fraction(line.replica_seconds),
         "replica_minutes": fmt_fraction(line.replica_minutes),
         "cents": str(line.cents),
-    } for line in lines]
-    total = sum((line.cents for line in lines), Decimal(0))
+    } for line in month_lines]
+    total = sum((line.cents for line in month_lines), Decimal(0))
     return {"object": "invoice", "owner": owner, "month": month, "period_start": start.isoformat(),
             "period_end": end.isoformat(), "lines": out_lines, "total_cents": str(total)}
 

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dedicate.domain.records import Replica
-from dedicate.metering.ledger import Interval
+from dedicate.metering.ledger import Billed, Interval
 from dedicate.store.columns import CHUNK, replica_columns, result_processor, row_reader, to_driver
 from dedicate.store.tables import IntervalRow, ReplicaRow
 from dedicate.store.usage import UsageStore
@@ -172,6 +172,49 @@ class LedgerStore(UsageStore):
                                    "AND last_seen_at > ? AND started_at < ? ORDER BY id", (*chunk, lo, hi))
                 out.extend(Interval(r.replica_id, r.endpoint_id, r.owner, r.hardware, Decimal(r.cents_per_minute),
                                     r.started_at, r.last_seen_at) for r in map(row, rows))
+        return out
+
+    def billed(self, start: datetime, end: datetime, *, owner: str | None = None,
+               endpoint_ids: Sequence[str] | None = None) -> list[Billed]:
+        """The billed time inside [start, end) of the intervals overlapping it (an owner's, some endpoints',
+        or all), summed in the database per endpoint, hardware and price, exact to the microsecond.
+
+        What a month's costs need, in one grouped read whatever the number of intervals: a page of
+        endpoints or an invoice no longer reads every interval of the month into Python.
+        """
+        with self.tx() as s:
+            return self._billed(s, start, end, owner=owner, endpoint_ids=endpoint_ids)
+
+    def _billed(self, s: Session, start: datetime, end: datetime, *, owner: str | None = None,
+                endpoint_ids: Sequence[str] | None = None) -> list[Billed]:
+        dialect = s.get_bind().dialect
+        lo, hi = self.db_time(s, start), self.db_time(s, end)
+        if dialect.name == "sqlite":  # times are text, 'YYYY-MM-DD HH:MM:SS.ffffff'
+            def micros(x: str) -> str:
+                return f"(CAST(strftime('%s', {x}) AS INTEGER) * 1000000 + CAST(substr({x}, 21, 6) AS INTEGER))"
+            late, early = "MAX", "MIN"
+        else:  # PostgreSQL: EXTRACT gives an exact numeric
+            def micros(x: str) -> str:
+                return f"CAST(EXTRACT(EPOCH FROM {x}) * 1000000 AS BIGINT)"
+            late, early = "GREATEST", "LEAST"
+        price = result_processor(dialect, "billing_intervals", "cents_per_minute")
+        chunks: list[list[str] | None] = [None] if endpoint_ids is None else \
+            [list(endpoint_ids[i:i + CHUNK]) for i in range(0, len(endpoint_ids), CHUNK)]
+        out: list[Billed] = []
+        for chunk in chunks:
+            where, params = ["last_seen_at > ?", "started_at < ?"], [lo, hi]
+            if owner is not None:
+                where.append("owner = ?")
+                params.append(owner)
+            if chunk is not None:
+                where.append(f"endpoint_id IN ({', '.join('?' for _ in chunk)})")
+                params.extend(chunk)
+            clipped = (f"SELECT endpoint_id, hardware, cents_per_minute, {late}(started_at, ?) AS lo, "
+                       f"{early}(last_seen_at, ?) AS hi FROM billing_intervals WHERE {' AND '.join(where)}")
+            rows = self.raw(s, f"SELECT endpoint_id, hardware, cents_per_minute, SUM({micros('hi')} - {micros('lo')}) "
+                               f"FROM ({clipped}) AS clipped GROUP BY endpoint_id, hardware, cents_per_minute",
+                            (lo, hi, *params))
+            out.extend(Billed(e, h, Decimal(price(c) if price is not None else c), int(m)) for e, h, c, m in rows if m)
         return out
 
     def _intervals(self, s: Session, *, owner: str | None = None, endpoint_id: str | None = None,

@@ -25,7 +25,7 @@ from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Address, ApiKey, Endpoint, Event, Replica
 from dedicate.domain.replicas import ReplicaFacts
 from dedicate.domain.routes import Route
-from dedicate.metering.ledger import Interval
+from dedicate.metering.ledger import Billed
 from dedicate.store.columns import CHUNK, format_slots, parse_slots, replica_columns, row_reader, table
 from dedicate.store.ledger import LedgerStore
 from dedicate.store.owner_models import OwnerModelStore
@@ -83,7 +83,7 @@ def _replica(r: ReplicaRow) -> Replica:
 class EndpointDetail:
     endpoint: Endpoint
     replicas: list[Replica]  # live, oldest first
-    intervals: list[Interval]  # billing intervals overlapping the period
+    billed: list[Billed]  # the billed time of its intervals inside the period
     period: tuple[datetime, datetime]  # [start, end) asked for
 
 
@@ -237,8 +237,8 @@ class Store(LedgerStore, RouteStore, OwnerModelStore):
         return found[0] if found else None
 
     def endpoint_detail(self, key: str, *, start: datetime, end: datetime) -> EndpointDetail | None:
-        """An endpoint (by id or name, not deleted) with its live replicas and its billing intervals
-        overlapping [start, end): all that GET shows, in one transaction of three plain reads."""
+        """An endpoint (by id or name, not deleted) with its live replicas and the billed time of its
+        intervals inside [start, end): all that GET shows, in one transaction of three plain reads."""
         with self.tx() as s:
             dialect = s.get_bind().dialect
             cols, endpoint = row_reader(dialect, "endpoints")
@@ -252,8 +252,8 @@ class Store(LedgerStore, RouteStore, OwnerModelStore):
             replicas = [_replica(replica(r)) for r in self.raw(
                 s, f"SELECT {cols} FROM replicas WHERE endpoint_id = ? AND stopped_at IS NULL "
                    "ORDER BY created_at, id", (ep.id,))]
-            intervals = self._intervals(s, endpoint_id=ep.id, start=start, end=end)
-        return EndpointDetail(ep, replicas, intervals, (start, end))
+            billed = self._billed(s, start, end, endpoint_ids=[ep.id])
+        return EndpointDetail(ep, replicas, billed, (start, end))
 
     def list_endpoints(self, owner: str | None = None, *, include_deleted: bool = False) -> list[Endpoint]:
         with self.tx() as s:
