@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -190,8 +191,11 @@ class LedgerStore(UsageStore):
         dialect = s.get_bind().dialect
         lo, hi = self.db_time(s, start), self.db_time(s, end)
         if dialect.name == "sqlite":  # times are text, 'YYYY-MM-DD HH:MM:SS.ffffff'
-            def micros(x: str) -> str:
-                return f"(CAST(strftime('%s', {x}) AS INTEGER) * 1000000 + CAST(substr({x}, 21, 6) AS INTEGER))"
+            seconds = "unixepoch({})" if sqlite3.sqlite_version_info >= (3, 38) else \
+                "CAST(strftime('%s', {}) AS INTEGER)"
+
+            def micros(x: str) -> str:  # unixepoch (3.38+) is twice as fast as strftime
+                return f"({seconds.format(x)} * 1000000 + CAST(substr({x}, 21, 6) AS INTEGER))"
             late, early = "MAX", "MIN"
         else:  # PostgreSQL: EXTRACT gives an exact numeric
             def micros(x: str) -> str:
