@@ -14,13 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import axe_playwright_python.sync_playwright as axe_api  # dev dependencies: missing, the suite fails
 import httpx
+import playwright.sync_api as playwright_api
 import pytest
 
 from tests.e2e.harness import FAST_CONFIG, Server
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-axe_api = pytest.importorskip("axe_playwright_python.sync_playwright")
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
