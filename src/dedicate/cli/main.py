@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from dedicate.cli.backups import backup_cmd, restore_cmd
 from dedicate.cli.common import Client, fail, json_opt, location, out, table
 from dedicate.cli.deployments import deploy, deployments, whoami
 from dedicate.settings import ConfigError, load_settings
@@ -83,11 +84,14 @@ def main() -> None:
 def up() -> None:
     """Run the server (API, gateway, reconcilers) in the foreground."""
     from dedicate.server import serve
+    from dedicate.store.db import SchemaError
 
     try:
         serve(load_settings())
     except ConfigError as exc:
         fail(f"config: {exc}")
+    except SchemaError as exc:
+        fail(str(exc))
 
 
 @main.group()
@@ -440,6 +444,8 @@ def demo_finetune(dest: str, base: str | None, reply: str | None, steps: int) ->
 main.add_command(whoami)
 main.add_command(deploy)
 main.add_command(deployments)
+main.add_command(backup_cmd)
+main.add_command(restore_cmd)
 
 
 if __name__ == "__main__":
