@@ -28,3 +28,14 @@ def test_connections_accepted_on_the_servers_socket_send_without_waiting_nagle()
         return nodelay
 
     assert asyncio.run(run()) != 0, "TCP_NODELAY is set on the accepted connection"
+
+
+def test_a_new_admin_key_is_shown_at_a_terminal_and_only_located_in_a_log() -> None:
+    from pathlib import Path
+
+    from dedicate.server import admin_key_notice
+
+    at_terminal = admin_key_notice("ddc_secret", Path("/data/admin.key"), to_terminal=True)
+    in_a_log = admin_key_notice("ddc_secret", Path("/data/admin.key"), to_terminal=False)
+    assert "ddc_secret" in at_terminal and "/data/admin.key" in at_terminal
+    assert "ddc_secret" not in in_a_log and "/data/admin.key" in in_a_log

@@ -278,6 +278,14 @@ def tune_collector() -> None:
     gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
+def admin_key_notice(secret: str, key_file: Path, to_terminal: bool) -> str:
+    """What start-up says of a new admin key. The secret is shown to a person at a terminal only: under
+    a service manager or in a container, standard output is a log, and a log is no place for a key."""
+    if to_terminal:
+        return f"admin API key (shown once; also in {key_file}):\n  {secret}"
+    return f"admin API key created: it is in {key_file} (mode 0600); not printed, as this output is not a terminal"
+
+
 def serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -291,8 +299,7 @@ def serve(settings: Settings) -> None:
     tmp.replace(port_file)
     url = f"http://{settings.host}:{port}"
     if secret is not None:
-        print(f"admin API key (shown once; also in {settings.data_dir / 'admin.key'}):\n  {secret}",
-              flush=True)
+        print(admin_key_notice(secret, settings.data_dir / "admin.key", sys.stdout.isatty()), flush=True)
     print(f"dedicate is serving on {url}  (API and OpenAI-compatible gateway at {url}/v1)",
           flush=True)
     app = create_app(parts)

@@ -65,7 +65,9 @@ def test_the_admin_key_is_created_once_with_mode_0600(make_server: Callable[...,
     key_file = s.data_dir / "admin.key"
     first = key_file.read_text()
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
-    assert "admin API key" in (s.data_dir / "server.log").read_text()
+    log = (s.data_dir / "server.log").read_text()
+    assert "admin API key created: it is in" in log and str(key_file) in log
+    assert first.strip() not in log, "the output is a log file, not a terminal: the secret stays out of it"
     s.terminate()
     s.start()
     assert key_file.read_text() == first
