@@ -51,7 +51,18 @@ async def principal(request: Request, _: Annotated[object, Depends(bearer)]) -> 
                                    request.headers.get("authorization"))
 
 
-async def admin(p: Annotated[Principal, Depends(principal)]) -> Principal:
+INFERENCE_ONLY = ("this API key can only call models (its scope is inference); manage endpoints, keys and "
+                  "bills with a key of scope manage")
+
+
+async def manager(p: Annotated[Principal, Depends(principal)]) -> Principal:
+    """A caller of the management API: any key but one of scope ``inference``."""
+    if not p.manages:
+        raise Forbidden(INFERENCE_ONLY)
+    return p
+
+
+async def admin(p: Annotated[Principal, Depends(manager)]) -> Principal:
     if not p.is_admin:
         raise Forbidden("this needs an admin API key")
     return p
@@ -60,7 +71,8 @@ async def admin(p: Annotated[Principal, Depends(principal)]) -> Principal:
 # A dependency runs before the route's query parameters and body are checked: a caller without a
 # valid key learns that first, whatever else is wrong with the request.
 Svc = Annotated[Services, Depends(services)]
-Caller = Annotated[Principal, Depends(principal)]
+Caller = Annotated[Principal, Depends(manager)]  # every management route
+AnyKey = Annotated[Principal, Depends(principal)]  # who am I: any valid key, inference ones too
 Admin = Annotated[Principal, Depends(admin)]
 
 

@@ -312,13 +312,14 @@ class ApiKeyOut(Wire):
     prefix: str
     name: str | None
     admin: bool
+    scope: Literal["manage", "inference"] = Field(description="manage: every route; inference: only calls to models")
     created_at: Time
     revoked_at: Time | None
 
     @classmethod
     def of(cls, key: ApiKey) -> ApiKeyOut:
         return cls(id=key.id, owner=key.owner, prefix=key.prefix, name=key.name, admin=key.is_admin,
-                   created_at=key.created_at, revoked_at=key.revoked_at)
+                   scope=key.scope, created_at=key.created_at, revoked_at=key.revoked_at)
 
 
 class NewApiKey(ApiKeyOut):

@@ -387,16 +387,18 @@ def keys() -> None:
 @click.option("--owner", help="admin: create the key for this owner (created on first use)")
 @click.option("--name")
 @click.option("--admin", "is_admin", is_flag=True)
+@click.option("--scope", type=click.Choice(["manage", "inference"]), default="manage", show_default=True,
+              help="inference: a key that can only call models (for an application)")
 @json_opt
-def keys_create(owner: str | None, name: str | None, is_admin: bool, as_json: bool) -> None:
+def keys_create(owner: str | None, name: str | None, is_admin: bool, scope: str, as_json: bool) -> None:
     """Create a key; its secret is shown once."""
-    body: dict[str, Any] = {"admin": is_admin}
+    body: dict[str, Any] = {"admin": is_admin, "scope": scope}
     if owner:
         body["owner"] = owner
     if name:
         body["name"] = name
     k = Client().call("POST", "/v1/keys", json=body)
-    out(k, as_json, f"{k['key']}\n(id {k['id']}, owner {k['owner']}; shown once: store it now)")
+    out(k, as_json, f"{k['key']}\n(id {k['id']}, owner {k['owner']}, scope {k['scope']}; shown once: store it now)")
 
 
 @keys.command("list")
@@ -405,9 +407,9 @@ def keys_create(owner: str | None, name: str | None, is_admin: bool, as_json: bo
 def keys_list(all_owners: bool, as_json: bool) -> None:
     """List keys by prefix."""
     data = Client().call("GET", "/v1/keys", params={"all": str(all_owners).lower()})["data"]
-    rows = [[k["id"], k["prefix"] + "…", k["owner"], "revoked" if k["revoked_at"] else "active"]
+    rows = [[k["id"], k["prefix"] + "…", k["owner"], k["scope"], "revoked" if k["revoked_at"] else "active"]
             for k in data]
-    out(data, as_json, table(rows, ["ID", "PREFIX", "OWNER", "STATUS"]))
+    out(data, as_json, table(rows, ["ID", "PREFIX", "OWNER", "SCOPE", "STATUS"]))
 
 
 @keys.command("revoke")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dedicate.domain.errors import Unauthorized
+from dedicate.domain.records import KeyScope
 from dedicate.store.repos import Store
 
 AUTH_HINT = "pass your dedicate API key as 'Authorization: Bearer <key>'"
@@ -15,6 +16,12 @@ class Principal:
     owner: str
     is_admin: bool
     key_id: str
+    scope: KeyScope = "manage"
+
+    @property
+    def manages(self) -> bool:
+        """May use the management API (an ``inference`` key may only call models)."""
+        return self.scope == "manage"
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -37,4 +44,4 @@ def authenticate(store: Store, authorization: str | None) -> Principal:
         raise Unauthorized(
             f"authentication failed: the API key {key.prefix}… was revoked; create a new one "
             "with `dedicate keys create`")
-    return Principal(key.owner, key.is_admin, key.id)
+    return Principal(key.owner, key.is_admin, key.id, key.scope)

@@ -40,6 +40,7 @@ from dedicate.domain.endpoints import (
     validate_target_concurrency,
 )
 from dedicate.domain.errors import InvalidRequest
+from dedicate.domain.records import KEY_SCOPES, KeyScope
 
 MAX_KEY_NAME = 200
 
@@ -255,6 +256,16 @@ def _admin(value: object) -> bool:
     return validate_flag("admin", value)
 
 
+def _scope(value: object) -> KeyScope:
+    if value is None:
+        return "manage"
+    for scope in KEY_SCOPES:
+        if value == scope:
+            return scope
+    raise InvalidRequest("scope must be one of: " + ", ".join(KEY_SCOPES) + " (inference: a key that can only "
+                         "call models)", param="scope")
+
+
 class NewKey(Body):
     """``POST /v1/keys``; the body is optional."""
 
@@ -264,6 +275,8 @@ class NewKey(Body):
         default=None, pattern=OWNER_PATTERN, description="default: the caller's owner; another: admins only")
     name: Annotated[str | None, BeforeValidator(_key_name)] = Field(default=None, max_length=MAX_KEY_NAME)
     admin: Annotated[bool, BeforeValidator(_admin)] = Field(default=False, description="an admin key: admins only")
+    scope: Annotated[KeyScope, BeforeValidator(_scope)] = Field(
+        default="manage", description="manage: every route (the default); inference: only calls to models")
 
 
 def _monthly_cents(raw: object) -> Decimal | None:

@@ -519,7 +519,11 @@ class Services:
             raise Forbidden("only an admin can create keys for another owner")
         if req.admin and not principal.is_admin:
             raise Forbidden("only an admin can create admin keys")
-        return self.store.create_key(owner, is_admin=req.admin, name=req.name, now=self.clock.now())
+        if req.admin and req.scope != "manage":
+            raise InvalidRequest("an admin key manages: leave scope out, or create a key that is not an admin's",
+                                 param="scope")
+        return self.store.create_key(owner, is_admin=req.admin, name=req.name, now=self.clock.now(),
+                                     scope=req.scope)
 
     def list_keys(self, principal: Principal, *, all_owners: bool = False) -> list[ApiKey]:
         return self.store.list_keys(None if (principal.is_admin and all_owners) else principal.owner)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
+from typing import Literal
 
 from dedicate.domain.endpoints import EndpointState, Intent
 from dedicate.domain.replicas import ReplicaFacts, ReplicaStatus, replica_status
@@ -70,6 +71,10 @@ class Address:
         return f"http://{host}:{self.port}"
 
 
+# What a key may do: ``manage`` every route (and call models), ``inference`` only call models.
+KeyScope = Literal["manage", "inference"]
+KEY_SCOPES: tuple[KeyScope, ...] = ("manage", "inference")
+
 Slots = tuple[int, ...]  # the slot numbers (GPU indexes on a discovered node) a replica holds on its node
 
 
@@ -133,6 +138,7 @@ class ApiKey:
     name: str | None
     created_at: datetime
     revoked_at: datetime | None
+    scope: KeyScope = "manage"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dedicate.domain.endpoints import EndpointState, Intent, check_transition
 from dedicate.domain.errors import Conflict
-from dedicate.domain.records import Address, ApiKey, Endpoint, Event, Replica
+from dedicate.domain.records import Address, ApiKey, Endpoint, Event, KeyScope, Replica
 from dedicate.domain.replicas import ReplicaFacts
 from dedicate.domain.routes import Route
 from dedicate.metering.ledger import Billed
@@ -107,7 +107,8 @@ class EndpointWrite:
 
 
 def _key(r: ApiKeyRow) -> ApiKey:
-    return ApiKey(r.id, r.owner, r.prefix, r.is_admin, r.name, r.created_at, r.revoked_at)
+    scope: KeyScope = "inference" if r.scope == "inference" else "manage"
+    return ApiKey(r.id, r.owner, r.prefix, r.is_admin, r.name, r.created_at, r.revoked_at, scope)
 
 class Store(LedgerStore, RouteStore, OwnerModelStore):
     """All persistence. Each method is one short transaction.
@@ -132,12 +133,12 @@ class Store(LedgerStore, RouteStore, OwnerModelStore):
     # owners and keys -------------------------------------------------------
 
     def create_key(
-        self, owner: str, *, is_admin: bool, name: str | None, now: datetime
+        self, owner: str, *, is_admin: bool, name: str | None, now: datetime, scope: KeyScope = "manage"
     ) -> tuple[ApiKey, str]:
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKeyRow(
             id=f"key_{uuid.uuid4().hex[:20]}", owner=owner, prefix=secret[:12],
-            secret_hash=hash_secret(secret), is_admin=is_admin, name=name, created_at=now,
+            secret_hash=hash_secret(secret), is_admin=is_admin, name=name, created_at=now, scope=scope,
         )
         with self.tx() as s:
             self.ensure_owner(s, owner, now)

@@ -92,7 +92,7 @@ async def viewer_of(request: Request) -> Viewer | None:
         p: Principal = await request.app.state.principal(f"Bearer {key}")
     except Unauthorized:
         return None
-    return Viewer(p, csrf_token(key))
+    return Viewer(p, csrf_token(key)) if p.manages else None
 
 
 def to_signin() -> Response:
@@ -123,9 +123,12 @@ async def signin(request: Request) -> Response:
     if not key:
         return render("signin.html", None, 400, error="Paste your API key (it starts with ddc_).")
     try:
-        await request.app.state.principal(f"Bearer {key}")
+        p: Principal = await request.app.state.principal(f"Bearer {key}")
     except Unauthorized as exc:
         return render("signin.html", None, 401, error=exc.message)
+    if not p.manages:
+        return render("signin.html", None, 403, error="This key can only call models (its scope is inference): "
+                                                      "sign in with a key of scope manage.")
     secure = request.url.scheme == "https"
     return RedirectResponse("/", status_code=303, headers={"set-cookie": session_cookie(key, secure=secure)})
 

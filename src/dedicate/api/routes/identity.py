@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from dedicate.api.deps import BoundedRoute, Caller, Svc, call, whole
+from dedicate.api.deps import AnyKey, BoundedRoute, Caller, Svc, call, whole
 from dedicate.api.errors import responses
 from dedicate.api.schemas import ProjectOut, ProjectPage, WhoAmI
 from dedicate.control.projects import DEFAULT_PROJECT_PAGE, MAX_PROJECT_PAGE, projects_page
@@ -20,7 +20,7 @@ router = APIRouter(route_class=BoundedRoute, tags=["projects"])
 
 
 @router.get("/v3/whoami", response_model=WhoAmI, responses=responses())
-async def whoami(p: Caller, svc: Svc) -> WhoAmI:
+async def whoami(p: AnyKey, svc: Svc) -> WhoAmI:
     """At the host root: Together's newer CLI asks it first."""
     return WhoAmI.of(p, Organization.named(svc.settings.organization))
 

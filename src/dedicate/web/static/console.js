@@ -365,7 +365,9 @@ function keyForm() {
     document.getElementById("key-error").textContent = "";
     try {
       const name = form.key_name.value.trim();
-      const made = await api("POST", "/v1/keys", name ? { name } : {});
+      const body = { scope: form.key_scope.value };
+      if (name) body.name = name;
+      const made = await api("POST", "/v1/keys", body);
       const box = document.getElementById("key-made");
       box.hidden = false;
       const secret = document.getElementById("key-secret");
