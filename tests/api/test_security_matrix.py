@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
 from dedicate.api.deps import INFERENCE_ONLY
 from tests.api.conftest import App
@@ -183,3 +184,21 @@ def test_a_key_scope_is_chosen_at_creation_shown_and_checked(app: App) -> None:
     assert "inference" in wrong.json()["error"]["message"]
     admin_inference = app.client.post("/v1/keys", json={"admin": True, "scope": "inference"})
     assert admin_inference.status_code == 400 and "an admin key manages" in admin_inference.json()["error"]["message"]
+
+
+def test_the_key_is_checked_before_the_body_is_read(app: App) -> None:
+    """FastAPI decodes JSON before a route's dependencies: a caller without a key, or with an inference
+    key, must learn that it may not call the route, not what is wrong with its body."""
+    broken = {"content": b"{not json", "headers": {"content-type": "application/json"}}
+    for path, method in (("/v2/projects/proj_admin/endpoints", "POST"), ("/v1/endpoints", "POST"),
+                         ("/v1/owners/alice/quota", "PUT")):
+        bare = TestClient(app.client.app).request(method, path, **broken)  # type: ignore[arg-type]
+        assert bare.status_code == 401, (path, bare.text)
+        inference = key_of(app, "alice", scope="inference")
+        scoped = app.client.request(method, path, content=b"{not json",
+                                    headers={"content-type": "application/json", **app.as_(inference)})
+        assert scoped.status_code == 403 and scoped.json()["error"]["message"] == INFERENCE_ONLY, scoped.text
+        owner = key_of(app, "alice")
+        as_owner = app.client.request(method, path, content=b"{not json",
+                                      headers={"content-type": "application/json", **app.as_(owner)})
+        assert as_owner.status_code == 400, as_owner.text  # a key that may call it: now the body counts

@@ -95,13 +95,28 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=_limiter())
 
 
+def _needs(dependant: Any, call: Callable[..., Any]) -> bool:
+    return any(d.call is call or _needs(d, call) for d in dependant.dependencies)
+
+
 class BoundedRoute(APIRoute):
-    """Refuses a management body over ``MAX_BODY`` before it is parsed."""
+    """Checks the caller's key first, then refuses a management body over ``MAX_BODY`` before it is parsed.
+
+    FastAPI decodes a JSON body before it runs a route's dependencies: without the key checked here
+    first, a caller with no key (or an inference key) would be told what is wrong with the body
+    rather than that it may not call the route at all.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        gates = [g for g in (manager, admin) if _needs(self.dependant, g)]
+        keyed = bool(gates) or _needs(self.dependant, principal)
 
         async def bounded(request: Request) -> Response:
+            if keyed:
+                p = await principal(request, None)
+                for gate in gates:
+                    p = await gate(p)
             declared = request.headers.get("content-length", "")
             if (declared.isdigit() and int(declared) > MAX_BODY) or len(await request.body()) > MAX_BODY:
                 raise InvalidRequest(f"request body too large: at most {MAX_BODY} bytes")
