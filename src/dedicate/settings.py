@@ -230,6 +230,7 @@ class GatewaySettings(_Table):
     connect_timeout_s: Seconds = 2.0
     max_tries: AtLeastOne = 3
     max_body_bytes: AtLeastOne = 4 << 20
+    body_timeout_s: Seconds = 30.0  # the whole request body must arrive within this, or 408
     max_tokens: Count = 131072  # cap on max_tokens / max_completion_tokens; 0: none
     inject_usage: Flag = True  # ask streams for usage, and drop that chunk from what the client sees
     key_rps: Seconds = 0.0  # 0: no limit

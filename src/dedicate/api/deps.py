@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from dedicate.control.auth import Principal, authenticate
 from dedicate.control.billing import parse_time
 from dedicate.control.services import Services
-from dedicate.domain.errors import Forbidden, InvalidRequest
+from dedicate.domain.errors import Forbidden, InvalidRequest, RequestTimeout
 
 T = TypeVar("T")
 MAX_BODY = 1 << 20
@@ -118,7 +118,16 @@ class BoundedRoute(APIRoute):
                 for gate in gates:
                     p = await gate(p)
             declared = request.headers.get("content-length", "")
-            if (declared.isdigit() and int(declared) > MAX_BODY) or len(await request.body()) > MAX_BODY:
+            if declared.isdigit() and int(declared) > MAX_BODY:
+                raise InvalidRequest(f"request body too large: at most {MAX_BODY} bytes")
+            limit = services_of(request).settings.gateway.body_timeout_s
+            try:
+                async with asyncio.timeout(limit):  # a stalled sender holds no worker and no connection forever
+                    body = await request.body()
+            except TimeoutError:
+                raise RequestTimeout(f"the request body did not arrive within {limit:g} s; send it whole, "
+                                     "at once") from None
+            if len(body) > MAX_BODY:
                 raise InvalidRequest(f"request body too large: at most {MAX_BODY} bytes")
             return await handler(request)
 

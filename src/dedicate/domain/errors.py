@@ -70,6 +70,13 @@ class PayloadTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class RequestTimeout(InvalidRequest):
+    """The request's body did not arrive in time: a slow or stalled sender holds no connection forever."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class HardwareUnavailable(InvalidRequest):
     code = "hardware_unavailable"
 

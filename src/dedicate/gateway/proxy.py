@@ -34,6 +34,7 @@ from dedicate.domain.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RequestTimeout,
     Unavailable,
 )
 from dedicate.gateway.keys import KeyCache
@@ -201,6 +202,15 @@ class _Exchange:
     # the request ---------------------------------------------------------------------
 
     async def _read_body(self, declared: int | None) -> bytes:
+        limit = self.gw.config.body_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                return await self._read_body_now(declared)
+        except TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {limit:g} s; send it whole, "
+                                 "at once") from None
+
+    async def _read_body_now(self, declared: int | None) -> bytes:
         cap = self.gw.config.max_body_bytes
         too_large = PayloadTooLarge(f"request body too large: at most {cap} bytes; shorten the prompt")
         if declared is not None and declared > cap:
