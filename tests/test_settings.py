@@ -279,7 +279,8 @@ UNKNOWN_KEYS = [
     ("nodes", '[[nodes]]\nname = "a"\ngpu_type = "h100-80gb"\ngpu = 2\n',
      "nodes[0] unknown setting 'gpu' (did you mean 'gpus'?); known: engine, gpu_type, gpus, name"),
     ("gateway", "[gateway]\nhold = 1\nqueue = 2\n", "[gateway] unknown settings 'hold' (did you mean 'hold_s'?), "
-                                                   "'queue' (did you mean 'queue_size'?); known: body_timeout_s, connect_timeout_s"),
+                                                   "'queue' (did you mean 'queue_size'?); known: body_timeout_s, "
+                                                   "connect_timeout_s"),
     ("autoscaling", "[autoscaling]\nstabilisaton_s = 60\n",
      "[autoscaling] unknown setting 'stabilisaton_s' (did you mean 'stabilisation_s'?)"),
     ("engines", '[engines]\nenable = ["vllm"]\n', "[engines.enable]: unknown engine; dedicate has: "),

@@ -162,3 +162,24 @@ def test_a_registered_model_is_deleted_once_nothing_runs_it(app: App) -> None:
     assert app.client.get(f"/v2/projects/proj_admin/models/{m['id']}").status_code == 404
     again = register(app, {"name": "tiny-ft", "baseModelId": TINY, "path": weights(app, "admin", "ft")})
     assert again.status_code == 200, "the name is free again"
+
+
+def test_pickled_weights_and_paths_out_of_the_model_root_are_refused(app: App, tmp_path: Path) -> None:
+    pickled = app.parts.settings.models_dir / weights(app, "admin", "pickled")
+    (pickled / "model.safetensors").unlink()
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    r = register(app, {"name": "pickled", "baseModelId": TINY, "path": str(pickled)})
+    assert r.status_code == 400 and "only pickled ones (*.bin)" in r.json()["error"]["message"]
+    assert "convert them to safetensors" in r.json()["error"]["message"]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "model.safetensors").write_bytes(b"\0" * 16)
+    link = app.parts.settings.models_dir / "owners" / "admin" / "link-out"
+    link.symlink_to(outside)
+    erin = app.client.post("/v1/keys", json={"owner": "erin"}).json()["key"]
+    for path in (str(outside), "../../etc", str(link), "owners/admin/../../../"):
+        refused = register(app, {"name": "escape", "baseModelId": TINY, "path": path})
+        assert refused.status_code == 400 and "not under" in refused.json()["error"]["message"], (path, refused.text)
+    theirs = register(app, {"name": "theirs", "baseModelId": TINY, "path": weights(app, "admin", "ft2")}, key=erin,
+                      project="proj_erin")
+    assert theirs.status_code == 400 and "not under" in theirs.json()["error"]["message"], "another owner's weights"

@@ -54,6 +54,10 @@ def test_the_vllm_command_line_has_tensor_parallelism_and_no_secret() -> None:
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.85"
     assert "--enforce-eager" in argv and "unknown" not in " ".join(argv)
     assert "--api-key" not in argv, "the key travels in the environment, not on a readable command line"
+    assert argv[argv.index("--load-format") + 1] == "safetensors", "no pickled checkpoint is loaded"
+    with_trust = vllm.vllm_argv(python="py", model="m", served_model_name="admin/x", host="127.0.0.1", port=1,
+                                gpu_count=1, options={"trust_remote_code": "true", "load_format": "pt"})
+    assert "--trust-remote-code" not in with_trust and "pt" not in with_trust, "no option brings them back"
 
 
 def test_the_launcher_writes_its_port_then_becomes_vllm_with_the_token_as_api_key(

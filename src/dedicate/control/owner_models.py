@@ -24,7 +24,8 @@ from dedicate.domain.offerings import Offer, model_id
 from dedicate.domain.records import OwnerModel
 from dedicate.domain.routes import qualified
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
+SAFE_WEIGHTS = ".safetensors"  # the only weights dedicate loads: a pickle (*.bin, *.pt) can run code as it loads
+PICKLED_WEIGHTS = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl"})
 
 
 def _json(path: Path, what: str) -> dict[str, Any]:
@@ -56,8 +57,14 @@ class OwnerModels:
                                  param="path")
         if not path.is_dir():
             raise InvalidRequest(f"path {given!r} is not a directory of weights", param="path")
-        if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
-            raise InvalidRequest(f"{path} holds no weights (*.safetensors or *.bin)", param="path")
+        suffixes = {p.suffix for p in path.iterdir()}
+        if SAFE_WEIGHTS not in suffixes:
+            pickled = sorted(suffixes & PICKLED_WEIGHTS)
+            raise InvalidRequest(
+                f"{path} holds no *.safetensors weights" + (
+                    f", only pickled ones ({', '.join('*' + s for s in pickled)}), which can run code as they "
+                    "load: convert them to safetensors (safetensors' convert script, or save_pretrained with "
+                    "safe_serialization=True)" if pickled else ""), param="path")
         return path
 
     def register(self, principal: Principal, owner: str, body: ModelIn) -> OwnerModel:

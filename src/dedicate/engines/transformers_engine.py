@@ -250,8 +250,10 @@ class Engine:
         device = resolve_device(self.device)
         log.info("loading %s from %s on %s", self.served_model_name, self.model_dir, device)
         started = time.monotonic()
-        tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype="auto")
+        # No model's own code runs, and weights load from safetensors only (a pickle can run code).
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype="auto", trust_remote_code=False,
+                                                     use_safetensors=True)
         model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' decorator stubs
         self._tokenizer, self._model = tokenizer, model
         self._eos_ids = _eos_ids(model, tokenizer)

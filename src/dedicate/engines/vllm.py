@@ -35,8 +35,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 def vllm_argv(*, python: str, model: str, served_model_name: str, host: str, port: int,
               gpu_count: int, options: dict[str, str]) -> list[str]:
     """The vLLM server's command line. The API key travels in the environment (VLLM_API_KEY)."""
+    # safetensors only: a pickled checkpoint (*.bin, *.pt) can run code as it loads; and no model's own
+    # code runs (vLLM's --trust-remote-code is never passed, and no option can add it).
     argv = [python, "-m", VLLM_SERVER, "--model", model, "--served-model-name", served_model_name,
-            "--host", host, "--port", str(port), "--disable-log-requests"]
+            "--host", host, "--port", str(port), "--disable-log-requests", "--load-format", "safetensors"]
     options = {"tensor_parallel_size": str(gpu_count), **options}
     for key in PASSTHROUGH:
         if key in options:
