@@ -25,7 +25,7 @@ gpus = 8
 engine = "synthetic"
 
 [engines.synthetic]
-startup_delay_s = 0.2
+startup_delay_s = 3.0  # real seconds: the window in which the test moves the clock a minute
 
 [timing]
 reconcile_interval_s = 0.2
@@ -44,7 +44,22 @@ def test_ninety_seconds_ready_bill_one_and_a_half_minutes_and_starting_is_free(
         ep = c.post("/v1/endpoints", json={"model": "meta-llama/Llama-3.1-8B-Instruct",
                                           "hardware": "1x_nvidia_h100_80gb_sxm",
                                           "autoscaling": {"min_replicas": 1, "max_replicas": 1}}).json()
+        # A minute passes while the replica starts (the engine takes a few real seconds to come up, and
+        # the clock is moved meanwhile): billing from the launch would charge it, billing from the first
+        # good probe does not.
+        deadline = time.monotonic() + 30
+        while True:
+            live = c.get(f"/v1/endpoints/{ep['id']}/replicas").json()["data"]
+            if live and live[0]["status"] != "ready":
+                break
+            assert not live or time.monotonic() < deadline, s.log_tail()
+            time.sleep(0.05)
+        launched = live[0]
+        t0 = t0 + timedelta(minutes=1)
+        clock.set(t0)
         s.wait_state(ep["id"], {"STARTED"})
+        ready = c.get(f"/v1/endpoints/{ep['id']}/replicas").json()["data"][0]
+        assert ready["id"] == launched["id"] and ready["first_ready_at"] == t0.isoformat().replace("+00:00", "Z")
         chat = c.post("/v1/chat/completions", json={"model": ep["name"], "max_tokens": 5,
                                                      "messages": [{"role": "user", "content": "hello"}]})
         assert chat.status_code == 200, chat.text
