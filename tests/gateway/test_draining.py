@@ -1,4 +1,5 @@
-"""A scale-down from 4 to 2 synthetic replicas under steady load loses no request."""
+"""A scale-down from 4 to 2 synthetic replicas under steady load loses no request, with the stop signal
+sent while the gateway still routes to the replicas going away, as the reconciler sends it."""
 
 from __future__ import annotations
 
@@ -51,8 +52,15 @@ def test_scaling_down_from_four_to_two_under_load_loses_no_request() -> None:
                 clients = [asyncio.ensure_future(_client_loop(c, stop, outcomes, n)) for n in range(16)]
                 await eventually(lambda: len(outcomes) >= 150)
                 assert all(e.metrics.requests_total > 0 for e in engines), "all four served before the scale-down"
-                # the reconciler's scale-down: the replicas are marked stopping, then told to drain (SIGTERM)
+                # The reconciler's scale-down, in production order: the replicas are marked stopping and
+                # told to drain (SIGTERM) in the same pass, while the gateway, whose table is up to
+                # table_ttl_s old, still routes to them. What they were running must finish (a drain
+                # that ended it at once would fail those requests), and what they refuse meanwhile is
+                # retried elsewhere before its first byte.
                 world.replicas = world.replicas[:2] + [stopping(r) for r in world.replicas[2:]]
+                running_at_drain = sum(e.admission.running for e in engines[2:])
+                for e in engines[2:]:
+                    e.drain(grace_s=30)
 
                 def routed_to_the_two_left() -> bool:
                     route = gw.table.snapshot.routes[ep.name]
@@ -60,11 +68,9 @@ def test_scaling_down_from_four_to_two_under_load_loses_no_request() -> None:
                             and not {"r-2", "r-3"} & set(gw.table.states))  # none of ours still running there
 
                 await eventually(routed_to_the_two_left)
-                served_before = [e.metrics.requests_total for e in engines[2:]]
-                for e in engines[2:]:
-                    e.drain(grace_s=30)
                 await eventually(lambda: all(e.admission.running == 0 and e.admission.waiting == 0
                                              for e in engines[2:]))
+                served_before = [e.metrics.requests_total for e in engines[2:]]
                 for stack in servers[2:]:
                     await stack.aclose()  # the processes exit: from now on, connections are refused
                 at_scale_down = len(outcomes)
@@ -76,6 +82,7 @@ def test_scaling_down_from_four_to_two_under_load_loses_no_request() -> None:
             assert sum(e.metrics.requests_total for e in engines) == len(outcomes), "each request served once"
             assert [e.metrics.requests_total for e in engines[2:]] == served_before, \
                 "no work once the gateway dropped them"
+            assert running_at_drain > 0, "the drain began with work in flight on the draining replicas"
             assert all(s.in_flight == 0 for s in gw.table.states.values())
             counters = gw.signals.endpoints[ep.id]
             assert (counters.requests, counters.errors, counters.in_flight) == (len(outcomes), 0, 0)
