@@ -75,3 +75,26 @@ def test_no_issued_secret_appears_in_logs_errors_metrics_events_or_command_lines
     stored = b"".join(p.read_bytes() for p in s.data_dir.glob("dedicate.db*"))
     for name, secret in keys.items():
         assert secret.encode() not in stored, f"the {name} key is stored in the clear"
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp writes them) that listen on ``port``, IPv4 and IPv6."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_replica_ports_listen_on_loopback_only(make_server: Callable[..., Server]) -> None:
+    s = make_server().start()
+    ep = s.create_tiny()
+    s.wait_state(ep["id"], {"STARTED"})
+    with sqlite3.connect(s.data_dir / "dedicate.db") as conn:
+        bound = [(h, p) for h, p in conn.execute("SELECT host, port FROM replicas WHERE stopped_at IS NULL")]
+    assert bound and all(host == "127.0.0.1" for host, _ in bound), bound
+    for _, port in bound:
+        assert listening(port) == {"0100007F"}, f"replica port {port} listens on {listening(port)}, not loopback"
