@@ -25,14 +25,17 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
+    ensure_resource_availability,
     not_a_server_error,
     response_schema_conformance,
     status_code_conformance,
+    use_after_free,
 )
 
 from tests.e2e.harness import FAST_CONFIG, Server
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
+STATEFUL_EXAMPLES = int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "15"))
 # The inference routes are the gateway's: fuzzed in test_fuzz_gateway with their own rules.
 SKIP = {("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -99,4 +102,25 @@ def test_every_operation_answers_as_documented_to_valid_and_invalid_input(fuzzed
         ran += 1
     assert ran >= 50, ran
     assert not failures, "\n\n".join(dict.fromkeys(failures))  # each distinct failure once
+    assert s.proc is not None and s.proc.poll() is None, "the server is still up"
+
+
+def test_linked_calls_keep_what_they_made_and_deleted_things_stay_deleted(fuzzed: tuple[Server, Any]) -> None:
+    """Schemathesis's stateful run over the links it infers from the document (create, then get, patch,
+    scale, stop, delete what was created, then use it again): no 5xx, answers as documented, a created
+    resource is there to get, a deleted one answers 404 from then on."""
+    s, schema = fuzzed
+    headers = {"authorization": f"Bearer {s.admin_key}"}
+
+    class Linked(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": s.url, "headers": headers, "timeout": 30}
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            case.validate_response(response, checks=[*CHECKS, use_after_free, ensure_resource_availability],
+                                   transport_kwargs=kwargs)
+
+    Linked.TestCase.settings = settings(max_examples=STATEFUL_EXAMPLES, stateful_step_count=8, deadline=None,
+                                        derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    Linked.TestCase().runTest()
     assert s.proc is not None and s.proc.poll() is None, "the server is still up"
