@@ -180,6 +180,11 @@ def test_pickled_weights_and_paths_out_of_the_model_root_are_refused(app: App, t
     for path in (str(outside), "../../etc", str(link), "owners/admin/../../../"):
         refused = register(app, {"name": "escape", "baseModelId": TINY, "path": path})
         assert refused.status_code == 400 and "not under" in refused.json()["error"]["message"], (path, refused.text)
+    # dedicate fetches nothing: a URL (file:, loopback, link-local, private) is no directory of weights here
+    for url in ("file:///etc", "http://127.0.0.1:8700/weights", "http://169.254.169.254/latest/meta-data",
+                "http://10.0.0.7/w", "https://[::1]/w"):
+        refused = register(app, {"name": "fetched", "baseModelId": TINY, "path": url})
+        assert refused.status_code == 400 and "never fetches" in refused.json()["error"]["message"], (url, refused.text)
     theirs = register(app, {"name": "theirs", "baseModelId": TINY, "path": weights(app, "admin", "ft2")}, key=erin,
                       project="proj_erin")
     assert theirs.status_code == 400 and "not under" in theirs.json()["error"]["message"], "another owner's weights"

@@ -51,6 +51,9 @@ class OwnerModels:
 
     def _directory(self, principal: Principal, owner: str, given: str) -> Path:
         allowed = self.root if principal.is_admin else self.root / "owners" / owner
+        if "://" in given or given.lower().startswith("file:"):
+            raise InvalidRequest(f"path {given!r} is a URL: dedicate never fetches weights; put them in a directory "
+                                 f"under {allowed} (or upload them), and give that directory", param="path")
         path = (self.root / given).resolve() if not Path(given).is_absolute() else Path(given).resolve()
         if not path.is_relative_to(allowed):
             raise InvalidRequest(f"path {given!r} is not under {allowed}: register weights from there",
