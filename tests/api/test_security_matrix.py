@@ -202,3 +202,17 @@ def test_the_key_is_checked_before_the_body_is_read(app: App) -> None:
         as_owner = app.client.request(method, path, content=b"{not json",
                                       headers={"content-type": "application/json", **app.as_(owner)})
         assert as_owner.status_code == 400, as_owner.text  # a key that may call it: now the body counts
+
+
+def test_an_owner_named_in_a_billing_query_must_be_an_owners_name(app: App) -> None:
+    """Found by fuzzing: `?owner=` (empty) and `?owner=Bad Name` made owners no key can carry, whose
+    projects then listed and answered 404."""
+    for bad in ("Bad Name", " ", "x" * 64, "-lead"):
+        for method, path, body in (("PUT", "/v1/billing/budget", {"monthly_cents": 5}),
+                                   ("GET", "/v1/billing/budget", None), ("GET", "/v1/billing/usage", None),
+                                   ("GET", "/v1/billing/invoices/2026-12", None)):
+            r = app.client.request(method, path, params={"owner": bad}, json=body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "owner", (bad, path, r.text)
+    assert app.client.get("/v1/billing/budget", params={"owner": ""}).json()["owner"] == "admin", "empty: your own"
+    projects = {p["id"] for p in app.client.get("/v1/projects").json()["data"]}
+    assert projects == {"proj_admin"}, projects

@@ -110,15 +110,20 @@ def baseline(s: Server) -> None:
     """One state to start from, through the API: no endpoint, route or fine-tune, no live key but the
     admin's, no quota and no budget."""
     with httpx.Client(base_url=s.url, headers={"authorization": f"Bearer {s.admin_key}"}, timeout=30) as c:
-        for ep in c.get("/v1/endpoints", params={"all": "true", "limit": 1000}).json()["data"]:
+        def listed(path: str, **params: Any) -> list[dict[str, Any]]:
+            r = c.get(path, params=params)
+            assert r.status_code == 200, (path, r.status_code, r.text[:300])
+            data: list[dict[str, Any]] = r.json()["data"]
+            return data
+
+        for ep in listed("/v1/endpoints", all="true", limit=1000):
             c.delete(f"/v1/endpoints/{ep['id']}")
-        projects = [p["id"] for p in c.get("/v1/projects", params={"limit": 100}).json()["data"]]
-        for project in projects:
-            for route in c.get(f"/v2/projects/{project}/endpoints", params={"limit": 500}).json()["data"]:
+        for project in [p["id"] for p in listed("/v1/projects", limit=100)]:
+            for route in listed(f"/v2/projects/{project}/endpoints", limit=500):
                 c.delete(f"/v2/projects/{project}/endpoints/{route['id']}")
-            for model in c.get(f"/v2/projects/{project}/models").json()["data"]:
+            for model in listed(f"/v2/projects/{project}/models"):
                 c.delete(f"/v2/projects/{project}/models/{model['id']}")
-        keys = c.get("/v1/keys", params={"all": "true"}).json()["data"]
+        keys = listed("/v1/keys", all="true")
         admin = c.get("/v3/whoami").json()
         owners = {k["owner"] for k in keys}
         for k in keys:

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from dedicate.control.auth import Principal, authenticate
 from dedicate.control.billing import parse_time
 from dedicate.control.services import Services
+from dedicate.domain.endpoints import validate_owner
 from dedicate.domain.errors import Forbidden, InvalidRequest, RequestTimeout
 
 T = TypeVar("T")
@@ -150,6 +151,13 @@ def flag(name: str, default: bool) -> BeforeValidator:
             return False
         raise InvalidRequest(f"query parameter {name} must be true or false", param=name)
     return BeforeValidator(check)
+
+
+def owner_param(value: object) -> str | None:
+    """An ``owner`` query parameter: empty is absent; anything else must be an owner's name."""
+    if value is None or value == "":
+        return None
+    return validate_owner(value)
 
 
 def whole(name: str, lo: int, hi: int) -> BeforeValidator:

@@ -11,7 +11,7 @@ from dedicate.clock import Clock
 from dedicate.control.auth import Principal
 from dedicate.control.inputs import BudgetUpdate
 from dedicate.control.views import Budget, BudgetAlert, EndpointCost, Usage, UsageLine
-from dedicate.domain.endpoints import EndpointState, Intent
+from dedicate.domain.endpoints import EndpointState, Intent, validate_owner
 from dedicate.domain.errors import Forbidden, InvalidRequest
 from dedicate.domain.records import Endpoint
 from dedicate.metering.ledger import Billed, invoice_bytes, invoice_of, lines, month_bounds, month_of
@@ -47,6 +47,8 @@ class Billing:
         self.clock = clock
 
     def _owner(self, principal: Principal, owner: str | None) -> str:
+        if owner is not None:
+            validate_owner(owner)  # a bill (or a budget) is never made for a name no key could carry
         if owner is None or owner == principal.owner:
             return principal.owner
         if not principal.is_admin:

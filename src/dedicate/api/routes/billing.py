@@ -6,14 +6,16 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from pydantic import BeforeValidator
 
-from dedicate.api.deps import BoundedRoute, Caller, Svc, call, time_param
+from dedicate.api.deps import BoundedRoute, Caller, Svc, call, owner_param, time_param
 from dedicate.api.errors import responses
 from dedicate.api.schemas import BudgetOut, Invoice, UsageOut
 from dedicate.control.inputs import BudgetUpdate
 
 router = APIRouter(prefix="/v1/billing", route_class=BoundedRoute, tags=["billing"])
-Owner = Annotated[str | None, Query(description="admins: another owner's bill")]
+Owner = Annotated[str | None, Query(description="admins: another owner's bill (an owner name; empty: your own)"),
+                  BeforeValidator(owner_param)]
 
 
 @router.get("/usage", response_model=UsageOut, responses=responses(400, 403))
