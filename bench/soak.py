@@ -99,23 +99,36 @@ def replica_pids(instance: str) -> dict[str, int]:
     return found
 
 
-async def client(c: httpx.AsyncClient, name: str, stream: bool, stop: asyncio.Event, outcomes: Counter[str]) -> None:
+async def client(c: httpx.AsyncClient, name: str, stream: bool, stop: asyncio.Event, outcomes: Counter[str],
+                 why: Counter[str] | None = None) -> None:
     body = {"model": name, "max_tokens": 8, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
     while not stop.is_set():
-        outcomes[await one(c, body, stream)] += 1
+        outcome, detail = await one(c, body, stream)
+        outcomes[outcome] += 1
+        if detail and why is not None:
+            why[detail] += 1
 
 
-async def one(c: httpx.AsyncClient, body: dict[str, Any], stream: bool) -> str:
+async def one(c: httpx.AsyncClient, body: dict[str, Any], stream: bool) -> tuple[str, str]:
+    """The request's outcome, and for a defect what it was (its status and the start of its answer)."""
+    t0 = time.monotonic()
     try:
         async with c.stream("POST", "/v1/chat/completions", json=body) as r:
             text = (await r.aread()).decode(errors="replace")
-    except httpx.HTTPError:
-        return "transport"
-    if r.status_code == 503 and ("no_ready_replica" in text or "no ready replica" in text):
+    except httpx.HTTPError as exc:
+        return "transport", f"transport {type(exc).__name__} after {time.monotonic() - t0:.0f} s " + \
+            ("(stream)" if stream else "(plain)")
+    outcome = classify(r.status_code, text, stream)
+    return outcome, "" if outcome in ("ok", "error_event", "no_ready_replica") else \
+        f"{outcome} {r.status_code} {text[:160]}"
+
+
+def classify(status: int, text: str, stream: bool) -> str:
+    if status == 503 and ("no_ready_replica" in text or "no ready replica" in text):
         return "no_ready_replica"
-    if r.status_code >= 500 or r.status_code == 429:
+    if status >= 500 or status == 429:
         return "retryable"
-    if r.status_code != 200:
+    if status != 200:
         return "other"
     if not stream:
         try:
@@ -127,9 +140,11 @@ async def one(c: httpx.AsyncClient, body: dict[str, Any], stream: bool) -> str:
     return "ok" if text.rstrip().endswith("data: [DONE]") else "truncated"
 
 
+FAULTS = ("kill", "hang", "scale_up", "scale_down")
+
+
 async def faults(base: str, key: str, endpoint_id: str, instance: str, stop: asyncio.Event, every_s: float,
-                 done: Counter[str], rng: random.Random) -> None:
-    kinds = ["kill", "hang", "scale_up", "scale_down"]
+                 done: Counter[str], rng: random.Random, kinds: list[str]) -> None:
     i = 0
     hung: list[asyncio.Task[None]] = []
 
@@ -163,10 +178,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--duration", type=float, default=600.0)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--fault-every", type=float, default=4.0)
-    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=None,
+                    help="seconds of load before the memory and descriptors are first read (default: a tenth of "
+                         "--duration, at least 5 s): the allocator's working set is reached under load, not at rest")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--faults", default=",".join(FAULTS), help=f"which faults, in turn (of {', '.join(FAULTS)})")
     ap.add_argument("--work", type=Path, default=BENCH_DIR / "soak")
     args = ap.parse_args(argv)
+    args.faults = [f for f in args.faults.split(",") if f]
+    if unknown := set(args.faults) - set(FAULTS):
+        ap.error(f"unknown faults: {', '.join(sorted(unknown))}")
+    if args.warmup is None:
+        args.warmup = max(5.0, args.duration / 10)
     work: Path = args.work
     data = work / f"data-{os.getpid()}"
     data.mkdir(parents=True, exist_ok=True)
@@ -231,12 +254,24 @@ async def soak(args: argparse.Namespace, base: str, key: str, instance: str, pid
     before = {"rss_kb": rss_kb(pid), "fds": fds(pid)}
     stop = asyncio.Event()
     t0 = time.monotonic()
+    why: Counter[str] = Counter()
+    samples: list[list[int]] = []  # [seconds into the load, resident KiB]
+
+    async def sample() -> None:
+        while not stop.is_set():
+            samples.append([round(time.monotonic() - t0), rss_kb(pid)])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(1.0, args.duration / 20))
+
     async with httpx.AsyncClient(base_url=base, headers=auth, timeout=CLIENT_TIMEOUT_S, limits=limits) as c:
-        tasks = [asyncio.ensure_future(client(c, ep["name"], n % 2 == 0, stop, outcomes)) for n in range(args.clients)]
-        chaos = asyncio.ensure_future(faults(base, key, ep["id"], instance, stop, args.fault_every, done, rng))
+        tasks = [asyncio.ensure_future(client(c, ep["name"], n % 2 == 0, stop, outcomes, why))
+                 for n in range(args.clients)]
+        chaos = asyncio.ensure_future(faults(base, key, ep["id"], instance, stop, args.fault_every, done, rng,
+                                             args.faults))
+        sampler = asyncio.ensure_future(sample())
         await asyncio.sleep(args.duration)
         stop.set()
-        await asyncio.gather(*tasks, chaos)
+        await asyncio.gather(*tasks, chaos, sampler)
     elapsed = time.monotonic() - t0
     await asyncio.sleep(5.0)  # in-flight work drains, idle connections close
     after = {"rss_kb": rss_kb(pid), "fds": fds(pid)}
@@ -248,12 +283,16 @@ async def soak(args: argparse.Namespace, base: str, key: str, instance: str, pid
         "requests_per_s": round(sent / elapsed, 1), "outcomes": dict(sorted(outcomes.items())),
         "faults": dict(sorted(done.items())), "rss_kb_before": before["rss_kb"], "rss_kb_after": after["rss_kb"],
         "memory_growth": round(memory_growth, 4), "fds_before": before["fds"], "fds_after": after["fds"],
+        "rss_kb_during": samples, "defects": dict(why.most_common(10)),
         "passed": not any(defects.values()) and memory_growth <= 0.10 and after["fds"] <= before["fds"],
     }
     print(f"\n{sent} requests in {elapsed:.0f} s by {args.clients} clients ({figures['requests_per_s']}/s); "
           f"faults: {dict(done)}", file=sys.stderr)
     for k in ("ok", "error_event", "no_ready_replica", "retryable", "truncated", "transport", "other"):
         print(f"  {k:<18}{outcomes[k]:>8}", file=sys.stderr)
+    for detail, n in why.most_common(10):
+        print(f"    {n:>6} x {detail}", file=sys.stderr)
+    print(f"  memory during the load (s, MiB): {[(t, round(kb / 1024, 1)) for t, kb in samples]}", file=sys.stderr)
     print(f"  server memory {before['rss_kb'] / 1024:.1f} -> {after['rss_kb'] / 1024:.1f} MiB "
           f"({memory_growth:+.1%}), descriptors {before['fds']} -> {after['fds']}; "
           f"{'PASS' if figures['passed'] else 'FAIL'}", file=sys.stderr)
