@@ -239,7 +239,10 @@ async def soak(args: argparse.Namespace, base: str, key: str, instance: str, pid
             if time.monotonic() > deadline:
                 raise SystemExit("the endpoint did not start")
             await asyncio.sleep(0.2)
-    limits = httpx.Limits(max_connections=args.clients * 2, max_keepalive_connections=args.clients * 2)
+    # Idle connections are dropped by the client before the server's keep-alive (uvicorn's 5 s) can close
+    # them under a request being sent: with both at 5 s, that race reads as a transport failure.
+    limits = httpx.Limits(max_connections=args.clients * 2, max_keepalive_connections=args.clients * 2,
+                          keepalive_expiry=2.0)
     outcomes: Counter[str] = Counter()
     done: Counter[str] = Counter()
     rng = random.Random(args.seed)
