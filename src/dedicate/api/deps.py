@@ -21,7 +21,7 @@ from dedicate.control.auth import Principal, authenticate
 from dedicate.control.billing import parse_time
 from dedicate.control.services import Services
 from dedicate.domain.endpoints import validate_owner
-from dedicate.domain.errors import Forbidden, InvalidRequest, RequestTimeout
+from dedicate.domain.errors import Forbidden, InvalidRequest, body_timeout
 
 T = TypeVar("T")
 MAX_BODY = 1 << 20
@@ -43,13 +43,18 @@ bearer = HTTPBearer(auto_error=False, description="a dedicate API key: `Authoriz
 
 
 async def principal(request: Request, _: Annotated[object, Depends(bearer)]) -> Principal:
+    known: Principal | None = getattr(request.state, "principal", None)  # checked already (``BoundedRoute``)
+    if known is not None:
+        return known
     # The gateway's key cache, on the loop: a busy caller costs no thread hop and no query. A key
     # revoked here is forgotten at once; one revoked by another server, within a second.
     cached: Callable[[str | None], Awaitable[Principal]] | None = getattr(request.app.state, "principal", None)
     if cached is not None:
-        return await cached(request.headers.get("authorization"))
-    return await run_in_threadpool(authenticate, services_of(request).store,
-                                   request.headers.get("authorization"))
+        p = await cached(request.headers.get("authorization"))
+    else:
+        p = await run_in_threadpool(authenticate, services_of(request).store, request.headers.get("authorization"))
+    request.state.principal = p
+    return p
 
 
 INFERENCE_ONLY = ("this API key can only call models (its scope is inference); manage endpoints, keys and "
@@ -126,8 +131,7 @@ class BoundedRoute(APIRoute):
                 async with asyncio.timeout(limit):  # a stalled sender holds no worker and no connection forever
                     body = await request.body()
             except TimeoutError:
-                raise RequestTimeout(f"the request body did not arrive within {limit:g} s; send it whole, "
-                                     "at once") from None
+                raise body_timeout(limit) from None
             if len(body) > MAX_BODY:
                 raise InvalidRequest(f"request body too large: at most {MAX_BODY} bytes")
             return await handler(request)

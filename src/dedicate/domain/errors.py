@@ -77,6 +77,11 @@ class RequestTimeout(InvalidRequest):
     code = "request_timeout"
 
 
+def body_timeout(limit_s: float) -> RequestTimeout:
+    """What a sender hears whose body did not arrive within ``limit_s`` (the gateway's and the API's alike)."""
+    return RequestTimeout(f"the request body did not arrive within {limit_s:g} s; send it whole, at once")
+
+
 class HardwareUnavailable(InvalidRequest):
     code = "hardware_unavailable"
 

@@ -34,8 +34,8 @@ from dedicate.domain.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
-    RequestTimeout,
     Unavailable,
+    body_timeout,
 )
 from dedicate.gateway.keys import KeyCache
 from dedicate.gateway.limits import Limiter, Limits
@@ -207,8 +207,7 @@ class _Exchange:
             async with asyncio.timeout(limit):
                 return await self._read_body_now(declared)
         except TimeoutError:
-            raise RequestTimeout(f"the request body did not arrive within {limit:g} s; send it whole, "
-                                 "at once") from None
+            raise body_timeout(limit) from None
 
     async def _read_body_now(self, declared: int | None) -> bytes:
         cap = self.gw.config.max_body_bytes
