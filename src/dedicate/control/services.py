@@ -340,7 +340,7 @@ class Services:
         billed: dict[str, list[Billed]] = {ep.id: [] for ep in eps}
         for b in self.store.billed(lo, now, endpoint_ids=list(billed)):
             billed[b.endpoint_id].append(b)
-        return [self.view(ep, EndpointDetail(ep, replicas[ep.id], billed[ep.id], (lo, now))) for ep in eps]
+        return [self.view(ep, EndpointDetail(ep, replicas[ep.id], billed[ep.id])) for ep in eps]
 
     def get(self, principal: Principal, key: str) -> EndpointView:
         """One transaction for the endpoint, its replicas and this month's intervals."""

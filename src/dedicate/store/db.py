@@ -75,8 +75,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         current = schema_revision(conn)
         if current is not None and current not in {s.revision for s in scripts.walk_revisions()}:
             raise SchemaError(f"the database is at schema revision {current}, which this dedicate does not know "
-                              f"(its newest is {head_revision()}): it was made by a newer dedicate; run that "
-                              "version, or restore a backup made by this one")
+                              f"(its newest is {scripts.get_current_head()}): it was made by a newer dedicate; "
+                              "run that version, or restore a backup made by this one")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 

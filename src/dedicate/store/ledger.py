@@ -31,6 +31,16 @@ class GoodProbe:
     cents_per_minute: Decimal
 
 
+# Per backend: a time column as whole microseconds since the epoch (``{t}``), and the larger and the
+# smaller of two values. SQLite keeps times as text, 'YYYY-MM-DD HH:MM:SS.ffffff'; its unixepoch (3.38+)
+# is twice as fast as strftime. PostgreSQL's EXTRACT gives an exact numeric.
+_SQLITE_SECONDS = "unixepoch({t})" if sqlite3.sqlite_version_info >= (3, 38) else "CAST(strftime('%s', {t}) AS INTEGER)"
+_BILLED_SQL = {
+    "sqlite": (f"({_SQLITE_SECONDS} * 1000000 + CAST(substr({{t}}, 21, 6) AS INTEGER))", "MAX", "MIN"),
+    "postgresql": ("CAST(EXTRACT(EPOCH FROM {t}) * 1000000 AS BIGINT)", "GREATEST", "LEAST"),
+}
+
+
 class LedgerStore(UsageStore):
     """Good probes (one, a pass's first ones, the steady ones), and the intervals they leave."""
 
@@ -190,17 +200,7 @@ class LedgerStore(UsageStore):
                 endpoint_ids: Sequence[str] | None = None) -> list[Billed]:
         dialect = s.get_bind().dialect
         lo, hi = self.db_time(s, start), self.db_time(s, end)
-        if dialect.name == "sqlite":  # times are text, 'YYYY-MM-DD HH:MM:SS.ffffff'
-            seconds = "unixepoch({})" if sqlite3.sqlite_version_info >= (3, 38) else \
-                "CAST(strftime('%s', {}) AS INTEGER)"
-
-            def micros(x: str) -> str:  # unixepoch (3.38+) is twice as fast as strftime
-                return f"({seconds.format(x)} * 1000000 + CAST(substr({x}, 21, 6) AS INTEGER))"
-            late, early = "MAX", "MIN"
-        else:  # PostgreSQL: EXTRACT gives an exact numeric
-            def micros(x: str) -> str:
-                return f"CAST(EXTRACT(EPOCH FROM {x}) * 1000000 AS BIGINT)"
-            late, early = "GREATEST", "LEAST"
+        micros, late, early = _BILLED_SQL["sqlite" if dialect.name == "sqlite" else "postgresql"]
         price = result_processor(dialect, "billing_intervals", "cents_per_minute")
         chunks: list[list[str] | None] = [None] if endpoint_ids is None else \
             [list(endpoint_ids[i:i + CHUNK]) for i in range(0, len(endpoint_ids), CHUNK)]
@@ -215,7 +215,8 @@ class LedgerStore(UsageStore):
                 params.extend(chunk)
             clipped = (f"SELECT endpoint_id, hardware, cents_per_minute, {late}(started_at, ?) AS lo, "
                        f"{early}(last_seen_at, ?) AS hi FROM billing_intervals WHERE {' AND '.join(where)}")
-            rows = self.raw(s, f"SELECT endpoint_id, hardware, cents_per_minute, SUM({micros('hi')} - {micros('lo')}) "
+            rows = self.raw(s, f"SELECT endpoint_id, hardware, cents_per_minute, "
+                               f"SUM({micros.format(t='hi')} - {micros.format(t='lo')}) "
                                f"FROM ({clipped}) AS clipped GROUP BY endpoint_id, hardware, cents_per_minute",
                             (lo, hi, *params))
             out.extend(Billed(e, h, Decimal(price(c) if price is not None else c), int(m)) for e, h, c, m in rows if m)

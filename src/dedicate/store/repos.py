@@ -83,8 +83,7 @@ def _replica(r: ReplicaRow) -> Replica:
 class EndpointDetail:
     endpoint: Endpoint
     replicas: list[Replica]  # live, oldest first
-    billed: list[Billed]  # the billed time of its intervals inside the period
-    period: tuple[datetime, datetime]  # [start, end) asked for
+    billed: list[Billed]  # the billed time of its intervals inside the period asked for
 
 
 @dataclass(frozen=True)
@@ -254,7 +253,7 @@ class Store(LedgerStore, RouteStore, OwnerModelStore):
                 s, f"SELECT {cols} FROM replicas WHERE endpoint_id = ? AND stopped_at IS NULL "
                    "ORDER BY created_at, id", (ep.id,))]
             billed = self._billed(s, start, end, endpoint_ids=[ep.id])
-        return EndpointDetail(ep, replicas, billed, (start, end))
+        return EndpointDetail(ep, replicas, billed)
 
     def list_endpoints(self, owner: str | None = None, *, include_deleted: bool = False) -> list[Endpoint]:
         with self.tx() as s:
