@@ -191,3 +191,13 @@ def test_the_cli_backs_up_and_restores_the_database_the_server_uses(tmp_path: Pa
     done = runner.invoke(cli, ["restore", str(tmp_path / "b.db"), "--replace", "--json"], env=env)
     assert done.exit_code == 0, done.output
     assert '"restored": true' in done.output
+
+
+def test_a_postgresql_database_at_another_revision_is_backed_up_by_the_dedicate_that_serves_it(
+        tmp_path: Path, pg_server: str) -> None:
+    old = make_engine(_new_pg_database(pg_server))
+    migrate(old, "0011")
+    with pytest.raises(BackupError, match="back it up with the dedicate that serves it"):
+        backup(old, tmp_path / "b.db")
+    assert not (tmp_path / "b.db").exists() and not list(tmp_path.glob("*.partial"))
+    old.dispose()

@@ -30,7 +30,7 @@ from pathlib import Path
 from sqlalchemy import Table, delete, func, insert, select, text
 from sqlalchemy.engine import Connection, Engine
 
-from dedicate.store.db import MIGRATIONS_TABLE, SchemaError, make_engine, migrate, schema_revision
+from dedicate.store.db import MIGRATIONS_TABLE, SchemaError, head_revision, make_engine, migrate, schema_revision
 from dedicate.store.tables import Base, LeaseRow
 
 ROWS_PER_BATCH = 1000
@@ -86,21 +86,30 @@ def _one_file(path: Path) -> None:
         conn.close()
 
 
+def _pages(src: sqlite3.Connection, dest: Path) -> None:
+    """SQLite's online backup of ``src`` into the file ``dest``: one snapshot, page by page, while
+    writers go on (and with whatever a ``-wal`` beside the source holds)."""
+    out = sqlite3.connect(dest)
+    try:
+        src.backup(out)
+    finally:
+        out.close()
+
+
 def _sqlite_copy(source: Engine, dest: Path) -> None:
     with source.connect() as conn:
         raw = conn.connection.dbapi_connection
         assert isinstance(raw, sqlite3.Connection)
-        out = sqlite3.connect(dest)
-        try:
-            raw.backup(out)  # one snapshot, page by page, while writers go on
-        finally:
-            out.close()
+        _pages(raw, dest)
 
 
 def _snapshot_copy(source: Engine, dest: Path, revision: str) -> None:
+    if revision != head_revision():  # the rows are copied as this code's tables describe them
+        raise BackupError(f"the database is at schema revision {revision} and this dedicate at {head_revision()}: "
+                          "back it up with the dedicate that serves it")
     target = make_engine(f"sqlite:///{dest}")
     try:
-        migrate(target, revision)  # the same schema the source has, by the same migrations
+        migrate(target)  # the same schema the source has (this code's), by the same migrations
         with source.connect().execution_options(isolation_level="REPEATABLE READ",
                                                 postgresql_readonly=True) as src, target.begin() as out:
             if schema_revision(src) != revision:
@@ -118,13 +127,11 @@ def _copy_rows(src: Connection, out: Connection, which: list[Table]) -> None:
 
 
 def _read_into(path: Path, copy: Path) -> None:
-    """A working copy of a backup, read through SQLite (so whatever a ``-wal`` beside it holds comes too)."""
+    """A working copy of a backup file, left as it is."""
     src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    out = sqlite3.connect(copy)
     try:
-        src.backup(out)
+        _pages(src, copy)
     finally:
-        out.close()
         src.close()
 
 
