@@ -26,6 +26,8 @@ from dedicate.control.views import (
     QueueEntry,
     Usage,
 )
+from dedicate.domain.capacity import GB, memory_needed_bytes
+from dedicate.domain.catalog import Catalog
 from dedicate.domain.endpoints import EndpointState
 from dedicate.domain.models import ModelSpec
 from dedicate.domain.projects import Organization as DomainOrganization
@@ -301,6 +303,13 @@ class CatalogModel(Wire):
 class CatalogList(Wire):
     object: Literal["list"] = "list"
     data: list[CatalogModel]
+
+    @classmethod
+    def of(cls, catalog: Catalog) -> CatalogList:
+        """Every model of ``catalog`` by name, with whether it can run here and the memory it needs."""
+        return cls(data=[CatalogModel.of(m, deployable=any(e in catalog.engines for e in m.engines),
+                                         memory_needed_gb=round(memory_needed_bytes(m) / GB, 2))
+                         for m in sorted(catalog.models.values(), key=lambda m: m.name)])
 
 
 # keys, owners, identity ----------------------------------------------------------------------------------

@@ -9,13 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from fractions import Fraction
 
 from markupsafe import Markup, escape
 
-from dedicate.metering.ledger import Interval
-from dedicate.metering.rating import charge_exact
+from dedicate.metering.ledger import Interval, usage
 
 WIDTH, HEIGHT, PAD = 320, 96, 4
 
@@ -47,11 +45,9 @@ def ready_replicas(intervals: Sequence[Interval], start: datetime, end: datetime
 
 
 def cost(intervals: Sequence[Interval], start: datetime, end: datetime, step: timedelta) -> Series:
-    """The charges since ``start``, summed to each step, in cents: as the bill counts them."""
-    points = []
-    for t in steps(start, end, step):
-        total = sum((charge_exact(i.cents_per_minute, i.seconds_within(start, t)) for i in intervals), Fraction(0))
-        points.append((t, float(Decimal(total.numerator) / Decimal(total.denominator))))
+    """The charges since ``start``, summed to each step, in cents: the bill's own lines (``usage``)."""
+    points = [(t, float(sum((line.exact_cents for line in usage(intervals, start, t)), Fraction(0))))
+              for t in steps(start, end, step)]
     return Series("Cost since the start of the chart", "cents", points)
 
 

@@ -23,7 +23,7 @@ from dedicate.api.routes.v2_endpoints import deployments
 from dedicate.api.schemas import (
     ApiKeyOut,
     BudgetOut,
-    CatalogModel,
+    CatalogList,
     DedicatedEndpoint,
     EventOut,
     Hardware,
@@ -39,7 +39,6 @@ from dedicate.control.analytics import analytics
 from dedicate.control.auth import Principal
 from dedicate.control.deployments import MAX_PAGE, RouteView
 from dedicate.control.services import DEFAULT_DEPLOYMENT, Services
-from dedicate.domain.capacity import GB, memory_needed_bytes
 from dedicate.domain.errors import DedicateError, Unauthorized
 from dedicate.metering.ledger import month_of
 from dedicate.web import charts, present
@@ -238,16 +237,13 @@ async def endpoint_page(request: Request, key: str) -> Response:
 
 def catalog(svc: Services, owner: str) -> dict[str, Any]:
     cat = svc.settings.catalog
-    models = []
-    for m in sorted(cat.models.values(), key=lambda m: m.name):
-        wire = CatalogModel.of(m, deployable=any(e in cat.engines for e in m.engines),
-                               memory_needed_gb=round(memory_needed_bytes(m) / GB, 2))
-        shapes = [present.shape(Hardware.of(o, svc.clock.now())) for o in svc.hardware(m.name)]
-        models.append({"wire": wire, "shapes": shapes})
+    now = svc.clock.now()
+    models = [{"wire": wire, "shapes": [present.shape(Hardware.of(o, now)) for o in svc.hardware(wire.id)]}
+              for wire in CatalogList.of(cat).data]
     tunes = []
     for t in svc.store.owner_models(owner):
         base = cat.models.get(t.base)
-        shapes = [present.shape(Hardware.of(o, svc.clock.now())) for o in svc.hardware(t.name)] if base else []
+        shapes = [present.shape(Hardware.of(o, now)) for o in svc.hardware(t.name)] if base else []
         reason = ("" if shapes else
                   f"its base {t.base} is not in this installation's catalog" if base is None else
                   f"no hardware of this installation fits or runs its base {t.base}")

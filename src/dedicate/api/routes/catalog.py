@@ -11,7 +11,6 @@ from dedicate.api.errors import responses
 from dedicate.api.schemas import (
     ApiKeyOut,
     CatalogList,
-    CatalogModel,
     Hardware,
     HardwareList,
     KeyList,
@@ -24,7 +23,6 @@ from dedicate.api.schemas import (
     Zones,
 )
 from dedicate.control.inputs import NewKey, QuotaUpdate
-from dedicate.domain.capacity import GB, memory_needed_bytes
 
 router = APIRouter(route_class=BoundedRoute)
 NO_KEY_BODY = NewKey()
@@ -49,11 +47,7 @@ async def availability_zones(_: Caller, svc: Svc) -> Zones:
 @router.get("/v1/catalog/models", response_model=CatalogList, responses=responses(), tags=["hardware"])
 async def catalog_models(_: Caller, svc: Svc) -> CatalogList:
     """The models that can be deployed (dedicate's own listing; GET /v1/models lists your endpoints)."""
-    catalog = svc.settings.catalog
-    return CatalogList(data=[
-        CatalogModel.of(m, deployable=any(e in catalog.engines for e in m.engines),
-                        memory_needed_gb=round(memory_needed_bytes(m) / GB, 2))
-        for m in sorted(catalog.models.values(), key=lambda m: m.name)])
+    return CatalogList.of(svc.settings.catalog)
 
 
 @router.post("/v1/keys", response_model=NewApiKey, responses=responses(400, 403), tags=["keys"])

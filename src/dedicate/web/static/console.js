@@ -29,6 +29,11 @@ async function api(method, path, body) {
   return data;
 }
 
+// PATCH /v1/endpoints/{id}: every change the console makes to an endpoint (stop, start, cancel, edit).
+function patchEndpoint(id, body) {
+  return api("PATCH", `/v1/endpoints/${encodeURIComponent(id)}`, body);
+}
+
 function toast(message) {
   const t = document.getElementById("toast");
   if (!t) return;
@@ -102,7 +107,7 @@ async function editBounds(button) {
     if (event.submitter && event.submitter.value !== "ok") return;  // Cancel closes as usual
     event.preventDefault();
     try {
-      await api("PATCH", `/v1/endpoints/${encodeURIComponent(button.dataset.id)}`, {
+      await patchEndpoint(button.dataset.id, {
         autoscaling: { min_replicas: Number(form.min_replicas.value), max_replicas: Number(form.max_replicas.value) },
         inactive_timeout: Number(timeout.value),
       });
@@ -122,15 +127,15 @@ const ACTIONS = {
   async stop(b) {
     if (!await confirmed(`Stop ${b.dataset.name}? Its replicas shut down and billing stops; start it again from this menu.`,
       "Stop endpoint")) return;
-    await api("PATCH", `/v1/endpoints/${encodeURIComponent(b.dataset.id)}`, { state: "STOPPED" });
+    await patchEndpoint(b.dataset.id, { state: "STOPPED" });
     toast(`${b.dataset.name}: stopping`);
   },
   async cancel(b) {
-    await api("PATCH", `/v1/endpoints/${encodeURIComponent(b.dataset.id)}`, { state: "STOPPED" });
+    await patchEndpoint(b.dataset.id, { state: "STOPPED" });
     toast(`${b.dataset.name}: deployment cancelled`);
   },
   async start(b) {
-    await api("PATCH", `/v1/endpoints/${encodeURIComponent(b.dataset.id)}`, { state: "STARTED" });
+    await patchEndpoint(b.dataset.id, { state: "STARTED" });
     toast(`${b.dataset.name}: starting`);
   },
   async delete(b) {
@@ -293,7 +298,7 @@ function watch(ep) {
   box.hidden = false;
   cancel.hidden = false;
   cancel.onclick = async () => {
-    try { await api("PATCH", `/v1/endpoints/${encodeURIComponent(ep.id)}`, { state: "STOPPED" }); }
+    try { await patchEndpoint(ep.id, { state: "STOPPED" }); }
     catch (e) { toast(e.message); }
   };
   const show = (e) => {
