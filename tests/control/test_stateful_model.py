@@ -60,8 +60,8 @@ GPUS_PER_NODE = 4
 
 @dataclass
 class Expected:
-    owner: str
-    gpus: int
+    """What the model says an endpoint is: the bounds last set and whether it should run."""
+
     min_replicas: int
     max_replicas: int
     running: bool
@@ -115,7 +115,7 @@ class ControlPlane(RuleBasedStateMachine):
             assert len(self.fleet.store.list_endpoints()) == before
             return multiple()
         eid = view.endpoint.id
-        self.expected[eid] = Expected(view.endpoint.owner, gpus, lo, max(1, lo + extra), start)
+        self.expected[eid] = Expected(lo, max(1, lo + extra), start)
         self.passes()
         return multiple(eid)
 
