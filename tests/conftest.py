@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return _new_pg_database(request.getfixturevalue("pg_server"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """The session's one Ray cluster (tests/raycluster.py): a head; tests add the nodes they own."""
+    from tests import raycluster
+
+    rc = raycluster.start()
+    try:
+        yield rc
+    finally:
+        raycluster.stop(rc)

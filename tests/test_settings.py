@@ -266,7 +266,7 @@ MODEL = ('[[models]]\nname = "acme/x"\nparams_b = 1\ncontext_length = 1024\nnum_
 UNKNOWN_KEYS = [
     ("top level", "[sever]\nport = 1\n", "unknown table 'sever' (did you mean 'server'?); the config file has: "
                                          "[autoscaling], [cpu], [engines], [gateway], [gpu], [[hardware]], "
-                                         "[[models]], [[nodes]], [server], [timing]"),
+                                         "[[models]], [[nodes]], [runtime], [server], [timing]"),
     ("server", '[server]\ndata_dri = "/srv"\n',
      "[server] unknown setting 'data_dri' (did you mean 'data_dir'?); known: availability_zones, data_dir, "
      "database_url, host, max_upload_bytes, organization, port"),
@@ -283,6 +283,8 @@ UNKNOWN_KEYS = [
                                                    "connect_timeout_s"),
     ("autoscaling", "[autoscaling]\nstabilisaton_s = 60\n",
      "[autoscaling] unknown setting 'stabilisaton_s' (did you mean 'stabilisation_s'?)"),
+    ("runtime", '[runtime]\nkind = "ray"\nadress = "h:6379"\n',
+     "[runtime] unknown setting 'adress' (did you mean 'address'?)"),
     ("engines", '[engines]\nenable = ["vllm"]\n', "[engines.enable]: unknown engine; dedicate has: "),
     ("engines.synthetic", "[engines.synthetic]\nmax_stream = 4\n",  # tests/engines/test_registry.py: the rest
      "engines.synthetic: unknown option(s) max_stream; the synthetic engine accepts: "),
@@ -457,3 +459,33 @@ def test_the_organization_is_a_name_fit_for_an_id_and_defaults_to_dedicate(tmp_p
     with pytest.raises(ConfigError) as exc:
         load_settings(env)
     assert str(exc.value).startswith(f"{cfg}: server.organization: 'Acme ML' is not an organization name"), exc.value
+
+
+RAY_REFUSALS = [
+    ('[runtime]\nkind = "ray"\n', "needs address"),
+    ('[runtime]\nkind = "ray"\naddress = "ray://head:10001"\n', "not through Ray Client"),
+    ('[runtime]\nkind = "ray"\naddress = "head:6379"\n\n[[nodes]]\nname = "a"\ngpu_type = "h100-80gb"\n',
+     "remove the [[nodes]] entries"),
+    ('[runtime]\nkind = "kubernetes"\n', "runtime.kind"),
+]
+
+
+@pytest.mark.parametrize(("toml", "says"), RAY_REFUSALS, ids=["no address", "ray client", "nodes", "kind"])
+def test_a_runtime_table_that_cannot_work_is_refused_saying_what_to_change(
+    tmp_path: Path, toml: str, says: str
+) -> None:
+    cfg = tmp_path / "dedicate.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError) as exc:
+        load_settings({"DEDICATE_CONFIG": str(cfg), "DEDICATE_DATA_DIR": str(tmp_path / "data")})
+    assert says in str(exc.value)
+
+
+def test_the_ray_runtime_is_read_from_its_table(tmp_path: Path) -> None:
+    cfg = tmp_path / "dedicate.toml"
+    cfg.write_text('[runtime]\nkind = "ray"\naddress = "10.0.0.1:6379"\nnamespace = "team-a"\n'
+                   'placement_timeout_s = 30\n')
+    s = load_settings({"DEDICATE_CONFIG": str(cfg), "DEDICATE_DATA_DIR": str(tmp_path / "data")})
+    assert (s.runtime.kind, s.runtime.address, s.runtime.namespace, s.runtime.placement_timeout_s) == \
+        ("ray", "10.0.0.1:6379", "team-a", 30.0)
+    assert load_settings({"DEDICATE_DATA_DIR": str(tmp_path / "d2")}).runtime.kind == "local"

@@ -48,7 +48,7 @@ from dedicate.gateway.health import HealthPolicy
 from dedicate.gateway.proxy import Gateway
 from dedicate.gateway.routing import RoutingTable
 from dedicate.gateway.signals import families as signal_families
-from dedicate.runtimes.base import Node
+from dedicate.runtimes.base import Node, Runtime
 from dedicate.runtimes.local import LocalRuntime
 from dedicate.runtimes.nvml import discovered_nodes
 from dedicate.settings import Settings
@@ -67,7 +67,7 @@ class Parts:
     settings: Settings
     clock: Clock
     store: Store
-    runtime: LocalRuntime
+    runtime: Runtime
     reconciler: Reconciler
     services: Services
     table: RoutingTable
@@ -101,21 +101,35 @@ def ensure_admin_key(store: Store, data_dir: Path, clock: Clock) -> str | None:
     return secret
 
 
+def make_runtime(settings: Settings) -> Runtime:
+    """The runtime the config names: this machine's processes (the default), or a Ray cluster's actors."""
+    gpu_types = {h.gpu_type for h in settings.catalog.hardware.values() if not h.is_cpu}
+    r = settings.runtime
+    if r.kind == "ray":
+        from dedicate.runtimes.ray import RayOptions, RayRuntime
+
+        assert r.address is not None  # the settings refuse ray without an address
+        return RayRuntime(RayOptions(address=r.address, namespace=r.namespace, node_ip_address=r.node_ip_address,
+                                     placement_timeout_s=r.placement_timeout_s, refresh_s=r.refresh_s,
+                                     request_resources=r.request_resources, port_dir=r.port_dir,
+                                     node_labels=dict(r.node_labels)), gpu_types)
+    nodes = list(settings.declared_nodes)
+    if not nodes:  # declared nodes describe the machine; else this machine's GPUs are nodes
+        nodes.extend(discovered_nodes(settings.gpu.discover, gpu_types))
+    if settings.cpu_slots > 0:
+        nodes.append(Node("local", "cpu", settings.cpu_slots))
+    return LocalRuntime(settings.data_dir, instance_id(settings.data_dir), nodes)
+
+
 def build_parts(settings: Settings, clock: Clock | None = None) -> Parts:
     clock = clock or clock_from_env()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     migrate(engine)
     store = Store(engine)
-    nodes = list(settings.declared_nodes)
-    if not nodes:  # declared nodes describe the machine; else this machine's GPUs are nodes
-        gpu_types = {h.gpu_type for h in settings.catalog.hardware.values() if not h.is_cpu}
-        nodes.extend(discovered_nodes(settings.gpu.discover, gpu_types))
-    if settings.cpu_slots > 0:
-        nodes.append(Node("local", "cpu", settings.cpu_slots))
     if isinstance(settings.catalog.models, ModelBook):  # owners' fine-tunes are found in the store
         settings.catalog.models.attach(store.model_weights)
-    runtime = LocalRuntime(settings.data_dir, instance_id(settings.data_dir), nodes)
+    runtime = make_runtime(settings)
     reconciler = Reconciler(store, runtime, settings, clock)
     # Services run in the API's worker threads: what they call on loop-owned objects is handed over.
     handoff = LoopHandoff()
@@ -210,6 +224,7 @@ def create_app(parts: Parts) -> CookieBearer:
             await signals_task
             await parts.reconciler.shutdown()
             await parts.gateway.aclose()
+            await asyncio.to_thread(parts.runtime.close)
 
     app = FastAPI(title="dedicate", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.services = parts.services

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
@@ -219,6 +219,20 @@ class NodeEntry(_Table):
     engine: Text = "transformers"
 
 
+class RuntimeSettings(_Table):
+    """``[runtime]``: where replicas run (docs/ray.md). ``local``: child processes of this server."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: OptionalText = None  # ray: the cluster's GCS address, "<head>:6379"; dedicate is a driver
+    namespace: Text = "dedicate"  # ray: this installation's actors; every server of one installation shares it
+    node_ip_address: OptionalText = None  # ray: this driver's own address, where Ray would guess wrong
+    placement_timeout_s: PositiveNumber = 60.0  # ray: a placement Ray cannot satisfy is given up after this
+    refresh_s: PositiveNumber = 2.0  # ray: how often the node table is read
+    request_resources: Flag = True  # ray: ask the cluster's autoscaler for the shapes that wait
+    port_dir: Text = "/tmp/dedicate-ray"  # ray: on each node, where an engine writes its port
+    node_labels: dict[str, str] = Field(default_factory=dict)  # ray: only nodes with these labels are dedicate's
+
+
 class GatewaySettings(_Table):
     """The ``[gateway]`` table: limits and timeouts of the OpenAI-compatible gateway (docs/gateway.md)."""
 
@@ -276,12 +290,13 @@ class ConfigFile(_Table):
     engines: dict[str, Any] = Field(default_factory=dict)  # checked by the engine registry (_engine_options)
     gateway: GatewaySettings = GatewaySettings()
     autoscaling: AutoscalingSettings = AutoscalingSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
 
 
 _TABLES: dict[str, type[_Table]] = {"server": ServerTable, "cpu": CpuTable, "timing": TimingTable,
                                     "gpu": GpuSettings, "hardware": HardwareEntry, "models": ModelEntry,
                                     "nodes": NodeEntry, "gateway": GatewaySettings,
-                                    "autoscaling": AutoscalingSettings}
+                                    "autoscaling": AutoscalingSettings, "runtime": RuntimeSettings}
 _ARRAYS = {"hardware", "models", "nodes"}
 
 
@@ -454,6 +469,7 @@ class Settings:
     organization: str = "dedicate"
     max_upload_bytes: int = 64 << 30
     config_path: Path | None = None
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
     @property
     def replicas_dir(self) -> Path:
@@ -522,6 +538,19 @@ def _nodes(entries: tuple[NodeEntry, ...], gpu_types: set[str]) -> list[Node]:
     return out
 
 
+def _runtime(r: RuntimeSettings, declared: list[Node]) -> RuntimeSettings:
+    if r.kind == "ray":
+        if not r.address:
+            raise ConfigError('[runtime]: kind = "ray" needs address = "<head>:6379", the Ray cluster\'s GCS address')
+        if r.address.startswith("ray://"):
+            raise ConfigError("[runtime]: address must be the GCS address (\"<head>:6379\"): dedicate connects "
+                              "as a driver, not through Ray Client (ray://)")
+        if declared:
+            raise ConfigError('[runtime]: kind = "ray" takes its nodes from the cluster; '
+                              "remove the [[nodes]] entries (label Ray nodes instead: docs/ray.md)")
+    return r
+
+
 def _settings(env: Mapping[str, str], place: Location, file: ConfigFile) -> Settings:
     cpu = file.cpu
     cpu_slots = (os.cpu_count() or 1) if cpu.slots is None else cpu.slots
@@ -568,6 +597,7 @@ def _settings(env: Mapping[str, str], place: Location, file: ConfigFile) -> Sett
         organization=file.server.organization,
         max_upload_bytes=file.server.max_upload_bytes,
         config_path=place.config_path,
+        runtime=_runtime(file.runtime, declared),
     )
 
 

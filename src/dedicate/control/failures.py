@@ -15,6 +15,16 @@ class Failures:
 
     def __init__(self) -> None:
         self._until: dict[str, datetime] = {}
+        self._why: dict[str, str] = {}  # a hold's reason, where it is not a failure
+
+    def why(self, endpoint_id: str) -> str | None:
+        """Why the endpoint is held back without a failure (the runtime could not place it), if it is."""
+        return self._why.get(endpoint_id)
+
+    def hold(self, endpoint_id: str, now: datetime, seconds: float, why: str) -> None:
+        """Hold back new replicas of the endpoint for ``seconds``, for a reason that is not a failure."""
+        self._until[endpoint_id] = max(self._until.get(endpoint_id, now), now + timedelta(seconds=seconds))
+        self._why[endpoint_id] = why
 
     def until(self, endpoint_id: str) -> datetime | None:
         return self._until.get(endpoint_id)
@@ -25,6 +35,7 @@ class Failures:
 
     def clear(self, endpoint_id: str) -> None:
         self._until.pop(endpoint_id, None)
+        self._why.pop(endpoint_id, None)
 
     async def count(self, store: Store, ep: Endpoint, r: Replica, now: datetime, msg: str) -> None:
         """A replica of ``ep`` failed: back off ``min(60, 2^n)`` s; a failure before ready counts toward ERROR."""
@@ -40,6 +51,7 @@ class Failures:
             mine = by_endpoint[fresh.id]
             failures = fresh.failures_before_ready + sum(1 for r, _ in mine if r.facts.first_ready_at is None)
             self._until[fresh.id] = now + timedelta(seconds=min(60.0, 2.0 ** max(failures, 1)))
+            self._why.pop(fresh.id, None)
             writes.append(EndpointWrite(fresh, None, None, {"failures_before_ready": failures,
                                                             "status_message": mine[-1][1][:2000]}))
         await asyncio.to_thread(store.settle_endpoints, writes, now)

@@ -32,7 +32,7 @@ from dedicate.domain.endpoints import check_transition
 from dedicate.domain.errors import Conflict
 from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.domain.status import Waiting, endpoint_status
-from dedicate.runtimes.base import Handle, Runtime
+from dedicate.runtimes.base import Demand, Handle, Runtime
 from dedicate.settings import Settings
 from dedicate.store.base import StaleLease
 from dedicate.store.repos import EndpointWrite, Store
@@ -60,6 +60,9 @@ class Reconciler:
                                     probe or self._http_probe, self.wake.set)
         self.converger = Converger(runtime, settings, clock, self.failures, self.launcher, self.wake.set)
         self._budgets_checked_at: datetime | None = None
+        self._demand: tuple[Demand, ...] = ()  # what waits for hardware, as the runtime was last told
+        self._asked = False  # whether the runtime's cluster was asked for it
+        self._waiting_for_nodes: set[str] = set()  # endpoints whose queued replicas wait for new nodes
 
     @property
     def store(self) -> Store:
@@ -128,6 +131,7 @@ class Reconciler:
         planned = await self.converger.place(store, endpoints, live)
         if planned.plan.placements or planned.plan.drains:
             endpoints, live = await self._read(store)
+        await self._ask_for_nodes(endpoints, planned)
         await self._settle(store, endpoints, live, planned)
         await self._check_budgets(store)
 
@@ -140,6 +144,22 @@ class Reconciler:
             endpoints = sorted([*endpoints, *await asyncio.to_thread(store.endpoints_by_id, missing)],
                                key=lambda e: (e.created_at, e.id))
         return endpoints, live
+
+    async def _ask_for_nodes(self, endpoints: Sequence[Endpoint], planned: PlanResult) -> None:
+        """Tell the runtime what waits for hardware, so a cluster with an autoscaler adds nodes."""
+        wanted: dict[tuple[str, int], int] = {}
+        waiting: set[str] = set()
+        for ep in endpoints:
+            queued = planned.plan.queued.get(ep.id, 0)
+            hw = self.settings.catalog.hardware.get(ep.hardware)
+            if queued and hw is not None and not hw.is_cpu:
+                wanted[hw.gpu_type, hw.gpu_count] = wanted.get((hw.gpu_type, hw.gpu_count), 0) + queued
+                waiting.add(ep.id)
+        demand = tuple(Demand(t, n, k) for (t, n), k in sorted(wanted.items()))
+        if demand != self._demand:
+            self._asked = await asyncio.to_thread(self.runtime.ask_for, demand)
+            self._demand = demand
+        self._waiting_for_nodes = waiting if self._asked else set()
 
     async def _check_budgets(self, store: Store) -> None:
         now = self.clock.now()
@@ -175,10 +195,14 @@ class Reconciler:
         hw = self.settings.catalog.hardware.get(ep.hardware)
         model = self.settings.catalog.models.get(ep.model)
         preparing = self.weights.preparing(model) if model is not None else None
+        why = planned.unplaceable.get(ep.id, "waiting for capacity")
+        if ep.id in self._waiting_for_nodes:
+            why += "; asked the cluster's autoscaler for nodes, waiting for new nodes"
         waiting = Waiting(
             queued=planned.plan.queued.get(ep.id, 0), position=planned.plan.positions.get(ep.id),
-            why=planned.unplaceable.get(ep.id, "waiting for capacity"), backoff_until=self.failures.until(ep.id),
-            preparing=preparing.describe(ep.model, now) if preparing is not None else None)
+            why=why, backoff_until=self.failures.until(ep.id),
+            preparing=preparing.describe(ep.model, now) if preparing is not None else None,
+            held=self.failures.why(ep.id))
         status = endpoint_status(ep, replicas, waiting, max_failures=self.settings.max_failures_before_ready,
                                  shape=f"{hw.gpu_count}x {hw.gpu_type}" if hw else ep.hardware, now=now)
         changes: dict[str, object] = {}

@@ -37,6 +37,7 @@ log = logging.getLogger("dedicate.reconciler")
 _RUNNING = ProcessState(True)
 STOP_GRACE_S = 10.0
 START_TIMEOUT_S = 600.0
+UNPLACED_HOLD_S = 5.0  # after the runtime gave up placing a replica, before the next try
 LOG_TAIL_LINES = 5
 # uvicorn's words on the way out, which say nothing of why: left out, so the lines before them show
 _LIFECYCLE = re.compile(r"Shutting down|Waiting for (application shutdown|connections to close|background tasks)|"
@@ -247,20 +248,32 @@ class ReplicaUpkeep:
         unasked = [r for r in exited if r.facts.stop_requested_at is None]
         tails = await asyncio.to_thread(lambda: {r.id: log_tail(r.log_path) for r in unasked})
         writes: list[ReplicaWrite] = []
+        unplaced: dict[str, str] = {}  # replica id → why the runtime could not place it
         for r in exited:
-            state = states.get(r.id)
-            code = state.exit_code if state is not None else None
+            state = states.get(r.id) or ProcessState(False)
+            code = state.exit_code
             if r.facts.stop_requested_at is not None:
                 event = ("stopped", f"replica {r.id} stopped")
+                changes: dict[str, Any] = {"stopped_at": now, "exit_code": code}
+            elif state.unplaced:  # it never ran: not a failure of the model, and it is queued again
+                why = state.detail or "the runtime could not place it"
+                unplaced[r.id] = why
+                event = ("unplaced", f"replica {r.id} could not be placed: {why}")
+                changes = {"stop_requested_at": now, "stop_reason": "not placed", "stopped_at": now}
             else:
-                event = ("failed", f"replica {r.id} exited with code {code}: {tails.get(r.id, '')}")
-            writes.append(ReplicaWrite(r, event, {"stopped_at": now, "exit_code": code}))
+                why = state.detail or tails.get(r.id, "")
+                event = ("failed", f"replica {r.id} exited with code {code}: {why}")
+                changes = {"stopped_at": now, "exit_code": code}
+            writes.append(ReplicaWrite(r, event, changes))
         done = await asyncio.to_thread(store.update_replicas, writes, now)
         failed = [(ep, w.replica, w.event[1]) for w in writes
                   if w.replica.id in done and w.replica.facts.stop_requested_at is None and w.event is not None
-                  and (ep := endpoints.get(w.replica.endpoint_id)) is not None]
+                  and w.replica.id not in unplaced and (ep := endpoints.get(w.replica.endpoint_id)) is not None]
         if failed:
             await self.failures.count_all(store, failed, now)
+        for r in exited:
+            if r.id in unplaced and r.id in done:
+                self.failures.hold(r.endpoint_id, now, UNPLACED_HOLD_S, unplaced[r.id])
 
     async def _probe(self, store: Store, r: Replica, ep: Endpoint | None) -> _Steady | _Good | None:
         now = self.clock.now()

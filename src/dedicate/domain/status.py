@@ -26,6 +26,7 @@ class Waiting:
     why: str = "waiting for capacity"  # why replicas wait, in words
     backoff_until: datetime | None = None  # no new replica before this, after failures
     preparing: str | None = None  # the model weights being prepared for its replicas, in words
+    held: str | None = None  # why new replicas are held back, where it is not a failure
 
 
 @dataclass(frozen=True)
@@ -80,5 +81,6 @@ def status_message(ep: Endpoint, state: EndpointState, c: ReplicaCounts, w: Wait
         parts.append(f"{c.queued} queued: {w.why}")
     if w.backoff_until is not None and now < w.backoff_until and c.ready < c.desired:
         wait = (w.backoff_until - now).total_seconds()
-        parts.append(f"retrying in {wait:.0f} s after {ep.failures_before_ready} failure(s)")
+        parts.append(f"{w.held}; retrying in {wait:.0f} s" if w.held else
+                     f"retrying in {wait:.0f} s after {ep.failures_before_ready} failure(s)")
     return "; ".join(parts)

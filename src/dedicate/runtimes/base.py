@@ -2,7 +2,8 @@
 
 A runtime starts a command for a replica, tells whether it still runs,
 stops it, and lists the replicas it finds running (so a restarted control
-plane adopts them instead of starting duplicates). It owns replica
+plane adopts them instead of starting duplicates), and may ask its cluster
+for more nodes when replicas wait for hardware. It owns replica
 addressing: it says where an engine must bind (``binding``) and where a
 launched replica can be reached (``address_of``); nothing else in dedicate
 assumes a host. It knows nothing about endpoints, models or engines: the
@@ -28,6 +29,7 @@ class Node:
     slots: int
     declared: bool = False  # a logical node from the config, not discovered hardware
     engine: str | None = None  # the engine its replicas run, overriding the hardware shape's
+    region: str | None = None  # the region (availability zone) it is in, where the runtime knows it
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,17 @@ class Handle:
 class ProcessState:
     running: bool
     exit_code: int | None = None
+    detail: str | None = None  # why it ended, in words, where the runtime knows (a remote log's tail)
+    unplaced: bool = False  # it never ran: the runtime could not place it, and it is to be queued again
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Replicas of one shape that no node can take now: what a runtime may ask its cluster for."""
+
+    gpu_type: str
+    gpus: int
+    replicas: int
 
 
 class Runtime(Protocol):
@@ -85,4 +98,16 @@ class Runtime(Protocol):
 
     def address_of(self, replica_id: str) -> Address | None:
         """Where the replica can be reached, once its engine listens; None before."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the runtime holds open (a cluster connection); replicas are not touched."""
+        ...
+
+    def ask_for(self, demand: Sequence[Demand]) -> bool:
+        """Ask the cluster for nodes for ``demand`` (all of it: a standing request, replacing the last).
+
+        Answers whether the cluster now has been asked for it (so that it may add nodes); a
+        runtime whose machines are fixed asks nothing and answers False.
+        """
         ...

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dedicate.domain.records import Address
-from dedicate.runtimes.base import Binding, Handle, LaunchSpec, Node, ProcessState
+from dedicate.runtimes.base import Binding, Demand, Handle, LaunchSpec, Node, ProcessState
 
 
 @dataclass
@@ -26,6 +27,8 @@ class FakeRuntime:
     next_port: int = 20000
     fail_launch: bool = False
     host: str = "127.0.0.1"  # where its pretend replicas are reached
+    asks: list[tuple[Demand, ...]] = field(default_factory=list)  # what ask_for was told, each time it changed
+    unplaced: dict[int, str] = field(default_factory=dict)  # pid → why it could not be placed
     _handed_out: tuple[Node, ...] | None = field(default=None, repr=False, compare=False)
 
     def nodes(self) -> tuple[Node, ...]:
@@ -43,6 +46,8 @@ class FakeRuntime:
         return Handle(self.next_pid, "0")
 
     def poll(self, handle: Handle) -> ProcessState:
+        if handle.pid in self.unplaced:
+            return ProcessState(False, None, detail=self.unplaced[handle.pid], unplaced=True)
         p = self.processes.get(handle.pid)
         if p is None:
             return ProcessState(False, None)
@@ -72,3 +77,18 @@ class FakeRuntime:
         for p in self.processes.values():
             if p.spec.replica_id == replica_id and p.running:
                 p.running, p.exit_code = False, code
+
+    def unplace(self, replica_id: str, why: str = "could not be placed") -> None:
+        """The runtime gives up placing the replica, as Ray does after its placement timeout."""
+        for pid, p in self.processes.items():
+            if p.spec.replica_id == replica_id and p.running:
+                p.running = False
+                self.unplaced[pid] = why
+
+    def close(self) -> None:
+        pass
+
+    def ask_for(self, demand: Sequence[Demand]) -> bool:
+        if (self.asks[-1] if self.asks else ()) != tuple(demand):
+            self.asks.append(tuple(demand))
+        return bool(demand)

@@ -14,10 +14,11 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from dedicate.domain.records import Address
-from dedicate.runtimes.base import Binding, Handle, LaunchSpec, Node, ProcessState
+from dedicate.runtimes.base import Binding, Demand, Handle, LaunchSpec, Node, ProcessState
 from dedicate.runtimes.portfile import port_file, read_port
 
 LOOPBACK = "127.0.0.1"  # replicas are children of this machine: they listen on loopback only
@@ -142,3 +143,9 @@ class LocalRuntime:
     def address_of(self, replica_id: str) -> Address | None:
         port = read_port(port_file(self.replica_dir(replica_id)))
         return None if port is None else Address(LOOPBACK, port)
+
+    def close(self) -> None:
+        pass
+
+    def ask_for(self, demand: Sequence[Demand]) -> bool:
+        return False  # this machine is what it is
