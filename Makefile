@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(TORCH_SOURCE) $(TORCH)
-	$(VENV)/bin/pip install -q $(TORCH_SOURCE) -e '.[local,dev]'
+	$(VENV)/bin/pip install -q $(TORCH_SOURCE) -e '.[local,dev,ray]'
 	touch $@
 
 # The published clients that users already have, each in an environment of its own (their pins differ):

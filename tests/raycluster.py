@@ -39,10 +39,12 @@ class RayCluster:
     nodes: dict[str, Any] = field(default_factory=dict)  # name → the cluster's node handle
 
     def add_gpu_node(self, name: str, gpus: int, pool: str, accelerator: str = "H100",
-                     engine: str = "synthetic", wait: bool = True) -> Any:
+                     engine: str = "synthetic", wait: bool = True, shown_as: str | None = None) -> Any:
+        """A node of ``gpus`` logical GPUs, known here as ``name``; dedicate calls it ``shown_as`` (or ``name``)."""
         node = self.cluster.add_node(
             num_cpus=0, num_gpus=gpus, resources={f"accelerator_type:{accelerator}": gpus},
-            labels={"dedicate.io/node-name": name, "dedicate.io/pool": pool, "dedicate.io/engine": engine},
+            labels={"dedicate.io/node-name": shown_as or name, "dedicate.io/pool": pool,
+                    "dedicate.io/engine": engine},
             node_ip_address="127.0.0.1", wait=wait)
         self.nodes[name] = node
         return node

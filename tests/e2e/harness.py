@@ -97,8 +97,9 @@ class Server:
     """One `dedicate up` process on a port of its choosing, with its own data directory."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, config: str = FAST_CONFIG,
-                 shared_models: Path | None = None) -> None:
+                 shared_models: Path | None = None, instance: str | None = None) -> None:
         self.data_dir = data_dir
+        self._instance = instance  # what its engines carry as --instance where not the data dir's id (ray)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "config.toml").write_text(config)
         if shared_models is not None:
@@ -173,6 +174,8 @@ class Server:
 
     @property
     def instance(self) -> str:
+        if self._instance is not None:
+            return self._instance
         return (self.data_dir / "instance-id").read_text().strip()
 
     def engine_processes(self) -> list[EngineProcess]:
@@ -196,7 +199,7 @@ class Server:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.kill()
-        if not (self.data_dir / "instance-id").exists():
+        if self._instance is None and not (self.data_dir / "instance-id").exists():
             return
         left = kill_instance_processes(self.instance)
         assert not left, f"replica processes outlived SIGKILL at teardown: {left}"

@@ -1,9 +1,13 @@
-"""Capacity end to end: real servers with a declared 8 x H100 logical node running the synthetic engine.
+"""Capacity end to end: real servers with one 8 x H100 logical node, node-a, running the synthetic engine.
 
 The same scenarios as tests/control/test_capacity.py (fake runtime), here with real server processes,
 real replica processes, real probes and the real reconcile loop: partial scaling, the queue with
 positions, surplus yielding to a queued minimum, raising a minimum, quotas, stopping in every state,
 failures ending in ERROR, the event log and hardware this installation can never provide.
+
+Every scenario runs on both runtimes: ``local`` (node-a a ``[[nodes]]`` entry, replicas children of
+the server) and ``ray`` (node-a a node of the session's Ray cluster with 8 logical GPUs, in a pool of
+the server's own, replicas actors in placement groups).
 
 Correctness never rests on a fixed sleep: every wait polls the API (or /proc) with a generous
 deadline. The one fixed pause checks that something does *not* happen (no launches after ERROR).
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import Server
+from tests.raycluster import RayCluster, unique
 
 pytestmark = pytest.mark.e2e
 
@@ -31,8 +37,18 @@ def hw(gpus: int, gpu: str = "h100") -> str:
     return f"{gpus}x_nvidia_{gpu}_80gb_sxm"
 
 
+LOCAL_NODE = f"""
+[[nodes]]
+name = "node-a"
+gpu_type = "h100-80gb"
+gpus = {NODE_GPUS}
+engine = "synthetic"
+"""
+
+
 def node_config(startup_delay_s: float = 0.2, fail_after_start: bool = False,
                 max_failures_before_ready: int = 3, engines_enabled: tuple[str, ...] = ()) -> str:
+    """Everything but where node-a comes from (``Runtimes.server`` adds that)."""
     enabled = ", ".join(f'"{e}"' for e in engines_enabled)
     return f"""
 [cpu]
@@ -40,12 +56,6 @@ slots = 0
 
 [engines]
 enabled = [{enabled}]
-
-[[nodes]]
-name = "node-a"
-gpu_type = "h100-80gb"
-gpus = {NODE_GPUS}
-engine = "synthetic"
 
 [engines.synthetic]
 startup_delay_s = {startup_delay_s}
@@ -64,14 +74,46 @@ max_failures_before_ready = {max_failures_before_ready}
 # -------------------------------------------------------------------------------- servers
 
 
+@dataclass
+class Runtimes:
+    """Makes servers whose node-a is a ``[[nodes]]`` entry (local) or a Ray node of their own (ray)."""
+
+    kind: str
+    ray: RayCluster | None = None
+    pools: list[str] = field(default_factory=list)
+
+    def server(self, data_dir: Path, config: str) -> Server:
+        if self.ray is None:
+            return Server(data_dir, config=config + LOCAL_NODE)
+        pool = unique("cap")
+        self.ray.add_gpu_node(f"{pool}-node-a", NODE_GPUS, pool, shown_as="node-a")
+        self.pools.append(pool)
+        namespace = unique("capns")
+        # A Ray node's engine label is read at run time; the engine it names is enabled in the config.
+        config = config.replace("enabled = [", 'enabled = ["synthetic", ', 1)
+        return Server(data_dir, config=config + self.ray.runtime_config(pool, namespace), instance=namespace)
+
+    def close(self) -> None:
+        if self.ray is not None:
+            for pool in self.pools:
+                self.ray.remove(f"{pool}-node-a")
+
+
+@pytest.fixture(scope="module", params=["local", "ray"])
+def runtimes(request: pytest.FixtureRequest) -> Iterator[Runtimes]:
+    r = Runtimes(request.param, request.getfixturevalue("ray_cluster") if request.param == "ray" else None)
+    yield r
+    r.close()
+
+
 @pytest.fixture(scope="module")
-def gpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def gpu_server(tmp_path_factory: pytest.TempPathFactory, runtimes: Runtimes) -> Iterator[Server]:
     """One server with node-a (8 x H100, synthetic) shared by the module's tests.
 
     No demo model is linked in: the synthetic engine needs no weights, and building tiny-chat
     would cost seconds of torch import.
     """
-    s = Server(tmp_path_factory.mktemp("capacity"), config=node_config())
+    s = runtimes.server(tmp_path_factory.mktemp(f"capacity-{runtimes.kind}"), node_config())
     try:
         yield s.start()
     finally:
@@ -86,12 +128,12 @@ def gpu(gpu_server: Server) -> Iterator[Server]:
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def own_server(tmp_path: Path, runtimes: Runtimes) -> Iterator[Callable[..., Server]]:
     """A server of its own config (make_server without the demo model); killed with its replicas after."""
     servers: list[Server] = []
 
     def make(name: str, config: str) -> Server:
-        s = Server(tmp_path / name, config=config)
+        s = runtimes.server(tmp_path / name, config)
         servers.append(s)
         return s.start()
 
