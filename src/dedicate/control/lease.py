@@ -2,13 +2,14 @@
 
 Several servers may share one database; only the holder of the lease row
 ``reconciler`` reconciles and autoscales. The holder is
-``<instance id>:<pid>:<nonce>``; the lease lasts ``ttl_s`` of the injected
+``<instance id>:<host>:<pid>:<nonce>``; the lease lasts ``ttl_s`` of the injected
 clock and is renewed by a heartbeat task of its own, so a long pass (a slow
 probe, a slow disk) cannot starve it. Taking the lease from another holder
 moves its token on; while held, writes go through ``Store.fenced(name,
 token)``, which refuses them once the token has moved (``StaleLease``). A
-server whose earlier process of the same instance died holds the lease at
-once instead of waiting it out.
+server whose earlier process of the same instance on the same machine died
+holds the lease at once instead of waiting it out (a pid means nothing on
+another machine: servers of one installation on a Ray cluster share its id).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -26,6 +28,7 @@ from dedicate.store.repos import Store
 log = logging.getLogger("dedicate.lease")
 
 LEASE = "reconciler"
+HOST = socket.gethostname().replace(":", "-")[:48]
 
 OnAcquired = Callable[[Store], Awaitable[None]]
 
@@ -43,8 +46,8 @@ class LeaseKeeper:
         self.instance = instance
         self.ttl_s = ttl_s
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else ttl_s / 4
-        # instance:pid:nonce — unique even for two processes with the same pid (containers).
-        self.holder = f"{instance}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # instance:host:pid:nonce — unique even for two processes with the same pid (containers).
+        self.holder = f"{instance}:{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.token: int | None = None
         self.is_leader = False
         self._on_acquired = on_acquired
@@ -96,10 +99,10 @@ class LeaseKeeper:
     def _holder_dead(self, holder: str) -> bool:
         """Whether the lease holder is an earlier process of this instance on this machine, now gone."""
         parts = holder.split(":")
-        if len(parts) != 3:
+        if len(parts) != 4:
             return False
-        instance, pid, _ = parts
-        if instance != self.instance or not pid.isdigit() or int(pid) == os.getpid():
+        instance, host, pid, _ = parts
+        if instance != self.instance or host != HOST or not pid.isdigit() or int(pid) == os.getpid():
             return False
         try:
             os.kill(int(pid), 0)

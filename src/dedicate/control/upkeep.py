@@ -262,7 +262,8 @@ class ReplicaUpkeep:
                 changes = {"stop_requested_at": now, "stop_reason": "not placed", "stopped_at": now}
             else:
                 why = state.detail or tails.get(r.id, "")
-                event = ("failed", f"replica {r.id} exited with code {code}: {why}")
+                ended = f"exited with code {code}" if code is not None or not state.detail else "ended"
+                event = ("failed", f"replica {r.id} {ended}: {why}")
                 changes = {"stopped_at": now, "exit_code": code}
             writes.append(ReplicaWrite(r, event, changes))
         done = await asyncio.to_thread(store.update_replicas, writes, now)

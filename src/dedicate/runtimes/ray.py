@@ -64,6 +64,7 @@ REGION_LABEL = "dedicate.io/region"
 ENGINE_LABEL = "dedicate.io/engine"
 ACCELERATOR_PREFIX = "accelerator_type:"
 CALL_TIMEOUT_S = 10.0
+LEFTOVER_S = 15.0  # a placement group of ours without its actor this long is a crash's leftover
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class RayRuntime:
         self._pending_since: dict[str, float] = {}  # replica id → when its placement was first seen pending
         self._unplaced: dict[str, str] = {}  # replica id → why Ray could not place it
         self._placed_on: dict[str, str] = {}  # replica id → the node it was launched for, by this process
+        self._no_actor_since: dict[str, float] = {}  # replica id → when its group was first seen without actor
         self._asked: list[dict[str, float]] | None = None
         self._closed = threading.Event()
         self.refresh()
@@ -220,6 +222,9 @@ class RayRuntime:
             raise RuntimeError(f"Ray node {spec.node} is not in the cluster now")
         gpus = max(1, len(spec.slots))
         self._unplaced.pop(spec.replica_id, None)
+        # The replica is launched only now: a group or actor of its name is what a control plane that
+        # died mid-launch left behind, never a replica that runs. It goes first.
+        self._remove(spec.replica_id)
         group = placement_group([{"GPU": float(gpus)}], strategy="STRICT_PACK",
                                 name=self._group_name(spec.replica_id), lifetime="detached",
                                 bundle_label_selector=[{NODE_ID_LABEL: node.node_id}])
@@ -257,7 +262,9 @@ class RayRuntime:
         found: dict[str, Handle] = {}
         for replica_id, g in groups.items():
             if replica_id not in actors:
+                self._actorless(replica_id, now)
                 continue
+            self._no_actor_since.pop(replica_id, None)
             if g.get("state") == "CREATED":
                 self._pending_since.pop(replica_id, None)
             else:
@@ -268,7 +275,19 @@ class RayRuntime:
             found[replica_id] = self._handle(g["id"], replica_id)
         for gone in set(self._pending_since) - set(groups):
             self._pending_since.pop(gone, None)
+        for gone in set(self._no_actor_since) - set(groups):
+            self._no_actor_since.pop(gone, None)
         return found
+
+    def _actorless(self, replica_id: str, now: float) -> None:
+        """A group of ours with no actor: its actor is being created, or a control plane died between the
+        two. Past ``LEFTOVER_S`` it is a leftover holding GPUs for nothing, and is removed."""
+        since = self._no_actor_since.setdefault(replica_id, now)
+        if now - since > LEFTOVER_S and replica_id not in self._unplaced:
+            log.warning("removing the placement group of replica %s: it has had no actor for %.0f s",
+                        replica_id, now - since)
+            self._remove(replica_id)
+            self._no_actor_since.pop(replica_id, None)
 
     def _give_up(self, replica_id: str, group: Mapping[str, Any]) -> None:
         shape: Mapping[str, float] = next(iter(group.get("bundles", {}).values()), {})
