@@ -228,3 +228,59 @@ def test_a_nan_budget_is_a_clear_400_not_a_500(tmp_path: Path) -> None:
     f = Fleet(tmp_path, [h100_node()])
     with pytest.raises(InvalidRequest, match="finite, non-negative"):
         f.svc.billing.set_budget(ALICE, BudgetUpdate.model_validate({"monthly_cents": "NaN"}))
+
+
+# -------------------------------------------------------------------------------- a cluster's runtime
+
+
+def test_what_waits_for_hardware_is_asked_of_the_cluster_and_the_message_says_new_nodes_are_awaited(
+        tmp_path: Path) -> None:
+    from dedicate.runtimes.base import Demand
+
+    f = Fleet(tmp_path, [h100_node(gpus=4)])
+    e = f.create(ALICE, 2, 1, 4)
+    f.svc.set_desired_replicas(e, 4, reason="test")
+    f.settle()
+    assert f.ep(e)["running"] == 2 and f.ep(e)["queued"] == 2
+    assert f.runtime.asks[-1] == (Demand("h100-80gb", 2, 2),), "the queued shapes, as one standing request"
+    assert "waiting for new nodes" in str(f.ep(e)["message"])
+    f.runtime.node_list.append(h100_node("node-b", 4))  # the autoscaler added a node
+    f.settle()
+    assert f.ep(e)["running"] == 4 and f.ep(e)["queued"] == 0
+    assert f.runtime.asks[-1] == (), "nothing waits: the request is withdrawn"
+    assert "new nodes" not in str(f.ep(e)["message"])
+
+
+def test_a_replica_the_runtime_could_not_place_is_queued_again_with_the_reason_never_counted_as_a_failure(
+        tmp_path: Path) -> None:
+    f = Fleet(tmp_path, [h100_node(gpus=4)])
+    e = f.create(ALICE, 4, 1)
+    for attempt in range(5):  # more than max_failures_before_ready: yet never ERROR
+        f.settle(1)
+        (rid,) = [p.spec.replica_id for p in f.runtime.processes.values() if p.running]
+        f.runtime.unplace(rid, "Ray could not place 4 GPU(s) within 60 s on node-a; queued again")
+        f.settle(1)
+        got = f.ep(e)
+        assert got["state"] != "ERROR", attempt
+        assert "Ray could not place 4 GPU(s)" in str(got["message"]), got
+        assert "failure" not in str(got["message"]), got
+        f.clock.advance(10)  # past the hold
+    view = f.svc.get(ADMIN, e)
+    assert view.endpoint.failures_before_ready == 0
+    kinds = [ev.kind for ev in f.store.events(e)]
+    assert kinds.count("unplaced") == 5 and "failed" not in kinds, kinds
+    f.settle(2)
+    assert f.ep(e)["state"] == "STARTED", "placed once the runtime can"
+
+
+def test_a_region_the_runtime_names_is_a_zone_and_each_zone_has_the_headroom_of_its_own_nodes(
+        tmp_path: Path) -> None:
+    from dedicate.control.offerings import Offerings
+
+    east = replace(h100_node("east-1", 8), region="us-east-1")
+    f = Fleet(tmp_path, [h100_node("here", 4), east])
+    assert f.svc.availability_zones() == ["local", "us-east-1"]
+    (h8,) = [t for t in Offerings(f.svc, f.clock.now()).instance_types() if t.hardware.id == "8x_nvidia_h100_80gb_sxm"]
+    (h4,) = [t for t in Offerings(f.svc, f.clock.now()).instance_types() if t.hardware.id == "4x_nvidia_h100_80gb_sxm"]
+    assert dict(h8.headroom) == {"local": 0, "us-east-1": 1}
+    assert dict(h4.headroom) == {"local": 1, "us-east-1": 2}

@@ -425,12 +425,13 @@ class NodeOut(Wire):
     declared: bool = Field(description="a [[nodes]] entry of the config")
     engine: str | None
     accounted_as: str | None
+    region: str | None = Field(None, description="the region the runtime says the node is in (a Ray label)")
     replicas: list[SlotHolderOut]
 
     @classmethod
     def of(cls, n: NodeReport) -> NodeOut:
         return cls(name=n.name, gpu_type=n.gpu_type, slots=n.slots, free=n.free, declared=n.declared,
-                   engine=n.engine, accounted_as=n.accounted_as,
+                   engine=n.engine, accounted_as=n.accounted_as, region=n.region,
                    replicas=[SlotHolderOut(replica=h.replica, endpoint=h.endpoint, slots=list(h.slots),
                                            status=h.status) for h in n.holders])
 

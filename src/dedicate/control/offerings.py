@@ -88,11 +88,9 @@ class Offerings:
         raise config_not_found(config)
 
     def instance_types(self) -> list[InstanceType]:
-        views = self.svc.node_views_now()
-        zones = self.svc.settings.availability_zones
+        by_zone = self.svc.node_views_by_zone()
         shapes = sorted(self.svc.catalog.hardware.values(), key=lambda h: (h.gpu_type, h.gpu_count))
-        return [InstanceType(hw, tuple((z, headroom(views, hw.gpu_type, hw.gpu_count) if i == 0 else 0)
-                                       for i, z in enumerate(zones)))
+        return [InstanceType(hw, tuple((z, headroom(views, hw.gpu_type, hw.gpu_count)) for z, views in by_zone.items()))
                 for hw in shapes]
 
     def instance_type(self, key: str) -> InstanceType:

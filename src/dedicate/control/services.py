@@ -492,7 +492,7 @@ class Services:
         names = {e.id: e.name for e in self.store.list_endpoints(None, include_deleted=True)}
         return [NodeReport(n.name, n.gpu_type, n.slots, n.declared, n.engine,
                            [SlotHolder(r.id, names.get(r.endpoint_id, r.endpoint_id), r.slots, r.status)
-                            for r in live if r.node == n.name])
+                            for r in live if r.node == n.name], n.region)
                 for n in self.nodes()]
 
     def queue_view(self, principal: Principal) -> list[QueueEntry]:
@@ -509,7 +509,19 @@ class Services:
         return out
 
     def availability_zones(self) -> list[str]:
-        return list(self.settings.availability_zones)
+        """The configured zones, then any other region a node of the runtime says it is in."""
+        zones = list(self.settings.availability_zones)
+        zones.extend(sorted({n.region for n in self.nodes() if n.region and n.region not in zones}))
+        return zones
+
+    def node_views_by_zone(self) -> dict[str, list[NodeView]]:
+        """The nodes now, by zone: a node of no region counts in the first configured zone."""
+        zones = self.availability_zones()
+        views = {v.name: v for v in self.node_views_now()}
+        out: dict[str, list[NodeView]] = {z: [] for z in zones}
+        for n in self.nodes():
+            out[n.region or zones[0]].append(views[n.name])
+        return out
 
     # keys ------------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class NodeReport:
     declared: bool
     engine: str | None
     holders: list[SlotHolder]
+    region: str | None = None
 
     @property
     def free(self) -> int:
