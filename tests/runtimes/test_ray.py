@@ -168,11 +168,11 @@ def test_an_engine_that_exits_ends_its_replica_with_its_code_and_log_tail(
 def test_a_restarted_control_plane_finds_every_replica_by_name_with_the_same_handle(
         runtime: RayRuntime, ray_cluster: RayCluster, pool: str, tmp_path: Path) -> None:
     handle = runtime.launch(synthetic(runtime, "r-keep", f"{pool}-8", 2, tmp_path))
-    wait("it listens", lambda: runtime.address_of("r-keep"), timeout=60)
+    address = wait("it listens", lambda: runtime.address_of("r-keep"), timeout=60)
     again = make_runtime(ray_cluster, pool, runtime.instance)
     try:
         assert again.running() == {"r-keep": handle}
-        assert again.address_of("r-keep") == runtime.address_of("r-keep")
+        assert wait("the address, asked again", lambda: again.address_of("r-keep"), timeout=30) == address
         other = make_runtime(ray_cluster, pool, unique("other"))
         assert other.running() == {}, "another installation's namespace sees none of them"
         other.close()
@@ -195,6 +195,25 @@ def test_a_dead_node_takes_its_replicas_and_their_engines(
     wait("its engine gone with it", lambda: not alive(pid), timeout=30)
     wait("the node out of the inventory", lambda: all(n.name != node for n in runtime.nodes()), timeout=30)
     runtime.stop(handle, 1.0)
+
+
+def test_asking_where_a_replica_listens_never_waits_for_its_placement(
+        runtime: RayRuntime, pool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    node = f"{pool}-a100"
+    runtime.launch(synthetic(runtime, "r-holds", node, 2, tmp_path))
+    wait("the first placed", lambda: runtime.address_of("r-holds"), timeout=60)
+    runtime.launch(synthetic(runtime, "r-waits", node, 2, tmp_path))
+
+    def waits(*args: object, **kwargs: object) -> object:
+        raise AssertionError("address_of waited on an answer that has not come")
+
+    with monkeypatch.context() as m:
+        m.setattr(ray, "get", waits)  # its actor has no worker to answer with: a get would block
+        for _ in range(5):
+            assert runtime.address_of("r-waits") is None
+    assert "r-waits" in runtime.running()
 
 
 def test_asking_for_hardware_is_a_standing_request_to_rays_autoscaler(runtime: RayRuntime) -> None:

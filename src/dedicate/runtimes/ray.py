@@ -161,6 +161,7 @@ class RayRuntime:
         self._pending_since: dict[str, float] = {}  # replica id → when its placement was first seen pending
         self._unplaced: dict[str, str] = {}  # replica id → why Ray could not place it
         self._placed_on: dict[str, str] = {}  # replica id → the node it was launched for, by this process
+        self._info_asked: dict[str, Any] = {}  # replica id → the actor's pending answer of where it listens
         self._no_actor_since: dict[str, float] = {}  # replica id → when its group was first seen without actor
         self._asked: list[dict[str, float]] | None = None
         self._closed = threading.Event()
@@ -345,7 +346,8 @@ class RayRuntime:
             return None
         code: int | None = None
         actor = self._actor(replica_id)
-        if actor is not None:
+        placed = self._groups().get(replica_id, {}).get("state") == "CREATED"
+        if actor is not None and placed:  # an actor still waiting for its placement has no engine to stop
             try:
                 code = self._ray.get(actor.stop.remote(grace_s), timeout=grace_s + CALL_TIMEOUT_S)
             except Exception as exc:  # dead, or not placed yet: removing it below ends it either way
@@ -370,14 +372,28 @@ class RayRuntime:
             _internal_kv_del(exit_key(self.instance, replica_id), namespace=KV_NAMESPACE)
         self._pending_since.pop(replica_id, None)
         self._placed_on.pop(replica_id, None)
+        self._info_asked.pop(replica_id, None)
 
     def address_of(self, replica_id: str) -> Address | None:
-        actor = self._actor(replica_id)
-        if actor is None:
+        """Where the replica's engine answers, once it does; never waits on the cluster.
+
+        The actor is asked once and its answer picked up on a later call: a replica still waiting for
+        its placement, or its engine still starting, costs a pass nothing.
+        """
+        ref = self._info_asked.get(replica_id)
+        if ref is None:
+            actor = self._actor(replica_id)
+            if actor is None:
+                return None
+            self._info_asked[replica_id] = actor.info.remote()
             return None
+        done, _ = self._ray.wait([ref], timeout=0)
+        if not done:
+            return None
+        del self._info_asked[replica_id]  # the next call asks again, if this answer had no port yet
         try:
-            info = self._ray.get(actor.info.remote(), timeout=CALL_TIMEOUT_S)
-        except Exception:  # not placed yet, or gone: no address now
+            info = self._ray.get(ref, timeout=CALL_TIMEOUT_S)
+        except Exception:  # gone: no address
             return None
         port = info.get("port")
         node = next((n for n in self.ray_nodes() if n.node_id == info.get("node_id")), None)
