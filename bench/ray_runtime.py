@@ -7,9 +7,10 @@ engines on it (the node itself cannot leave). Ray: the nodes are raylets of a ``
 cluster on 127.0.0.1 and a node's death is its raylet killed; its replicas come back on the others.
 Best fit packs the replicas onto the fewest nodes, so the node that dies holds a full node's worth.
 
-    .venv/bin/python bench/ray.py [--replicas 16 --nodes 4 --gpus 8 --runs 1]
+    .venv/bin/python bench/ray_runtime.py [--replicas 16 --nodes 4 --gpus 8 --runs 1]
 
-Ends with one line holding a JSON object of the figures.
+Ends with one line holding a JSON object of the figures. (Not ``bench/ray.py``: the benchmarks' folder
+is on ``sys.path`` when they run, and a ``ray.py`` there would be what ``import ray`` finds.)
 """
 
 from __future__ import annotations
@@ -27,11 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# This file is bench/ray.py: its folder, first on sys.path when it runs as a script, would make
-# ``import ray`` import this file. The folder goes; nothing here imports from it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import httpx  # noqa: E402
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_TMP = ROOT / "build" / "ray-bench"
