@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dedicate.control.upkeep import log_tail
 from dedicate.domain.replicas import ReplicaStatus
 from dedicate.runtimes.base import Handle, ProcessState
+from dedicate.runtimes.logtail import log_tail
 from tests.control.test_reconciler import World
 
 

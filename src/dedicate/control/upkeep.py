@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ from dedicate.control.failures import Failures
 from dedicate.control.launching import Launcher
 from dedicate.domain.records import Address, Endpoint, Replica
 from dedicate.runtimes.base import Handle, ProcessState, Runtime
+from dedicate.runtimes.logtail import log_tail
 from dedicate.settings import Settings
 from dedicate.store.base import StaleLease
 from dedicate.store.ledger import GoodProbe
@@ -38,26 +38,7 @@ _RUNNING = ProcessState(True)
 STOP_GRACE_S = 10.0
 START_TIMEOUT_S = 600.0
 UNPLACED_HOLD_S = 5.0  # after the runtime gave up placing a replica, before the next try
-LOG_TAIL_LINES = 5
-# uvicorn's words on the way out, which say nothing of why: left out, so the lines before them show
-_LIFECYCLE = re.compile(r"Shutting down|Waiting for (application shutdown|connections to close|background tasks)|"
-                        r"Application shutdown complete|Finished server process")
-
 Probe = Callable[[Address], Awaitable[bool]]
-
-
-def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 8192))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    said = [line.strip() for line in text.strip().splitlines() if not _LIFECYCLE.search(line)]
-    return " | ".join(said[-lines:])
 
 
 @dataclass(frozen=True)

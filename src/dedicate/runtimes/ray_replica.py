@@ -32,10 +32,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dedicate.runtimes.logtail import log_tail
 from dedicate.runtimes.portfile import read_port
 
 PR_SET_PDEATHSIG = 1
-TAIL_BYTES = 8192
 KV_NAMESPACE = "dedicate"
 
 
@@ -47,17 +47,6 @@ def exit_key(namespace: str, replica_id: str) -> bytes:
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def tail_of(path: Path, lines: int = 5) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - TAIL_BYTES))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
 def _writable_log(path: Path, replica_id: str) -> Path:
@@ -101,7 +90,7 @@ class ReplicaActor:
             return
         from ray.experimental.internal_kv import _internal_kv_put
 
-        record = json.dumps({"code": code, "detail": tail_of(self.log_path)})
+        record = json.dumps({"code": code, "detail": log_tail(self.log_path)})
         with contextlib.suppress(Exception):
             _internal_kv_put(exit_key(self.namespace, self.replica_id), record.encode(), overwrite=True,
                              namespace=KV_NAMESPACE)
@@ -113,7 +102,7 @@ class ReplicaActor:
                 "port": read_port(self.port_file), "log_path": str(self.log_path)}
 
     def tail(self, lines: int = 5) -> str:
-        return tail_of(self.log_path, lines)
+        return log_tail(self.log_path, lines)
 
     def stop(self, grace_s: float) -> int | None:
         """End the engine: SIGTERM to its process group, SIGKILL after ``grace_s``; its exit code."""
