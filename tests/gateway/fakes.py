@@ -85,7 +85,7 @@ class FakeReplica:
     ``ok`` (JSON with usage), ``sse`` (``events`` chunks, each released by ``gate``
     when set, then a usage chunk if asked for, then [DONE]), ``status`` (answer
     ``status`` with an error body), ``hang`` (never answer), ``cut`` (two SSE
-    chunks, then the connection dies).
+    chunks, then the connection dies), ``slow`` (answer as ``ok`` once ``release`` is set).
     """
 
     def __init__(self, name: str, mode: str = "ok", status: int = 500, events: int = 3) -> None:
@@ -101,6 +101,7 @@ class FakeReplica:
         self.sent: list[int] = []  # per call: chunks sent so far
         self.disconnects = 0
         self.disconnected = asyncio.Event()
+        self.release = asyncio.Event()  # with slow: set, every held answer goes
         self.port = 0
 
     @property
@@ -140,6 +141,10 @@ class FakeReplica:
         await send({"type": "http.response.start", "status": self.status,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": data})
+
+    async def _slow(self, body: dict[str, Any], receive: Receive, send: Send) -> None:
+        await self.release.wait()
+        await self._ok(body, receive, send)
 
     async def _hang(self, body: dict[str, Any], receive: Receive, send: Send) -> None:
         await self._until_disconnect(receive)
@@ -242,6 +247,10 @@ def make_replica(replica_id: str, endpoint: Endpoint, url: str, *, ready: bool =
 
 def stopping(r: Replica) -> Replica:
     return replace(r, facts=replace(r.facts, stop_requested_at=T0))
+
+
+def failing_probes(r: Replica, failures: int = 1) -> Replica:
+    return replace(r, facts=replace(r.facts, probe_failures=failures))
 
 
 class FakeClock:

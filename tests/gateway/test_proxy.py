@@ -6,7 +6,9 @@ import asyncio
 import json
 
 import httpx
+import pytest
 
+from dedicate.gateway import upstream
 from dedicate.settings import GatewaySettings
 from tests.gateway.fakes import (
     FakeReplica,
@@ -14,12 +16,14 @@ from tests.gateway.fakes import (
     World,
     chat,
     eventually,
+    failing_probes,
     free_port,
     gateway,
     make_endpoint,
     make_replica,
     replicas,
     run,
+    stopping,
 )
 
 
@@ -153,6 +157,62 @@ def test_a_reset_before_the_response_headers_is_retried_on_another_replica() -> 
                 assert resetting.calls == gw.table.states["r-1"].errors >= 1
         finally:
             await resetting.stop()
+    run(scenario())
+
+
+def _waiting_on(stuck: FakeReplica, other: FakeReplica) -> World:
+    """``stuck`` ready and ``other`` not ready yet: the first request can only go to ``stuck``."""
+    world = _world(stuck, other)
+    world.replicas[1] = make_replica("r-1", world.endpoints[0], other.url, ready=False)
+    return world
+
+
+@pytest.mark.parametrize("fault", ["failing its probes", "stopped"])
+def test_a_request_waiting_on_a_replica_that_stops_answering_is_tried_on_another_before_its_timeout(
+        fault: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstream, "CHECK_EVERY_S", 0.05)
+
+    async def scenario() -> None:
+        stuck, good = FakeReplica("stuck", mode="hang"), FakeReplica("good")
+        world = World()
+        # a try may wait 120 s for the headers, and the client here 30 s: only giving up on the replica answers
+        async with replicas(stuck, good), gateway(world, GatewaySettings(try_timeout_s=120)) as (gw, c):
+            world.endpoints, world.replicas = (w := _waiting_on(stuck, good)).endpoints, w.replicas
+            request = asyncio.ensure_future(c.post("/v1/chat/completions", json=chat()))
+            await eventually(lambda: stuck.calls == 1)
+            await asyncio.sleep(0.3)
+            assert not request.done(), "a replica that may still answer is waited for"
+            ready_good = make_replica("r-1", world.endpoints[0], good.url)
+            world.replicas = [failing_probes(world.replicas[0]) if fault == "failing its probes" else ready_good,
+                              ready_good][: 2 if fault == "failing its probes" else 1]
+            r = await request
+            assert r.status_code == 200 and r.json()["replica"] == "good"
+            await asyncio.wait_for(stuck.disconnected.wait(), 5)  # its connection cut: it sees its client go
+            assert stuck.calls == 1 and good.calls == 1
+            assert gw.table.states["r-1"].in_flight == 0
+            if "r-0" in gw.table.states:
+                assert gw.table.states["r-0"].in_flight == 0 and gw.table.states["r-0"].errors == 1
+    run(scenario())
+
+
+def test_a_draining_replica_is_waited_for_until_it_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstream, "CHECK_EVERY_S", 0.05)
+
+    async def scenario() -> None:
+        slow, other = FakeReplica("slow", mode="slow"), FakeReplica("other")
+        world = World()
+        async with replicas(slow, other), gateway(world) as (_, c):
+            world.endpoints, world.replicas = (w := _waiting_on(slow, other)).endpoints, w.replicas
+            request = asyncio.ensure_future(c.post("/v1/chat/completions", json=chat()))
+            await eventually(lambda: slow.calls == 1)
+            # scaled down while it works: stopping, still passing its probes, and another replica ready
+            world.replicas = [stopping(world.replicas[0]), make_replica("r-1", world.endpoints[0], other.url)]
+            await asyncio.sleep(0.5)  # ten checks
+            assert not request.done()
+            slow.release.set()
+            r = await request
+            assert r.status_code == 200 and r.json()["replica"] == "slow"
+            assert other.calls == 0 and slow.disconnects == 0
     run(scenario())
 
 

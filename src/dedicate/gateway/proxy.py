@@ -3,7 +3,8 @@
     auth (cached) → body (capped) → limits → endpoint by name → owner check
       → held while no replica is ready (bounded queue, bounded time)
       → try a replica (P2C); before any byte reached the client, a failure
-        (refused, reset, per-try timeout, 5xx) is tried on another replica
+        (refused, reset, per-try timeout, 5xx, the replica stopping or failing
+        its probes while the request waits) is tried on another replica
       → answer streamed back chunk by chunk; usage counted on the way
 
 Every slot taken (limits, a replica's in-flight count, the endpoint's
@@ -360,7 +361,7 @@ class _Exchange:
             st.last_request = ep.last_request
             try:
                 resp = await gw.pool.request(target.address, target.head(self.path) + length + raw,
-                                             cfg.try_timeout_s)
+                                             cfg.try_timeout_s, table.answering_from_now(target.replica_id))
             except UpstreamError as exc:
                 self._failed(target, route)
                 last_error = f"replica {target.replica_id}: {exc}"

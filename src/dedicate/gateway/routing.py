@@ -12,6 +12,11 @@ has (the store is never read on the request's path); a request for a name
 the snapshot lacks, or one being held for a replica, waits for a fresh read.
 Several gateway processes each read the same truth.
 
+A request waiting for a replica's first byte asks the table, every second, whether that replica
+is still answering (``answering``): a replica gone from the live ones, or failing its health
+probes, will not answer, and the request is tried elsewhere rather than waiting out its per-try
+timeout. A replica draining for a stop still answers what it took, so it is waited for.
+
 Per replica the table keeps a ``ReplicaState`` (in-flight count, counters,
 health) that outlives snapshots: a replica that leaves the table keeps its
 state until its last request is done.
@@ -98,13 +103,16 @@ class Split:
 
 
 class Snapshot:
-    __slots__ = ("routes", "splits", "taken_at")
+    __slots__ = ("live", "routes", "splits", "suspect", "taken_at")
 
     def __init__(self, routes: dict[str, Route] | None = None, taken_at: float = float("-inf"),
-                 splits: dict[str, Split] | None = None) -> None:
+                 splits: dict[str, Split] | None = None, live: frozenset[str] = frozenset(),
+                 suspect: frozenset[str] = frozenset()) -> None:
         self.routes = routes or {}
         self.splits = splits or {}
         self.taken_at = taken_at
+        self.live = live  # every replica not stopped, ready or not
+        self.suspect = suspect  # live, but failing its probes or being replaced for it
 
 
 class RoutingTable:
@@ -147,7 +155,8 @@ class RoutingTable:
         splits = {r.name: Split(r, tuple((names[e.deployment], e.weight) for e in r.split
                                          if e.weight > 0 and e.deployment in names))
                   for r in named_routes or ()}
-        return Snapshot(routes, taken_at, splits)
+        suspect = frozenset(r.id for r in replicas if r.facts.probe_failures > 0 or r.stop_reason == "unhealthy")
+        return Snapshot(routes, taken_at, splits, frozenset(r.id for r in replicas), suspect)
 
     async def refresh(self, max_age_s: float = 0.0) -> Snapshot:
         """A snapshot no older than ``max_age_s``; concurrent callers share one read of the store."""
@@ -216,6 +225,23 @@ class RoutingTable:
                 running = self._refreshing = asyncio.ensure_future(self._read())
             await asyncio.shield(running)
         return self.snapshot
+
+    def answering_from_now(self, replica_id: str) -> Callable[[], str | None]:
+        """``answering`` for a request sent now, to ask while it waits."""
+        since = time.monotonic()  # snapshots age in real time
+        return lambda: self.answering(replica_id, since)
+
+    def answering(self, replica_id: str, since: float) -> str | None:
+        """Why ``replica_id`` will not answer a request sent at ``since``, as a snapshot read after then
+        says, or None while it may (or no such snapshot is here yet: one is asked for)."""
+        snap = self.current()
+        if snap.taken_at < since:
+            return None
+        if replica_id not in snap.live:
+            return f"replica {replica_id} has stopped"
+        if replica_id in snap.suspect:
+            return f"replica {replica_id} is failing its health probes"
+        return None
 
     # choosing ------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ request may be tried on another replica (see ``proxy.py``):
     ├── ResetBeforeHeaders        the connection died before the status line
     ├── BadResponse               the replica spoke something that is not HTTP/1.1
     ├── HeadersTimeout            no status line within the per-try timeout
+    ├── Abandoned                 no status line yet, and the replica is known not to be answering
     └── BodyInterrupted           died (or went silent) after the headers: never retried
 
 A connection taken from the idle pool may have been closed by the replica in
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import httptools
@@ -53,11 +55,18 @@ class HeadersTimeout(UpstreamError):
     pass
 
 
+class Abandoned(UpstreamError):
+    """Given up before the headers: the caller's check said the replica will not answer (it is gone, or
+    failing its health probes), so waiting out the per-try timeout would only make the client wait."""
+
+
 class BodyInterrupted(UpstreamError):
     retryable = False
 
 
 Key = tuple[str, int]
+Alive = Callable[[], str | None]  # why the replica will not answer, or None while it may
+CHECK_EVERY_S: Final = 1.0
 
 
 class Response:
@@ -157,6 +166,30 @@ class Response:
 def _expire(fut: asyncio.Future[None], error: Exception) -> None:
     if not fut.done():
         fut.set_exception(error)
+
+
+class _Checker:
+    """Asks ``alive`` every ``CHECK_EVERY_S`` until cancelled; a reason fails ``waiter`` with ``Abandoned``."""
+
+    __slots__ = ("_alive", "_handle", "_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], alive: Alive) -> None:
+        self._loop = loop
+        self._waiter = waiter
+        self._alive = alive
+        self._handle = loop.call_later(CHECK_EVERY_S, self._check)
+
+    def _check(self) -> None:
+        if self._waiter.done():
+            return
+        why = self._alive()
+        if why is not None:
+            self._waiter.set_exception(Abandoned(f"given up waiting for its answer: {why}"))
+        else:
+            self._handle = self._loop.call_later(CHECK_EVERY_S, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 class _Conn(asyncio.Protocol):
@@ -289,8 +322,12 @@ class Pool:
             raise ConnectFailed(f"cannot connect to the replica: {exc or type(exc).__name__}") from None
         return proto
 
-    async def request(self, key: Key, data: bytes, timeout_s: float) -> Response:
-        """Send ``data`` (a whole HTTP/1.1 request) and wait at most ``timeout_s`` for the headers."""
+    async def request(self, key: Key, data: bytes, timeout_s: float, alive: Alive | None = None) -> Response:
+        """Send ``data`` (a whole HTTP/1.1 request) and wait at most ``timeout_s`` for the headers.
+
+        While it waits, ``alive`` is asked every ``CHECK_EVERY_S``; a reason from it ends the wait at
+        once with ``Abandoned`` (the connection is cut, which the replica sees as its client leaving).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         for _ in range(2):
@@ -301,6 +338,7 @@ class Pool:
             waiter = conn.headers_waiter = loop.create_future()
             timer = loop.call_later(max(0.0, deadline - loop.time()), _expire, waiter,
                                     HeadersTimeout(f"the replica did not answer within {timeout_s:g} s"))
+            checker = None if alive is None else _Checker(loop, waiter, alive)
             try:
                 await waiter
             except ResetBeforeHeaders:
@@ -315,6 +353,8 @@ class Pool:
                 raise
             finally:
                 timer.cancel()
+                if checker is not None:
+                    checker.cancel()
                 conn.headers_waiter = None
             return resp
         raise ResetBeforeHeaders("the replica closed the connection before answering")
